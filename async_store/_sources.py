@@ -1,0 +1,153 @@
+"""What ``Provider(fp)`` accepts, turned into one thing that yields chunks.
+
+Blocking sources (a Werkzeug or Quart ``FileStorage``, an open binary file, a path, bytes, a plain
+iterator of bytes) are read in a worker thread: a provider that writes to disk copies them in one
+thread hop (see ``LocalProvider``); others pull chunks, one hop per chunk. Async sources (an async
+iterator of bytes, an object with ``async read()``) are read on the event loop.
+
+Quart's ``FileStorage.save`` is async and slow (16 KiB per step); its ``.stream`` is an ordinary
+spooled file, so it is read like Werkzeug's.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from inspect import iscoroutinefunction
+from typing import IO, Any, Protocol, Union, runtime_checkable
+
+import anyio.to_thread
+
+__all__ = ["AsyncReadable", "FileLike", "Source", "SourceInput", "to_source"]
+
+
+@runtime_checkable
+class FileLike(Protocol):
+    """Anything with a blocking ``read(size)`` (and, optionally, a ``filename`` or ``name``)."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+@runtime_checkable
+class AsyncReadable(Protocol):
+    """Anything with ``async read(size)``: an aiofiles file, an asyncio ``StreamReader``…"""
+
+    async def read(self, size: int = -1, /) -> bytes: ...
+
+
+#: Everything ``Provider(fp)`` takes as a new file (a ``str`` instead names a stored file).
+SourceInput = Union[
+    "os.PathLike[str]",
+    bytes,
+    bytearray,
+    memoryview,
+    FileLike,
+    AsyncReadable,
+    AsyncIterable[bytes],
+    Iterable[bytes],
+]
+
+
+class Source:
+    """A normalised upload: a name and its content as chunks, read at most once."""
+
+    def __init__(
+        self,
+        filename: str | None,
+        *,
+        blocking: Iterable[bytes] | None = None,
+        file: IO[bytes] | None = None,
+        path: str | None = None,
+        chunks: AsyncIterable[bytes] | None = None,
+    ) -> None:
+        self.filename = filename
+        self._file = file
+        self._path = path
+        self._iterable = blocking
+        self._chunks = chunks
+        self.used = False
+
+    @property
+    def is_blocking(self) -> bool:
+        """True when reading needs a worker thread (use :meth:`blocking_chunks` there)."""
+        return self._chunks is None
+
+    def _take(self) -> None:
+        if self.used:
+            raise RuntimeError("an upload source can be read only once")
+        self.used = True
+
+    def blocking_chunks(self, size: int) -> Iterator[bytes]:
+        """Yield the content; call it from a worker thread, it blocks."""
+        self._take()
+        if self._path is not None:
+            with open(self._path, "rb") as f:
+                yield from iter(lambda: f.read(size), b"")
+        elif self._file is not None:
+            yield from iter(lambda: self._file.read(size), b"")  # type: ignore[union-attr]
+        else:
+            assert self._iterable is not None
+            yield from (bytes(c) for c in self._iterable if c)
+
+    async def chunks(self, size: int) -> AsyncIterator[bytes]:
+        """Yield the content on the event loop (blocking sources cost a thread hop a chunk)."""
+        if self._chunks is not None:
+            self._take()
+            async for chunk in self._chunks:
+                if chunk:
+                    yield bytes(chunk)
+            return
+        iterator = self.blocking_chunks(size)
+        sentinel = b""
+        while chunk := await anyio.to_thread.run_sync(next, iterator, sentinel):
+            yield chunk
+
+
+async def _read_all(reader: AsyncReadable, size: int) -> AsyncIterator[bytes]:
+    while chunk := await reader.read(size):
+        yield chunk
+
+
+def _name_of(obj: Any) -> str | None:
+    for attr in ("filename", "name"):
+        value = getattr(obj, attr, None)
+        if isinstance(value, (str, bytes)) and value:
+            return os.path.basename(os.fsdecode(value))
+    return None
+
+
+def to_source(fp: Any, filename: str | None = None, chunk_size: int = 1024 * 1024) -> Source:
+    """Normalise anything ``Provider(fp)`` accepts.
+
+    :param filename: overrides the name the input carries (the client's name, a path's basename).
+    :raises TypeError: for anything else, ``None`` included (a missing form field).
+    """
+    stream = getattr(fp, "stream", None)
+    if stream is not None and hasattr(fp, "filename"):  # Werkzeug's or Quart's FileStorage
+        return Source(filename or fp.filename, file=stream)
+    if isinstance(fp, os.PathLike):
+        path = os.fspath(fp)
+        return Source(filename or os.path.basename(path), path=path)
+    if isinstance(fp, (bytes, bytearray, memoryview)):
+        return Source(filename, file=io.BytesIO(fp))
+    read = getattr(fp, "read", None)
+    if read is not None:
+        name = filename or _name_of(fp)
+        if iscoroutinefunction(read):
+            return Source(name, chunks=_read_all(fp, chunk_size))
+        return Source(name, file=fp)
+    if isinstance(fp, AsyncIterable):
+        return Source(filename, chunks=fp)
+    if isinstance(fp, Iterable) and not isinstance(fp, (str, dict)):
+        return Source(filename, blocking=fp)
+    if fp is None:
+        raise TypeError(
+            "Provider() got None instead of a file: was the upload field missing from the form? "
+            "(request.files.get(...) returns None for a missing field)"
+        )
+    raise TypeError(
+        f"Provider() cannot store a {type(fp).__name__}: pass a FileStorage, a path "
+        f"(pathlib.Path), bytes, a binary file, or an (async) iterator of bytes; a str names a "
+        f"file that is already stored."
+    )

@@ -1,0 +1,108 @@
+"""The ``STORE_*`` configuration keys, their defaults and their checks.
+
+The seed Flask-Store's keys keep their names and meaning. New keys follow the same pattern. All of
+them are read once, at ``init_app``; a missing or wrong value raises
+:class:`~async_store.exceptions.NotConfiguredError` there, naming the key and the fix, instead of
+failing on the first upload.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from .exceptions import NotConfiguredError
+
+if TYPE_CHECKING:
+    from collections.abc import MutableMapping
+
+__all__ = ["DEFAULTS", "StoreConfig", "read_config"]
+
+#: Defaults shared by every provider; a provider adds its own in ``app_defaults``.
+DEFAULTS: dict[str, Any] = {
+    "STORE_PROVIDER": "local",
+    "STORE_DOMAIN": None,
+    "STORE_URL_PREFIX": "/uploads",
+    # Register the route that serves local files under STORE_URL_PREFIX.
+    "STORE_SERVE_FILES": True,
+    # fsync a file before publishing it: survives power loss, costs a disk flush per file.
+    "STORE_FSYNC": False,
+    # Chunk size for streaming copies.
+    "STORE_CHUNK_SIZE": 1024 * 1024,
+}
+
+
+class StoreConfig(dict[str, Any]):
+    """The ``STORE_*`` keys of one app, as they were at ``init_app``.
+
+    A plain mapping, so providers can read keys of their own (``config['STORE_S3_BUCKET']``).
+    ``root_path`` is the app's root folder, against which relative paths are resolved.
+    """
+
+    root_path: str = ""
+
+    @property
+    def path(self) -> str:
+        return str(self["STORE_PATH"])
+
+    @property
+    def domain(self) -> str | None:
+        value = self.get("STORE_DOMAIN")
+        return str(value).rstrip("/") if value else None
+
+    @property
+    def url_prefix(self) -> str:
+        return str(self["STORE_URL_PREFIX"]).rstrip("/")
+
+    @property
+    def chunk_size(self) -> int:
+        return int(self["STORE_CHUNK_SIZE"])
+
+
+def _check_prefix(value: Any) -> None:
+    if not isinstance(value, str) or not value.startswith("/") or "://" in value:
+        raise NotConfiguredError(
+            f"STORE_URL_PREFIX must be a URL path starting with '/' such as '/uploads', "
+            f"not {value!r}; put the scheme and host in STORE_DOMAIN instead."
+        )
+    if any(part in (".", "..") for part in value.split("/")):
+        raise NotConfiguredError(f"STORE_URL_PREFIX {value!r} must not contain '.' or '..'.")
+
+
+def _check_domain(value: Any) -> None:
+    if value is None:
+        return
+    parts = urlsplit(value) if isinstance(value, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        raise NotConfiguredError(
+            f"STORE_DOMAIN must be a base URL such as 'https://cdn.example.org' (or None for "
+            f"relative URLs), not {value!r}."
+        )
+
+
+def read_config(app_config: MutableMapping[str, Any], root_path: str = "") -> StoreConfig:
+    """Collect and check the ``STORE_*`` keys of one app.
+
+    Defaults are written back into ``app_config`` with ``setdefault`` (so the app shows what is in
+    force), then the shared keys are checked.
+    """
+    for key, value in DEFAULTS.items():
+        app_config.setdefault(key, value)
+    config = StoreConfig({k: v for k, v in app_config.items() if k.startswith("STORE_")})
+    config.root_path = root_path
+    _check_prefix(config["STORE_URL_PREFIX"])
+    _check_domain(config["STORE_DOMAIN"])
+    chunk = config["STORE_CHUNK_SIZE"]
+    if not isinstance(chunk, int) or chunk < 4096:
+        raise NotConfiguredError(
+            f"STORE_CHUNK_SIZE must be an int of at least 4096, not {chunk!r}."
+        )
+    path = config.get("STORE_PATH")
+    if not isinstance(path, (str, os.PathLike)):
+        raise NotConfiguredError(
+            f"STORE_PATH must be set to a path (a folder on disk for the local provider, a key "
+            f"prefix for S3), not {path!r}."
+        )
+    config["STORE_PATH"] = os.fspath(path)
+    return config

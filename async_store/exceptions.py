@@ -1,0 +1,52 @@
+"""The exceptions async_store raises.
+
+Everything derives from :class:`StoreError`, so ``except StoreError`` catches all of it::
+
+    StoreError
+    ├── NotConfiguredError      config missing or wrong; names the key and the fix
+    ├── UnsafePathError         (also ValueError) a name or location that would leave the store
+    ├── NotFoundError           (also FileNotFoundError) no stored file at that path
+    └── ProviderError           the backend failed (disk full, permission denied, S3 down, …)
+        └── UploadError         a background upload failed
+
+Backend errors are never swallowed: they are re-raised as the most specific class above with the
+original exception chained as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "NotConfiguredError",
+    "NotFoundError",
+    "ProviderError",
+    "StoreError",
+    "UnsafePathError",
+    "UploadError",
+]
+
+
+class StoreError(Exception):
+    """Base class of every error async_store raises."""
+
+
+class NotConfiguredError(StoreError):
+    """The application is not configured for the Store (the seed Flask-Store name).
+
+    The message names the config key and how to fix it.
+    """
+
+
+class UnsafePathError(StoreError, ValueError):
+    """A stored path or ``location=`` that is not a plain relative path inside the store."""
+
+
+class NotFoundError(StoreError, FileNotFoundError):
+    """No stored file exists at the given path."""
+
+
+class ProviderError(StoreError):
+    """The storage backend failed; the backend's own exception is the ``__cause__``."""
+
+
+class UploadError(ProviderError):
+    """A background upload could not be delivered."""

@@ -1,0 +1,173 @@
+"""The ``Store`` extension: one object, any number of Quart or Flask apps.
+
+``Store(app)`` or ``store.init_app(app)`` reads the app's ``STORE_*`` config once, checks it,
+binds the configured provider class to it and keeps the result in ``app.extensions['store']``.
+``store.Provider`` then looks up the *current* app's state on every access, so two apps with
+different config each get their own provider class and paths.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .config import read_config
+from .exceptions import StoreError
+from .providers import get_provider_class
+from .serve import register_route
+from .sync import PortalOwner
+from .sync import SyncProvider as _SyncProvider
+
+if TYPE_CHECKING:
+    from flask.sansio.app import App
+
+    from .config import StoreConfig
+    from .providers.base import Provider as _Provider
+
+__all__ = ["Store", "StoreState", "store_provider"]
+
+EXTENSION_KEY = "store"
+
+
+def _is_async_app(app: App) -> bool:
+    quart = sys.modules.get("quart")
+    return quart is not None and isinstance(app, quart.Quart)
+
+
+def _current_app() -> App | None:
+    # Quart and Flask keep separate app contexts; look in whichever is loaded.
+    for name in ("quart", "flask"):
+        module = sys.modules.get(name)
+        if module is not None and module.has_app_context():
+            return module.current_app._get_current_object()  # type: ignore[no-any-return]
+    return None
+
+
+@dataclass(eq=False)
+class StoreState:
+    """What ``init_app`` set up for one app; found in ``app.extensions['store']``."""
+
+    store: Store
+    config: StoreConfig
+    #: The async provider class bound to this app's config.
+    provider_class: type[_Provider]
+    #: The sync shim class over :attr:`provider_class`.
+    sync_provider_class: type[_SyncProvider]
+    #: True for Quart apps: ``store.Provider`` is then the async class.
+    is_async: bool
+
+    @property
+    def Provider(self) -> type[_Provider] | type[_SyncProvider]:
+        return self.provider_class if self.is_async else self.sync_provider_class
+
+
+class Store:
+    """The async_store extension for Quart and Flask.
+
+    ::
+
+        store = Store(app)             # or: store = Store(); store.init_app(app) in a factory
+
+        provider = store.Provider(upload)       # async in Quart, the sync shim in Flask
+        provider = store.AsyncProvider(upload)  # async anywhere (Flask ``async def`` views too)
+
+    :param app: an app to set up now; omit it and call :meth:`init_app` later.
+    """
+
+    def __init__(self, app: App | None = None) -> None:
+        self._portal = PortalOwner()
+        self._default_app: App | None = None
+        if app is not None:
+            self.init_app(app)
+            self._default_app = app
+
+    def init_app(self, app: App) -> None:
+        """Read and check the app's ``STORE_*`` config and register what the provider needs.
+
+        :raises NotConfiguredError: naming the key and the fix, if the config is missing or wrong.
+        :raises StoreError: if a Store is already registered on ``app``.
+        """
+        if EXTENSION_KEY in app.extensions:
+            raise StoreError(
+                "A Store is already registered on this app: call init_app once per app, and "
+                "use the same Store object everywhere (store.Provider follows the current app)."
+            )
+        provider_class = self.provider(app)
+        self.set_provider_defaults(app, provider_class)
+        config = read_config(app.config, app.root_path)
+        provider_class.check_config(config)
+        bound = provider_class.bind(config)
+        state = StoreState(
+            store=self,
+            config=config,
+            provider_class=bound,
+            sync_provider_class=_SyncProvider.bind(bound, self._portal),
+            is_async=_is_async_app(app),
+        )
+        app.extensions[EXTENSION_KEY] = state
+        if config["STORE_SERVE_FILES"] and provider_class.register_route:
+            register_route(app, state)
+
+    # --- the seed's helpers, kept ---------------------------------------------------------------
+
+    def check_config(self, app: App) -> None:
+        """Check the app's config without registering anything (the seed's helper)."""
+        provider_class = self.provider(app)
+        provider_class.check_config(read_config(dict(app.config), app.root_path))
+
+    def provider(self, app: App) -> type[_Provider]:
+        """The (unbound) provider class ``STORE_PROVIDER`` names for ``app``."""
+        return get_provider_class(app.config.get("STORE_PROVIDER", "local"))
+
+    def set_provider_defaults(
+        self, app: App, provider_class: type[_Provider] | None = None
+    ) -> None:
+        """Let the provider set its config defaults on ``app`` (the seed's helper)."""
+        (provider_class or self.provider(app)).app_defaults(app)
+
+    # --- per-app lookups --------------------------------------------------------------------------
+
+    def state(self, app: App | None = None) -> StoreState:
+        """The :class:`StoreState` of ``app``, else of the current app, else of ``Store(app)``'s.
+
+        :raises StoreError: outside an app context when no app was given to the constructor.
+        """
+        app = app or _current_app() or self._default_app
+        if app is None:
+            raise StoreError(
+                "No app: use the Store inside a request or app context (with app.app_context()), "
+                "or create it with Store(app)."
+            )
+        state = app.extensions.get(EXTENSION_KEY)
+        if not isinstance(state, StoreState) or state.store is not self:
+            raise StoreError(f"This Store is not registered on {app!r}: call store.init_app(app).")
+        return state
+
+    @property
+    def Provider(self) -> Any:
+        """The current app's provider class: async in Quart, the sync shim in Flask."""
+        return self.state().Provider
+
+    @property
+    def AsyncProvider(self) -> type[_Provider]:
+        """The current app's async provider class, for Quart and for Flask ``async def`` views."""
+        return self.state().provider_class
+
+    @property
+    def SyncProvider(self) -> type[_SyncProvider]:
+        """The current app's sync shim class, in Flask and in Quart's sync code alike."""
+        return self.state().sync_provider_class
+
+    def close(self) -> None:
+        """Stop the sync shim's event-loop thread (it also stops at interpreter exit)."""
+        self._portal.close()
+
+
+def store_provider() -> Any:
+    """The current app's provider class (the seed's ``flask_store.store_provider()``)."""
+    app = _current_app()
+    state = app.extensions.get(EXTENSION_KEY) if app is not None else None
+    if not isinstance(state, StoreState):
+        raise StoreError("store_provider() needs an app context of an app with a Store.")
+    return state.Provider

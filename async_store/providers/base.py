@@ -1,0 +1,272 @@
+"""The provider base class: everything providers share, written once.
+
+Public methods live here only (a template method, as in django-storages): :meth:`Provider.save`
+cleans the name, offers the backend a sequence of candidate names (the client's name first, then
+the manual's ``{root}_{shortuuid}{ext}`` form) and records which one the backend claimed. A
+backend implements the private half: ``_save`` (write, then claim a candidate atomically),
+``_exists``, ``_open``, ``_delete`` and, optionally, ``_map_errors`` and ``app_defaults``.
+
+A provider class is bound to one app's config by :meth:`Provider.bind` at ``init_app``; two apps
+get two bound classes, each with its own paths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar, Self
+from urllib.parse import quote
+
+from .._paths import clean_filename, clean_key, clean_location, collision_name
+from .._sources import AsyncReadable, Source, to_source
+from ..exceptions import NotConfiguredError, NotFoundError, ProviderError, StoreError
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+    from contextlib import AbstractAsyncContextManager
+
+    from flask.sansio.app import App
+
+    from ..config import StoreConfig
+
+__all__ = ["Provider"]
+
+#: How many collision names a save tries before giving up (each has 128 random bits).
+_MAX_ATTEMPTS = 16
+
+
+def url_join(*parts: str) -> str:
+    """Join URL path parts with single slashes, always starting with ``/``."""
+    return "/" + "/".join(p.strip("/") for p in parts if p.strip("/"))
+
+
+class Provider(ABC):
+    """Stores one file, or refers to one stored earlier.
+
+    Get the class from the extension, never instantiate the base::
+
+        provider = store.Provider((await request.files)["afile"], location="avatars")
+        url = await provider.save()                 # == provider.absolute_url
+
+        stored = store.Provider("avatars/me.jpg")    # a str names a stored file
+        async with stored.open() as f:
+            head = await f.read(1024)
+
+    :param fp: the new file (a Werkzeug or Quart ``FileStorage``, a ``pathlib.Path``, ``bytes``, a
+        binary file, an iterator or async iterator of bytes), or a ``str``: the relative path of a
+        file stored before (what ``relative_path`` gave, what a ``StoreType`` column holds).
+    :param location: a folder below ``STORE_PATH`` to save into (``'avatars/2024'``).
+    :param filename: a name to use instead of the one ``fp`` carries.
+    :raises UnsafePathError: if ``location`` or a stored path would leave the store.
+    :raises TypeError: if ``fp`` is ``None`` or of an unsupported type.
+    """
+
+    #: Config keys that must be set (not None, not empty) for ``init_app`` to succeed.
+    REQUIRED_CONFIGURATION: ClassVar[tuple[str, ...]] = ()
+    #: Whether the extension registers the file-serving route for this provider.
+    register_route: ClassVar[bool] = False
+    #: The app's ``STORE_*`` config; set on the per-app subclass :meth:`bind` makes.
+    config: ClassVar[StoreConfig]
+
+    # --- configuration, at init_app -----------------------------------------------------------
+
+    @classmethod
+    def app_defaults(cls, app: App) -> None:
+        """Set this provider's config defaults on ``app.config`` (with ``setdefault``)."""
+        return None  # an optional hook: the shared defaults live in async_store.config
+
+    @classmethod
+    def check_config(cls, config: StoreConfig) -> None:
+        """Check the app's config; raise :class:`NotConfiguredError` naming the key and the fix.
+
+        The base checks :attr:`REQUIRED_CONFIGURATION`; subclasses add their own checks and may
+        normalise values (the local provider makes ``STORE_PATH`` absolute).
+        """
+        for key in cls.REQUIRED_CONFIGURATION:
+            if config.get(key) in (None, ""):
+                raise NotConfiguredError(
+                    f"{key} is required by {cls.__name__}: set app.config[{key!r}] before "
+                    f"calling Store(app) or store.init_app(app)."
+                )
+
+    @classmethod
+    def bind(cls, config: StoreConfig) -> type[Self]:
+        """Return a subclass of this provider bound to one app's ``config``."""
+        return type(
+            cls.__name__,
+            (cls,),
+            {"config": config, "__module__": cls.__module__, "__qualname__": cls.__qualname__},
+        )
+
+    # --- instances ------------------------------------------------------------------------------
+
+    def __init__(
+        self, fp: Any = None, location: str | None = None, *, filename: str | None = None
+    ) -> None:
+        if not hasattr(type(self), "config"):
+            raise StoreError(
+                f"{type(self).__name__} is not bound to an app: use store.Provider(...) (after "
+                f"Store(app) or store.init_app(app)) instead of instantiating it directly."
+            )
+        self._source: Source | None = None
+        self._saved = isinstance(fp, str)
+        if isinstance(fp, str):
+            key = clean_key("/".join(p for p in (clean_location(location), fp) if p))
+            self._location, _, self._filename = key.rpartition("/")
+        else:
+            self._source = to_source(fp, filename, self.config.chunk_size)
+            self._location = clean_location(location)
+            self._filename = clean_filename(self._source.filename)
+
+    def __repr__(self) -> str:
+        state = "" if self._saved else "unsaved "
+        return f"<{type(self).__name__} {state}{self.relative_path!r}>"
+
+    @property
+    def filename(self) -> str:
+        """The file's name: the cleaned client name before :meth:`save`, the final one after."""
+        return self._filename
+
+    @property
+    def location(self) -> str:
+        """The folder below ``STORE_PATH`` (``''`` for the top)."""
+        return self._location
+
+    @property
+    def relative_path(self) -> str:
+        """``location/filename``: what to keep in a database to find the file again."""
+        return f"{self._location}/{self._filename}" if self._location else self._filename
+
+    @property
+    def absolute_path(self) -> str:
+        """The full path on disk, or the full key in a bucket."""
+        return self._absolute_path(self.relative_path)
+
+    @property
+    def relative_url(self) -> str:
+        """The URL without the domain: ``/uploads/avatars/me.jpg``."""
+        return url_join(self._url_base(), quote(self.relative_path, safe="/"))
+
+    @property
+    def absolute_url(self) -> str:
+        """``STORE_DOMAIN`` + :attr:`relative_url`; just the relative URL without a domain."""
+        domain = self.config.domain
+        return f"{domain}{self.relative_url}" if domain else self.relative_url
+
+    def url_join(self, *parts: str) -> str:
+        """Join URL path parts (the seed's helper)."""
+        return url_join(*parts)
+
+    @property
+    def saved(self) -> bool:
+        """True once the file is stored (always, for a provider made from a stored path)."""
+        return self._saved
+
+    def _candidates(self) -> Iterator[str]:
+        yield self._filename
+        for _ in range(_MAX_ATTEMPTS):
+            yield collision_name(self._filename)
+
+    async def save(self) -> str:
+        """Store the file under a name no other file has, and return its :attr:`absolute_url`.
+
+        The file is streamed, never held in memory whole; nothing is visible at the final name
+        until the whole file is there, and a failed or cancelled save leaves nothing behind.
+        The client's (cleaned) name is kept when free, otherwise the file gets the form
+        ``{root}_{shortuuid}{ext}``; :attr:`filename` tells which.
+
+        :raises StoreError: if this provider has no new file (already saved, or made from a path).
+        :raises ProviderError: if the backend fails (disk full, permission denied, …).
+        """
+        if self._saved:
+            raise StoreError(f"{self!r} has nothing to save: it is already stored")
+        source = self._source
+        if source is None or source.used:
+            raise StoreError(f"{self!r}: an earlier save failed after reading the upload")
+        with self._map_errors(self.relative_path):
+            self._filename = await self._save(self._location, self._candidates(), source)
+        self._saved = True
+        return self.absolute_url
+
+    async def exists(self, filename: str | None = None) -> bool:
+        """Whether a file is stored as ``filename`` in this provider's location (default: its own).
+
+        :raises UnsafePathError: if ``filename`` is not a plain relative name.
+        """
+        key = self.relative_path
+        if filename is not None:
+            key = clean_key(f"{self._location}/{filename}" if self._location else filename)
+        with self._map_errors(key):
+            return await self._exists(key)
+
+    @contextlib.asynccontextmanager
+    async def open(self) -> AsyncIterator[AsyncReadable]:
+        """Open the stored file for streamed reading: ``async with p.open() as f: await f.read(n)``.
+
+        :raises NotFoundError: if nothing is stored at :attr:`relative_path`.
+        """
+        self._require_saved()
+        with self._map_errors(self.relative_path):
+            async with self._open(self.relative_path) as f:
+                yield f
+
+    async def delete(self, *, missing_ok: bool = False) -> None:
+        """Delete the stored file.
+
+        :param missing_ok: do not raise when the file is already gone.
+        :raises NotFoundError: if nothing is stored there (unless ``missing_ok``).
+        """
+        self._require_saved()
+        try:
+            with self._map_errors(self.relative_path):
+                await self._delete(self.relative_path)
+        except NotFoundError:
+            if not missing_ok:
+                raise
+
+    async def url(self, expires: int | None = None) -> str:
+        """A URL to fetch the file; providers with private storage may sign it for ``expires``."""
+        return self.absolute_url
+
+    def _require_saved(self) -> None:
+        if not self._saved:
+            raise StoreError(f"{self!r} is not stored yet: await save() first")
+
+    # --- the backend's half -------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _map_errors(self, key: str) -> Iterator[None]:
+        """Turn backend exceptions into ours (``raise … from exc``); the default maps nothing."""
+        yield
+
+    @abstractmethod
+    def _absolute_path(self, key: str) -> str: ...
+
+    def _url_base(self) -> str:
+        return self.config.url_prefix
+
+    @abstractmethod
+    async def _save(self, location: str, names: Iterator[str], source: Source) -> str:
+        """Write ``source`` and publish it under the first of ``names`` that is free.
+
+        Claiming must be atomic (exclusive create, hard link, conditional PUT), never
+        exists-then-write. Return the name claimed; raise :class:`ProviderError` when every
+        candidate is taken.
+        """
+
+    @abstractmethod
+    async def _exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def _open(self, key: str) -> AbstractAsyncContextManager[AsyncReadable]: ...
+
+    @abstractmethod
+    async def _delete(self, key: str) -> None:
+        """Delete ``key``; raise :class:`NotFoundError` when it is not there."""
+
+
+def no_free_name(location: str) -> ProviderError:
+    """What ``_save`` raises when every candidate name is taken."""
+    return ProviderError(
+        f"no free name in {location or 'the store'!r} after {_MAX_ATTEMPTS + 1} attempts"
+    )

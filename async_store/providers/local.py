@@ -1,0 +1,228 @@
+"""Files on the local disk, below ``STORE_PATH``.
+
+How a save works, and why:
+
+1. the content goes to a hidden temp file (``.async_store-*.part``) *in the target folder*, so
+   publishing it is a link on the same file system, never a copy;
+2. the temp file is published with ``os.link(temp, final)``, which fails if ``final`` exists:
+   checking and claiming a name is one atomic step, so concurrent uploads of one name never
+   overwrite each other, and a reader sees either nothing or the whole file;
+3. the temp file is removed, whatever happened.
+
+Blocking sources are copied in one worker-thread hop (mkstemp, copy, link, unlink together);
+async sources cost one hop per ``STORE_CHUNK_SIZE`` written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import tempfile
+from typing import IO, TYPE_CHECKING
+
+import aiofiles
+import anyio
+import anyio.to_thread
+
+from .._paths import safe_join
+from ..exceptions import NotConfiguredError, NotFoundError, ProviderError
+from .base import Provider, no_free_name
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+
+    from flask.sansio.app import App
+
+    from .._sources import AsyncReadable, Source
+    from ..config import StoreConfig
+
+__all__ = ["LocalProvider", "resolve_file"]
+
+TEMP_PREFIX = ".async_store-"
+# Errors that mean "this file system cannot hard-link", not "the name is taken".
+_NO_LINK = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS}
+
+
+def _inside(root: str, path: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def resolve_file(root: str, key: str) -> tuple[str, os.stat_result]:
+    """Find the stored regular file ``key`` below ``root`` (a realpath).
+
+    Symlinks are followed only while they stay inside the store; directories, hidden and temp
+    files are never returned. Blocking: call it in a worker thread.
+
+    :raises UnsafePathError: if ``key`` is not a plain relative path.
+    :raises NotFoundError: if there is no such regular file inside the store.
+    """
+    real = os.path.realpath(safe_join(root, key))
+    try:
+        st = os.stat(real) if _inside(root, real) else None
+    except OSError as exc:
+        raise NotFoundError(f"no stored file {key!r}") from exc
+    if st is None or not stat.S_ISREG(st.st_mode):
+        raise NotFoundError(f"no stored file {key!r}")
+    return real, st
+
+
+def _claim(temp: str, directory: str, names: Iterator[str], location: str) -> str:
+    """Publish ``temp`` under the first free name; the check and the claim are one syscall."""
+    for name in names:
+        final = os.path.join(directory, name)
+        try:
+            os.link(temp, final)
+            return name
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            if exc.errno not in _NO_LINK:
+                raise
+        # No hard links here (some network and FUSE file systems): claim the name with an
+        # exclusive create, then move the finished file over the empty placeholder.
+        try:
+            os.close(os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        except FileExistsError:
+            continue
+        os.replace(temp, final)
+        return name
+    raise no_free_name(location)
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+class LocalProvider(Provider):
+    """Stores files on the local file system below ``STORE_PATH``.
+
+    Config: ``STORE_PATH`` (default: ``uploads`` in the app's instance folder; a relative path is
+    taken relative to the app's root), ``STORE_FSYNC`` (flush each file to disk before it is
+    published). The extension serves the files under ``STORE_URL_PREFIX``.
+    """
+
+    register_route = True
+
+    @classmethod
+    def app_defaults(cls, app: App) -> None:
+        # Never the current directory (the seed's default): the serving route would publish
+        # the app's own source code.
+        app.config.setdefault("STORE_PATH", os.path.join(app.instance_path, "uploads"))
+
+    @classmethod
+    def check_config(cls, config: StoreConfig) -> None:
+        super().check_config(config)
+        path = os.path.join(config.root_path, os.path.expanduser(config.path))
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as exc:
+            raise NotConfiguredError(
+                f"STORE_PATH {path!r} does not exist and cannot be created ({exc.strerror}); "
+                f"set STORE_PATH to a folder this process can write to."
+            ) from exc
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise NotConfiguredError(
+                f"STORE_PATH {path!r} is not writable by this process; fix its permissions or "
+                f"set STORE_PATH to another folder."
+            )
+        # One realpath, once: every containment check compares against it.
+        config["STORE_PATH"] = os.path.realpath(path)
+
+    @contextlib.contextmanager
+    def _map_errors(self, key: str) -> Iterator[None]:
+        try:
+            yield
+        except FileNotFoundError as exc:
+            if isinstance(exc, NotFoundError):
+                raise
+            raise NotFoundError(f"no stored file {key!r} in {self.config.path!r}") from exc
+        except OSError as exc:
+            reason = {
+                errno.ENOSPC: "the disk is full",
+                errno.EDQUOT: "the disk quota is exceeded",
+                errno.EACCES: "permission denied",
+                errno.EPERM: "permission denied",
+                errno.EROFS: "the file system is read-only",
+            }.get(exc.errno or 0, exc.strerror or str(exc))
+            raise ProviderError(
+                f"could not store {key!r} in STORE_PATH {self.config.path!r}: {reason}"
+            ) from exc
+
+    def _absolute_path(self, key: str) -> str:
+        return os.path.join(self.config.path, *key.split("/"))
+
+    def _directory(self, location: str) -> str:
+        root = self.config.path
+        directory = safe_join(root, location) if location else root
+        os.makedirs(directory, exist_ok=True)
+        if not _inside(root, os.path.realpath(directory)):
+            raise ProviderError(f"location {location!r} is a link out of STORE_PATH {root!r}")
+        return directory
+
+    def _new_temp(self, directory: str) -> tuple[str, IO[bytes]]:
+        fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".part", dir=directory)
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would surprise a web server serving the folder
+        return temp, os.fdopen(fd, "wb")
+
+    def _finish(self, f: IO[bytes]) -> None:
+        f.flush()
+        if self.config["STORE_FSYNC"]:
+            os.fsync(f.fileno())
+        f.close()
+
+    def _save_blocking(self, location: str, names: Iterator[str], source: Source) -> str:
+        directory = self._directory(location)
+        temp, f = self._new_temp(directory)
+        try:
+            with f:
+                for chunk in source.blocking_chunks(self.config.chunk_size):
+                    f.write(chunk)
+                self._finish(f)
+            return _claim(temp, directory, names, location)
+        finally:
+            _remove(temp)
+
+    async def _save(self, location: str, names: Iterator[str], source: Source) -> str:
+        if source.is_blocking:
+            return await anyio.to_thread.run_sync(self._save_blocking, location, names, source)
+        directory = await anyio.to_thread.run_sync(self._directory, location)
+        temp, f = await anyio.to_thread.run_sync(self._new_temp, directory)
+        try:
+            try:
+                buffer = bytearray()
+                async for chunk in source.chunks(self.config.chunk_size):
+                    buffer += chunk
+                    if len(buffer) >= self.config.chunk_size:
+                        await anyio.to_thread.run_sync(f.write, buffer)
+                        buffer = bytearray()
+                await anyio.to_thread.run_sync(f.write, buffer)
+                await anyio.to_thread.run_sync(self._finish, f)
+            finally:
+                f.close()
+            return await anyio.to_thread.run_sync(_claim, temp, directory, names, location)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_remove, temp)
+
+    async def _exists(self, key: str) -> bool:
+        try:
+            await anyio.to_thread.run_sync(resolve_file, self.config.path, key)
+        except NotFoundError:
+            return False
+        return True
+
+    @contextlib.asynccontextmanager
+    async def _open(self, key: str) -> AsyncIterator[AsyncReadable]:
+        path, _ = await anyio.to_thread.run_sync(resolve_file, self.config.path, key)
+        async with aiofiles.open(path, "rb") as f:
+            yield f
+
+    def _delete_blocking(self, key: str) -> None:
+        resolve_file(self.config.path, key)  # refuses what the store would not serve
+        os.unlink(safe_join(self.config.path, key))  # the link itself, never its target
+
+    async def _delete(self, key: str) -> None:
+        await anyio.to_thread.run_sync(self._delete_blocking, key)

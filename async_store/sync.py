@@ -1,0 +1,192 @@
+"""The sync shim: blocking calls for classic Flask views, over the one async core.
+
+Nothing is implemented twice. :class:`SyncProvider` holds an async :class:`Provider` and runs each
+of its methods on an event loop that lives in a thread of its own (an anyio blocking portal, owned
+by the :class:`~async_store.Store`), so every safety rule (no path escape, no partial file, no
+overwrite) exists once, in the async code.
+
+The portal is started on first use, shared by every request thread (``portal.call`` is
+thread-safe) and stopped by ``store.close()`` or at interpreter exit. Calling the shim from inside
+a running event loop would block that loop: it raises :class:`StoreError` naming the async API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import io
+import threading
+from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, Self, TypeVar
+
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from .exceptions import StoreError
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Iterator
+
+    from ._sources import AsyncReadable
+    from .providers.base import Provider
+
+__all__ = ["PortalOwner", "SyncFile", "SyncProvider"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class PortalOwner:
+    """One lazily started event-loop thread, shared by all the sync calls of a Store."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stack: contextlib.ExitStack | None = None
+        self._portal: BlockingPortal | None = None
+
+    @property
+    def portal(self) -> BlockingPortal:
+        if self._portal is None:
+            with self._lock:
+                if self._portal is None:
+                    stack = contextlib.ExitStack()
+                    self._portal = stack.enter_context(start_blocking_portal(name="async_store"))
+                    self._stack = stack
+                    atexit.register(self.close)
+        return self._portal
+
+    def call(self, func: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``await func(*args, **kwargs)`` on the portal's loop and wait for it."""
+        _refuse_inside_loop(getattr(func, "__qualname__", repr(func)))
+        return self.portal.call(lambda: func(*args, **kwargs))
+
+    def close(self) -> None:
+        """Stop the loop thread; the next call starts a new one."""
+        with self._lock:
+            stack, self._stack, self._portal = self._stack, None, None
+        if stack is not None:
+            stack.close()
+
+
+def _refuse_inside_loop(what: str) -> None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise StoreError(
+        f"the sync API ({what}) was called inside a running event loop, where it would block "
+        f"every other task: use the async provider instead, "
+        f"'await store.AsyncProvider(...).save()'."
+    )
+
+
+class SyncFile(io.RawIOBase):
+    """A blocking, read-only file over the async file ``open()`` gives."""
+
+    def __init__(self, owner: PortalOwner, file: AsyncReadable) -> None:
+        self._owner = owner
+        self._file = file
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self._owner.call(self._file.read, len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        # One hop for the whole request instead of RawIOBase's loop of readinto calls.
+        return self._owner.call(self._file.read, size)
+
+    def seekable(self) -> bool:
+        return hasattr(self._file, "seek")
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return int(self._owner.call(self._file.seek, offset, whence))  # type: ignore[attr-defined]
+
+    def tell(self) -> int:
+        return int(self._owner.call(self._file.tell))  # type: ignore[attr-defined]
+
+
+class SyncProvider:
+    """The blocking twin of a :class:`Provider`: same arguments, same properties.
+
+    ``store.Provider`` gives this class in a Flask app::
+
+        provider = store.Provider(request.files["afile"])
+        url = provider.save()             # returns once the file is stored
+        with provider.open() as f:
+            head = f.read(1024)
+    """
+
+    _async_class: ClassVar[type[Provider]]
+    _owner: ClassVar[PortalOwner]
+
+    @classmethod
+    def bind(cls, async_class: type[Provider], owner: PortalOwner) -> type[Self]:
+        """A subclass wrapping one app's async provider class."""
+        return type(
+            f"Sync{async_class.__name__}", (cls,), {"_async_class": async_class, "_owner": owner}
+        )
+
+    def __init__(
+        self, fp: Any = None, location: str | None = None, *, filename: str | None = None
+    ) -> None:
+        self._provider = self._async_class(fp, location, filename=filename)
+
+    @classmethod
+    def wrap(cls, provider: Provider, owner: PortalOwner) -> SyncProvider:
+        """The sync view of an existing async provider."""
+        self = cls.__new__(cls)
+        self._provider = provider
+        self._owner = owner  # type: ignore[misc]
+        return self
+
+    def __repr__(self) -> str:
+        return f"<Sync{self._provider!r}"[:-1] + ">"
+
+    @property
+    def provider(self) -> Provider:
+        """The async provider underneath."""
+        return self._provider
+
+    filename = property(lambda self: self._provider.filename, doc="See Provider.filename.")
+    location = property(lambda self: self._provider.location, doc="See Provider.location.")
+    relative_path = property(
+        lambda self: self._provider.relative_path, doc="See Provider.relative_path."
+    )
+    absolute_path = property(
+        lambda self: self._provider.absolute_path, doc="See Provider.absolute_path."
+    )
+    relative_url = property(
+        lambda self: self._provider.relative_url, doc="See Provider.relative_url."
+    )
+    absolute_url = property(
+        lambda self: self._provider.absolute_url, doc="See Provider.absolute_url."
+    )
+    saved = property(lambda self: self._provider.saved, doc="See Provider.saved.")
+
+    def save(self) -> str:
+        """Store the file and return its URL; see :meth:`Provider.save`."""
+        return self._owner.call(self._provider.save)
+
+    def exists(self, filename: str | None = None) -> bool:
+        """See :meth:`Provider.exists`."""
+        return self._owner.call(self._provider.exists, filename)
+
+    @contextlib.contextmanager
+    def open(self) -> Iterator[SyncFile]:
+        """Open the stored file for blocking reads: ``with p.open() as f: f.read(n)``."""
+        _refuse_inside_loop("SyncProvider.open")
+        cm = self._owner.portal.wrap_async_context_manager(self._provider.open())
+        with cm as file:
+            yield SyncFile(self._owner, file)
+
+    def delete(self, *, missing_ok: bool = False) -> None:
+        """See :meth:`Provider.delete`."""
+        self._owner.call(self._provider.delete, missing_ok=missing_ok)
+
+    def url(self, expires: int | None = None) -> str:
+        """See :meth:`Provider.url`."""
+        return self._owner.call(self._provider.url, expires)
