@@ -19,7 +19,17 @@ from typing import IO, Any, Protocol, Union, runtime_checkable
 
 import anyio.to_thread
 
-__all__ = ["AsyncReadable", "FileLike", "Source", "SourceInput", "to_source"]
+__all__ = ["AsyncReadable", "FileLike", "Source", "SourceFailure", "SourceInput", "to_source"]
+
+
+class SourceFailure(Exception):
+    """Carries an error raised while *reading* the upload (a client that went away, a broken
+    generator) past the provider's backend-error mapping: it is the caller's error, not the
+    store's, and ``Provider.save`` re-raises the original unchanged."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 @runtime_checkable
@@ -81,6 +91,12 @@ class Source:
     def blocking_chunks(self, size: int) -> Iterator[bytes]:
         """Yield the content; call it from a worker thread, it blocks."""
         self._take()
+        try:
+            yield from self._blocking_chunks(size)
+        except Exception as exc:
+            raise SourceFailure(exc) from exc
+
+    def _blocking_chunks(self, size: int) -> Iterator[bytes]:
         if self._path is not None:
             with open(self._path, "rb") as f:
                 yield from iter(lambda: f.read(size), b"")
@@ -94,9 +110,12 @@ class Source:
         """Yield the content on the event loop (blocking sources cost a thread hop a chunk)."""
         if self._chunks is not None:
             self._take()
-            async for chunk in self._chunks:
-                if chunk:
-                    yield bytes(chunk)
+            try:
+                async for chunk in self._chunks:
+                    if chunk:
+                        yield bytes(chunk)
+            except Exception as exc:
+                raise SourceFailure(exc) from exc
             return
         iterator = self.blocking_chunks(size)
         sentinel = b""

@@ -144,7 +144,7 @@ class SyncProvider:
         return self
 
     def __repr__(self) -> str:
-        return f"<Sync{self._provider!r}"[:-1] + ">"
+        return f"<Sync{repr(self._provider)[1:]}"
 
     @property
     def provider(self) -> Provider:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 from urllib.parse import quote
 
 from .._paths import clean_filename, clean_key, clean_location, collision_name
-from .._sources import AsyncReadable, Source, to_source
+from .._sources import AsyncReadable, Source, SourceFailure, to_source
 from ..exceptions import NotConfiguredError, NotFoundError, ProviderError, StoreError
 
 if TYPE_CHECKING:
@@ -183,8 +183,12 @@ class Provider(ABC):
         source = self._source
         if source is None or source.used:
             raise StoreError(f"{self!r}: an earlier save failed after reading the upload")
-        with self._map_errors(self.relative_path):
-            self._filename = await self._save(self._location, self._candidates(), source)
+        try:
+            with self._map_errors(self.relative_path):
+                self._filename = await self._save(self._location, self._candidates(), source)
+        except SourceFailure as failure:
+            # The upload's own error, unchanged: its type, traceback and cause are the caller's.
+            raise failure.error from failure.error.__cause__
         self._saved = True
         return self.absolute_url
 

@@ -1,0 +1,75 @@
+"""The sync shim: a thin, thread-safe facade over the async core."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from async_store import Store, StoreError
+from tests.conftest import make_app
+
+
+@pytest.fixture
+def flask_store(store_path: Path):  # type: ignore[no-untyped-def]
+    store = Store(make_app("flask", store_path))
+    yield store
+    store.close()
+
+
+def test_sync_file_is_a_real_binary_file(flask_store: Store) -> None:
+    data = bytes(range(256)) * 1000
+    provider = flask_store.Provider(data, filename="a.bin")
+    provider.save()
+    with provider.open() as f:
+        assert f.read(10) == data[:10]
+        assert f.tell() == 10
+        f.seek(-6, io.SEEK_END)
+        assert f.read() == data[-6:]
+        f.seek(0)
+        out = io.BytesIO()
+        shutil.copyfileobj(io.BufferedReader(f), out)  # type: ignore[arg-type]
+    assert out.getvalue() == data
+    assert f.closed
+
+
+def test_one_loop_thread_serves_every_call(flask_store: Store) -> None:
+    flask_store.Provider(b"x", filename="warmup").save()
+    before = threading.active_count()
+    for i in range(50):
+        provider = flask_store.Provider(b"x", filename=f"{i}.txt")
+        provider.save()
+        assert provider.exists()
+    assert threading.active_count() <= before + 1
+
+
+def test_close_then_use_again(flask_store: Store) -> None:
+    flask_store.Provider(b"1", filename="a.txt").save()
+    flask_store.close()
+    assert not [t for t in threading.enumerate() if t.name == "async_store"]
+    assert flask_store.Provider(b"2", filename="b.txt").save() == "/uploads/b.txt"
+
+
+def test_mirrors_the_async_provider(flask_store: Store) -> None:
+    provider = flask_store.Provider(b"x", "docs", filename="r.txt")
+    assert repr(provider) == "<SyncLocalProvider unsaved 'docs/r.txt'>"
+    assert not provider.saved
+    assert provider.save() == provider.absolute_url == provider.url() == "/uploads/docs/r.txt"
+    assert provider.saved and provider.location == "docs" and provider.filename == "r.txt"
+    assert provider.relative_path == "docs/r.txt" and provider.relative_url == "/uploads/docs/r.txt"
+    assert provider.absolute_path.endswith("/docs/r.txt")
+    assert provider.provider.relative_path == "docs/r.txt"
+    provider.delete()
+    assert not provider.exists()
+
+
+async def test_shim_inside_a_running_loop_is_refused(flask_store: Store) -> None:
+    provider = flask_store.Provider(b"x", filename="a.txt")
+    with pytest.raises(StoreError, match=r"AsyncProvider\(\.\.\.\)\.save\(\)"):
+        provider.save()
+    with pytest.raises(StoreError, match="running event loop"):
+        with provider.open():
+            pass
