@@ -376,3 +376,26 @@ async def test_async_api_never_blocks_the_event_loop(store: Any, app: Any) -> No
         async with provider.open() as f:
             assert len(await f.read()) == 100_001
         await provider.delete()
+
+
+async def test_fsync_flushes_file_and_folder(
+    app_kind: str, store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from async_store import Store
+    from tests.conftest import make_app
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real_fsync(fd)
+    )
+    for fsync in (False, True):
+        store = Store(make_app(app_kind, store_path / str(fsync), STORE_FSYNC=fsync))
+        provider = store.state().provider_class(agen(b"x"), "sub", filename="a.txt")
+        await provider.save()
+        await store.state().provider_class(b"y", filename="b.txt").save()
+        store.close()
+    folder = str(store_path / "True")
+    assert len(synced) == 4
+    assert synced[1::2] == [f"{folder}/sub", folder]
+    assert all(".async_store-" in path for path in synced[0::2])

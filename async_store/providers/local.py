@@ -173,6 +173,17 @@ class LocalProvider(Provider):
             os.fsync(f.fileno())
         f.close()
 
+    def _publish(self, temp: str, directory: str, names: Iterator[str], location: str) -> str:
+        name = _claim(temp, directory, names, location)
+        if self.config["STORE_FSYNC"]:
+            # The new directory entry must reach the disk too, or a power cut loses the name.
+            fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return name
+
     def _save_blocking(self, location: str, names: Iterator[str], source: Source) -> str:
         directory = self._directory(location)
         temp, f = self._new_temp(directory)
@@ -181,7 +192,7 @@ class LocalProvider(Provider):
                 for chunk in source.blocking_chunks(self.config.chunk_size):
                     f.write(chunk)
                 self._finish(f)
-            return _claim(temp, directory, names, location)
+            return self._publish(temp, directory, names, location)
         finally:
             _remove(temp)
 
@@ -202,7 +213,7 @@ class LocalProvider(Provider):
                 await anyio.to_thread.run_sync(self._finish, f)
             finally:
                 f.close()
-            return await anyio.to_thread.run_sync(_claim, temp, directory, names, location)
+            return await anyio.to_thread.run_sync(self._publish, temp, directory, names, location)
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(_remove, temp)
