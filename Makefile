@@ -1,0 +1,49 @@
+# make demo: the Quart example on http://127.0.0.1:5000; make test: lint, types and the suite.
+# Both build .venv themselves (python3 -m venv, pip install -e '.[test]'), so a fresh clone
+# needs nothing but python3 >= 3.11 and make.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Touched after a successful install: pip runs again only when pyproject.toml is newer.
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 5000
+
+.PHONY: help install demo test lint format clean
+
+help:
+	@echo "make demo     run the Quart example on http://$(HOST):$(PORT) (upload form, local storage)"
+	@echo "make test     ruff check, ruff format --check, mypy --strict and pytest"
+	@echo "make lint     the same without pytest"
+	@echo "make format   ruff format and ruff check --fix"
+	@echo "make clean    remove .venv and the caches"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	@echo "async_store demo on http://$(HOST):$(PORT) (files in examples/instance/uploads unless STORE_PATH is set)"
+	$(BIN)/hypercorn --bind $(HOST):$(PORT) examples/quart_app.py:app
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
