@@ -77,6 +77,21 @@ class Source:
         self._iterable = blocking
         self._chunks = chunks
         self.used = False
+        self._start: int | None = None
+        if file is not None:
+            try:
+                self._start = file.tell() if file.seekable() else None
+            except (AttributeError, OSError, ValueError):
+                self._start = None
+
+    def rewind(self) -> bool:
+        """Make the content readable again, if it can be (a path, a seekable file)."""
+        if self._path is None and self._start is None:
+            return False
+        if self._file is not None and self._start is not None:
+            self._file.seek(self._start)
+        self.used = False
+        return True
 
     @property
     def is_blocking(self) -> bool:

@@ -76,7 +76,8 @@ class Store:
     """
 
     def __init__(self, app: App | None = None) -> None:
-        self._portal = PortalOwner()
+        self._states: list[StoreState] = []
+        self._portal = PortalOwner(self._start_sync_loop, self._stop_sync_loop)
         self._default_app: App | None = None
         if app is not None:
             self.init_app(app)
@@ -106,6 +107,11 @@ class Store:
             is_async=_is_async_app(app),
         )
         app.extensions[EXTENSION_KEY] = state
+        self._states.append(state)
+        if state.is_async:
+            # Quart's serving loop is long-lived: the provider may keep clients for it.
+            app.before_serving(bound.startup)  # type: ignore[attr-defined]
+            app.after_serving(bound.shutdown)  # type: ignore[attr-defined]
         if config["STORE_SERVE_FILES"] and provider_class.register_route:
             register_route(app, state)
 
@@ -158,6 +164,14 @@ class Store:
     def SyncProvider(self) -> type[_SyncProvider]:
         """The current app's sync shim class, in Flask and in Quart's sync code alike."""
         return self.state().sync_provider_class
+
+    async def _start_sync_loop(self) -> None:
+        for state in list(self._states):
+            await state.provider_class.startup()
+
+    async def _stop_sync_loop(self) -> None:
+        for state in list(self._states):
+            await state.provider_class.shutdown()
 
     def close(self) -> None:
         """Stop the sync shim's event-loop thread (it also stops at interpreter exit)."""

@@ -38,7 +38,13 @@ T = TypeVar("T")
 class PortalOwner:
     """One lazily started event-loop thread, shared by all the sync calls of a Store."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        on_start: Callable[[], Awaitable[None]] | None = None,
+        on_stop: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self._on_start = on_start
+        self._on_stop = on_stop
         self._lock = threading.Lock()
         self._stack: contextlib.ExitStack | None = None
         self._portal: BlockingPortal | None = None
@@ -49,8 +55,10 @@ class PortalOwner:
             with self._lock:
                 if self._portal is None:
                     stack = contextlib.ExitStack()
-                    self._portal = stack.enter_context(start_blocking_portal(name="async_store"))
-                    self._stack = stack
+                    portal = stack.enter_context(start_blocking_portal(name="async_store"))
+                    if self._on_start is not None:
+                        portal.call(self._on_start)
+                    self._portal, self._stack = portal, stack
                     atexit.register(self.close)
         return self._portal
 
@@ -62,9 +70,13 @@ class PortalOwner:
     def close(self) -> None:
         """Stop the loop thread; the next call starts a new one."""
         with self._lock:
-            stack, self._stack, self._portal = self._stack, None, None
-        if stack is not None:
-            stack.close()
+            stack, portal = self._stack, self._portal
+            self._stack = self._portal = None
+        if stack is None or portal is None:
+            return
+        with stack:
+            if self._on_stop is not None:
+                portal.call(self._on_stop)
 
 
 def _refuse_inside_loop(what: str) -> None:

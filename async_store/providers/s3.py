@@ -1,0 +1,532 @@
+"""Files in an S3 bucket: AWS S3 or any S3-compatible server (SeaweedFS, MinIO, Ceph RGW, R2).
+
+The only module that imports aioboto3. How a save works, and why:
+
+* the name is claimed with a conditional write (``If-None-Match: *`` on the PUT, or on
+  ``CompleteMultipartUpload``), so two uploads of one name never overwrite each other; a HEAD
+  first skips a name that is plainly taken. Servers without conditional writes
+  (``STORE_S3_CONDITIONAL_WRITES = False``) get HEAD-then-PUT, which a concurrent writer of the
+  same new name can race: documented, and the reason the default is on;
+* small files go up in one PUT; larger ones as a multipart upload with at most
+  ``STORE_S3_MAX_CONCURRENCY`` parts of ``STORE_S3_PART_SIZE`` in memory at once. A failed or
+  cancelled multipart upload is aborted (aioboto3's ``upload_fileobj`` does not do that on
+  cancellation, and cannot make the final step conditional: hence our own loop);
+* one client per app and long-lived event loop (Quart's serving loop, the sync shim's loop),
+  created in that loop and closed when it stops; any other loop (a Flask ``async def`` view
+  runs each request in a new one) gets a client for the duration of one call.
+
+Credentials are never part of a repr, a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import mimetypes
+from typing import TYPE_CHECKING, Any, ClassVar, Self
+
+import anyio
+
+from ..exceptions import NotConfiguredError, NotFoundError, ProviderError, StoreError
+
+try:
+    import aioboto3
+    from aiobotocore.config import AioConfig
+    from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+except ImportError as exc:  # pragma: no cover - depends on the extra
+    raise ImportError(
+        f"the S3 provider needs aioboto3 ({exc}): pip install 'async_store[s3]'"
+    ) from exc
+
+from .base import Provider, no_free_name
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+
+    from flask.sansio.app import App
+
+    from .._sources import AsyncReadable, Source
+    from ..config import StoreConfig
+
+__all__ = ["S3GeventProvider", "S3Provider"]
+
+MIB = 1024 * 1024
+# Object parameters STORE_S3_OBJECT_PARAMS may set (PutObject / CreateMultipartUpload names).
+_OBJECT_PARAMS = frozenset(
+    {
+        "CacheControl",
+        "ContentDisposition",
+        "ContentEncoding",
+        "ContentLanguage",
+        "ContentType",
+        "Expires",
+        "Metadata",
+        "ServerSideEncryption",
+        "SSEKMSKeyId",
+        "StorageClass",
+        "Tagging",
+    }
+)
+_CANNED_ACLS = frozenset(
+    {
+        "private",
+        "public-read",
+        "public-read-write",
+        "authenticated-read",
+        "aws-exec-read",
+        "bucket-owner-read",
+        "bucket-owner-full-control",
+    }
+)
+_SECRET_KEYS = ("STORE_S3_ACCESS_KEY", "STORE_S3_SECRET_KEY", "STORE_S3_SESSION_TOKEN")
+
+
+class _NameTaken(Exception):
+    """The conditional write found the key taken (412): try the next name."""
+
+
+class _Clients:
+    """aioboto3 clients: one per long-lived loop, else one per call."""
+
+    def __init__(self, config: StoreConfig) -> None:
+        self._session = aioboto3.Session(
+            aws_access_key_id=config.get("STORE_S3_ACCESS_KEY"),
+            aws_secret_access_key=config.get("STORE_S3_SECRET_KEY"),
+            aws_session_token=config.get("STORE_S3_SESSION_TOKEN"),
+            region_name=config.get("STORE_S3_REGION"),
+        )
+        # S3-compatible servers on an IP or localhost only answer path-style requests.
+        style: Any = config.get("STORE_S3_ADDRESSING_STYLE") or (
+            "path" if config.get("STORE_S3_ENDPOINT_URL") else "auto"
+        )
+        self._botocore = AioConfig(
+            retries={"mode": "standard", "max_attempts": int(config["STORE_S3_MAX_ATTEMPTS"])},
+            s3={"addressing_style": style},
+            connect_timeout=config["STORE_S3_CONNECT_TIMEOUT"],
+            read_timeout=config["STORE_S3_READ_TIMEOUT"],
+            max_pool_connections=max(10, 2 * int(config["STORE_S3_MAX_CONCURRENCY"])),
+        )
+        self._endpoint = config.get("STORE_S3_ENDPOINT_URL")
+        self._public_endpoint = config.get("STORE_S3_PUBLIC_ENDPOINT_URL") or self._endpoint
+        self._kept: dict[asyncio.AbstractEventLoop, tuple[contextlib.AsyncExitStack, Any]] = {}
+        self._long_lived: set[asyncio.AbstractEventLoop] = set()
+        self._locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+
+    def _new(self, public: bool = False) -> Any:
+        return self._session.client(
+            "s3",
+            endpoint_url=self._public_endpoint if public else self._endpoint,
+            config=self._botocore,
+        )
+
+    def keep_for_this_loop(self) -> None:
+        self._long_lived.add(asyncio.get_running_loop())
+
+    @contextlib.asynccontextmanager
+    async def client(self, public: bool = False) -> AsyncIterator[Any]:
+        loop = asyncio.get_running_loop()
+        if public and self._public_endpoint != self._endpoint:
+            async with self._new(public=True) as client:
+                yield client
+            return
+        if loop not in self._long_lived:
+            async with self._new() as client:
+                yield client
+            return
+        if loop not in self._kept:
+            async with self._locks.setdefault(loop, asyncio.Lock()):
+                if loop not in self._kept:
+                    stack = contextlib.AsyncExitStack()
+                    client = await stack.enter_async_context(self._new())
+                    self._kept[loop] = (stack, client)
+        yield self._kept[loop][1]
+
+    async def close_this_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._long_lived.discard(loop)
+        self._locks.pop(loop, None)
+        kept = self._kept.pop(loop, None)
+        if kept is not None:
+            await kept[0].aclose()
+
+
+class _Body:
+    """The stored object, read in chunks: ``await f.read(n)``."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    async def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            return bytes(await self._stream.read())
+        # Like a local file: ``size`` bytes unless the object ends first (the network hands
+        # over whatever arrived, often less).
+        data = bytearray()
+        while len(data) < size:
+            chunk = await self._stream.read(size - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return bytes(data)
+
+
+class S3Provider(Provider):
+    """Stores files in the bucket ``STORE_S3_BUCKET``, below the key prefix ``STORE_PATH``.
+
+    ``STORE_DOMAIN`` is the public base URL (a CDN, or the bucket's own URL); without it,
+    :attr:`absolute_url` points at the bucket on ``STORE_S3_PUBLIC_ENDPOINT_URL``,
+    ``STORE_S3_ENDPOINT_URL`` or AWS. Private objects are fetched with :meth:`url`, a presigned
+    GET. See the README for every ``STORE_S3_*`` key.
+    """
+
+    REQUIRED_CONFIGURATION: ClassVar[tuple[str, ...]] = ("STORE_S3_BUCKET",)
+    _clients: ClassVar[_Clients]
+
+    @classmethod
+    def app_defaults(cls, app: App) -> None:
+        defaults: dict[str, Any] = {
+            "STORE_PATH": "",
+            "STORE_S3_BUCKET": None,
+            "STORE_S3_REGION": None,
+            "STORE_S3_ACCESS_KEY": None,
+            "STORE_S3_SECRET_KEY": None,
+            "STORE_S3_SESSION_TOKEN": None,
+            "STORE_S3_ENDPOINT_URL": None,
+            "STORE_S3_PUBLIC_ENDPOINT_URL": None,
+            "STORE_S3_ADDRESSING_STYLE": None,
+            "STORE_S3_ACL": "private",
+            "STORE_S3_OBJECT_PARAMS": {},
+            "STORE_S3_CONDITIONAL_WRITES": True,
+            "STORE_S3_MULTIPART_THRESHOLD": 8 * MIB,
+            "STORE_S3_PART_SIZE": 8 * MIB,
+            "STORE_S3_MAX_CONCURRENCY": 4,
+            "STORE_S3_MAX_ATTEMPTS": 5,
+            "STORE_S3_CONNECT_TIMEOUT": 10,
+            "STORE_S3_READ_TIMEOUT": 60,
+        }
+        for key, value in defaults.items():
+            app.config.setdefault(key, value)
+
+    @classmethod
+    def check_config(cls, config: StoreConfig) -> None:
+        super().check_config(config)
+        acl = config["STORE_S3_ACL"]
+        if acl is not None and acl not in _CANNED_ACLS:
+            raise NotConfiguredError(
+                f"STORE_S3_ACL must be a canned ACL ({', '.join(sorted(_CANNED_ACLS))}) or None "
+                f"to send none (R2 and buckets with ACLs disabled), not {acl!r}."
+            )
+        part = config["STORE_S3_PART_SIZE"]
+        if not isinstance(part, int) or part < 5 * MIB:
+            raise NotConfiguredError(
+                f"STORE_S3_PART_SIZE must be at least 5 MiB (S3's minimum part), not {part!r}."
+            )
+        threshold = config["STORE_S3_MULTIPART_THRESHOLD"]
+        if not isinstance(threshold, int) or threshold < 5 * MIB:
+            raise NotConfiguredError(
+                f"STORE_S3_MULTIPART_THRESHOLD must be an int of at least 5 MiB, not {threshold!r}."
+            )
+        concurrency = config["STORE_S3_MAX_CONCURRENCY"]
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise NotConfiguredError(
+                f"STORE_S3_MAX_CONCURRENCY must be a positive int, not {concurrency!r}."
+            )
+        params = config["STORE_S3_OBJECT_PARAMS"]
+        unknown = set(params or {}) - _OBJECT_PARAMS
+        if not isinstance(params, dict) or unknown:
+            raise NotConfiguredError(
+                f"STORE_S3_OBJECT_PARAMS takes a dict of {', '.join(sorted(_OBJECT_PARAMS))}; "
+                f"unknown: {', '.join(sorted(unknown)) or repr(params)}."
+            )
+        for key in ("STORE_S3_ENDPOINT_URL", "STORE_S3_PUBLIC_ENDPOINT_URL"):
+            value = config[key]
+            if value is not None and not str(value).startswith(("http://", "https://")):
+                raise NotConfiguredError(
+                    f"{key} must be a URL such as 'http://127.0.0.1:8333', not {value!r}."
+                )
+        has_key = config["STORE_S3_ACCESS_KEY"] is not None
+        if has_key != (config["STORE_S3_SECRET_KEY"] is not None):
+            raise NotConfiguredError(
+                "STORE_S3_ACCESS_KEY and STORE_S3_SECRET_KEY go together: set both, or neither "
+                "to use boto's credential chain (environment, ~/.aws, instance role)."
+            )
+        config["STORE_PATH"] = config.path.strip("/")
+
+    @classmethod
+    def bind(cls, config: StoreConfig) -> type[Self]:
+        bound = super().bind(config)
+        bound._clients = _Clients(config)
+        return bound
+
+    @classmethod
+    async def startup(cls) -> None:
+        cls._clients.keep_for_this_loop()
+
+    @classmethod
+    async def shutdown(cls) -> None:
+        await cls._clients.close_this_loop()
+
+    # --- names and URLs ----------------------------------------------------------------------
+
+    @property
+    def bucket(self) -> str:
+        return str(self.config["STORE_S3_BUCKET"])
+
+    def _key(self, relative: str) -> str:
+        prefix = self.config.path
+        return f"{prefix}/{relative}" if prefix else relative
+
+    def _absolute_path(self, key: str) -> str:
+        return self._key(key)
+
+    def _url_base(self) -> str:
+        return self.config.path
+
+    def _default_domain(self) -> str:
+        endpoint = (
+            self.config["STORE_S3_PUBLIC_ENDPOINT_URL"] or self.config["STORE_S3_ENDPOINT_URL"]
+        )
+        if endpoint:
+            return f"{str(endpoint).rstrip('/')}/{self.bucket}"
+        region = self.config["STORE_S3_REGION"] or "us-east-1"
+        return f"https://{self.bucket}.s3.{region}.amazonaws.com"
+
+    async def url(self, expires: int | None = None) -> str:
+        """A presigned GET URL valid for ``expires`` seconds (default: :attr:`absolute_url`)."""
+        if expires is None:
+            return self.absolute_url
+        self._require_saved()
+        with self._map_errors(self.relative_path):
+            async with self._clients.client(public=True) as s3:
+                return str(
+                    await s3.generate_presigned_url(
+                        "get_object",
+                        Params={"Bucket": self.bucket, "Key": self._key(self.relative_path)},
+                        ExpiresIn=int(expires),
+                    )
+                )
+
+    # --- errors ------------------------------------------------------------------------------
+
+    def _scrub(self, text: str) -> str:
+        for key in _SECRET_KEYS:
+            secret = self.config.get(key)
+            if secret:
+                text = text.replace(str(secret), "***")
+        return text
+
+    @contextlib.contextmanager
+    def _map_errors(self, key: str) -> Iterator[None]:
+        where = f"{key!r} in bucket {self.bucket!r}"
+        try:
+            yield
+        except StoreError:
+            raise  # ours already (NotFoundError is an OSError too: keep it from the net below)
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise NotFoundError(f"no stored file {where}") from exc
+            if code == "NoSuchBucket":
+                raise ProviderError(
+                    f"bucket {self.bucket!r} does not exist: create it, or fix STORE_S3_BUCKET"
+                ) from exc
+            if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                raise ProviderError(
+                    f"access denied to {where} ({code}): check the credentials "
+                    f"(STORE_S3_ACCESS_KEY / STORE_S3_SECRET_KEY or boto's chain) and the "
+                    f"bucket policy"
+                ) from exc
+            message = self._scrub(str(error.get("Message", "")))
+            raise ProviderError(f"S3 error for {where}: {code} {status} {message}") from exc
+        except EndpointConnectionError as exc:
+            raise ProviderError(
+                f"cannot reach the S3 endpoint for {where}: check STORE_S3_ENDPOINT_URL "
+                f"({self.config['STORE_S3_ENDPOINT_URL'] or 'AWS'}) and the network"
+            ) from exc
+        except BotoCoreError as exc:
+            raise ProviderError(
+                f"S3 request for {where} failed: {type(exc).__name__}: {self._scrub(str(exc))}"
+            ) from exc
+        except (TimeoutError, OSError) as exc:
+            raise ProviderError(
+                f"S3 connection for {where} failed: {type(exc).__name__}: {self._scrub(str(exc))}"
+            ) from exc
+
+    # --- the backend's half ------------------------------------------------------------------
+
+    def _object_args(self, name: str) -> dict[str, Any]:
+        args: dict[str, Any] = {
+            "ContentType": mimetypes.guess_type(name)[0] or "application/octet-stream"
+        }
+        if self.config["STORE_S3_ACL"] is not None:
+            args["ACL"] = self.config["STORE_S3_ACL"]
+        args.update(self.config["STORE_S3_OBJECT_PARAMS"] or {})
+        return args
+
+    async def _head(self, s3: Any, key: str) -> bool:
+        try:
+            await s3.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+    async def _save(self, location: str, names: Iterator[str], source: Source) -> str:
+        conditional = bool(self.config["STORE_S3_CONDITIONAL_WRITES"])
+        async with self._clients.client() as s3:
+            for name in names:
+                relative = f"{location}/{name}" if location else name
+                key = self._key(relative)
+                if await self._head(s3, key):
+                    continue
+                try:
+                    await self._upload(s3, key, name, source, conditional)
+                except _NameTaken:
+                    # Someone claimed this new name between our HEAD and our write.
+                    if not source.rewind():
+                        raise ProviderError(
+                            f"another upload claimed {relative!r} first and this upload's "
+                            f"stream cannot be read twice; retry the upload"
+                        ) from None
+                    continue
+                return name
+        raise no_free_name(location)
+
+    async def _upload(
+        self, s3: Any, key: str, name: str, source: Source, conditional: bool
+    ) -> None:
+        threshold = int(self.config["STORE_S3_MULTIPART_THRESHOLD"])
+        part_size = int(self.config["STORE_S3_PART_SIZE"])
+        chunks = self._parts(source, part_size).__aiter__()
+        first = b""
+        async for part in chunks:
+            first = part
+            break
+        extra = {"IfNoneMatch": "*"} if conditional else {}
+        if len(first) < max(threshold, part_size):
+            # The whole file fits in one part: one PUT, ACL and headers included.
+            try:
+                await s3.put_object(
+                    Bucket=self.bucket, Key=key, Body=first, **self._object_args(name), **extra
+                )
+            except ClientError as exc:
+                _raise_if_taken(exc)
+                raise
+            return
+        await self._multipart(s3, key, name, first, chunks, extra)
+
+    async def _parts(self, source: Source, part_size: int) -> AsyncIterator[bytes]:
+        """Re-cut the source's chunks into parts of exactly ``part_size`` (the last one less)."""
+        buffer = bytearray()
+        async for chunk in source.chunks(part_size):
+            buffer += chunk
+            while len(buffer) >= part_size:
+                yield bytes(buffer[:part_size])
+                del buffer[:part_size]
+        if buffer:
+            yield bytes(buffer)
+
+    async def _multipart(
+        self,
+        s3: Any,
+        key: str,
+        name: str,
+        first: bytes,
+        rest: AsyncIterator[bytes],
+        extra: dict[str, str],
+    ) -> None:
+        created = await s3.create_multipart_upload(
+            Bucket=self.bucket, Key=key, **self._object_args(name)
+        )
+        upload_id = created["UploadId"]
+        etags: dict[int, str] = {}
+        # Each part in flight holds its bytes: the limiter bounds memory to N parts.
+        limiter = anyio.Semaphore(int(self.config["STORE_S3_MAX_CONCURRENCY"]))
+
+        async def send(number: int, body: bytes) -> None:
+            try:
+                response = await s3.upload_part(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
+                )
+                etags[number] = response["ETag"]
+            finally:
+                limiter.release()
+
+        try:
+            try:
+                async with anyio.create_task_group() as tg:
+                    number = 1
+                    await limiter.acquire()
+                    tg.start_soon(send, number, first)
+                    async for body in rest:
+                        number += 1
+                        await limiter.acquire()
+                        tg.start_soon(send, number, body)
+            except BaseExceptionGroup as group:
+                # One failure (a part upload, or the upload's own stream): raise it as itself.
+                raise _first_error(group) from None
+            parts = [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
+            try:
+                await s3.complete_multipart_upload(
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
+                    **extra,
+                )
+            except ClientError as exc:
+                _raise_if_taken(exc)
+                raise
+        except BaseException:
+            # Failed, cancelled or lost the name: never leave parts behind to be billed.
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            raise
+
+    async def _exists(self, key: str) -> bool:
+        async with self._clients.client() as s3:
+            return await self._head(s3, self._key(key))
+
+    @contextlib.asynccontextmanager
+    async def _open(self, key: str) -> AsyncIterator[AsyncReadable]:
+        async with self._clients.client() as s3:
+            response = await s3.get_object(Bucket=self.bucket, Key=self._key(key))
+            body = response["Body"]
+            try:
+                yield _Body(body)
+            finally:
+                body.close()  # releases the connection, read to the end or not
+
+    async def _delete(self, key: str) -> None:
+        async with self._clients.client() as s3:
+            # DELETE succeeds for a missing key too; HEAD first, so a typo is reported.
+            if not await self._head(s3, self._key(key)):
+                raise NotFoundError(f"no stored file {key!r} in bucket {self.bucket!r}")
+            await s3.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return leaf
+
+
+def _raise_if_taken(exc: ClientError) -> None:
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    code = exc.response.get("Error", {}).get("Code")
+    # 412: the key exists now. 409 ConditionalRequestConflict: a concurrent conditional write.
+    if status in (409, 412) or code in ("PreconditionFailed", "ConditionalRequestConflict"):
+        raise _NameTaken() from exc
+
+
+class S3GeventProvider(S3Provider):
+    """The seed's gevent provider, kept by name: an S3 provider with background uploads on."""
+
+    @classmethod
+    def app_defaults(cls, app: App) -> None:
+        super().app_defaults(app)
+        app.config.setdefault("STORE_BACKGROUND", True)

