@@ -12,6 +12,7 @@ Two different jobs live here and must not be confused:
 
 from __future__ import annotations
 
+import mimetypes
 import os
 import re
 import unicodedata
@@ -22,6 +23,8 @@ from .exceptions import UnsafePathError
 __all__ = [
     "MAX_NAME_BYTES",
     "clean_filename",
+    "content_type",
+    "load_mimetypes",
     "clean_key",
     "clean_location",
     "collision_name",
@@ -53,6 +56,8 @@ _WINDOWS_DEVICES = frozenset(
     | {f"{dev}{n}" for dev in ("COM", "LPT") for n in [*"0123456789", "¹", "²", "³"]}
 )
 _COMPOUND_EXTS = (".tar.gz", ".tar.bz2", ".tar.xz", ".tar.zst")
+#: Cleaning passes over a name until it no longer changes; see :func:`clean_filename`.
+_MAX_PASSES = 4
 _ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 
 
@@ -85,14 +90,15 @@ def _truncate(text: str, max_bytes: int) -> str:
     return encoded[:max_bytes].decode("utf-8", "ignore")
 
 
+def _visible(text: str) -> str:
+    return "".join(ch for ch in text if unicodedata.category(ch) not in _DROP_CATEGORIES)
+
+
 def _clean_chars(name: str) -> str:
     out = []
     for ch in name:
-        category = unicodedata.category(ch)
-        if category[0] in "LMN" or ch in _KEEP:
+        if unicodedata.category(ch)[0] in "LMN" or ch in _KEEP:
             out.append(ch)
-        elif category in _DROP_CATEGORIES:
-            continue
         else:  # spaces, symbols, quotes, colons, …
             out.append("_")
     return _UNDERSCORES.sub("_", "".join(out))
@@ -104,6 +110,20 @@ def _strip(text: str) -> str:
     return text.lstrip("._-~").rstrip("._")
 
 
+def _clean_segment(text: str, default: str) -> str:
+    """One pass over a segment that holds only allowed characters."""
+    # ".jpg" and "...jpg" have no extension (splitext keeps leading dots in the root), while
+    # "😀.jpg" ("_.jpg" by now) has one: it becomes "file.jpg", not "jpg" (what werkzeug makes
+    # of "фото.jpg").
+    root, ext = split_ext(text.rstrip("._"))
+    root = _strip(root) or default
+    stem, dot, rest = root.partition(".")
+    if stem.upper() in _WINDOWS_DEVICES:
+        # Windows opens the device for "CON", "con.txt" and "CON.a.b" alike; "CON_.a.b" is a file.
+        root = f"{stem}_{dot}{rest}"
+    return _truncate(root, _CLEAN_NAME_BYTES - len(ext.encode())).rstrip(".") + ext
+
+
 def clean_filename(name: str | bytes | None, default: str = "file") -> str:
     """Turn whatever name a client sent into one safe path segment.
 
@@ -111,7 +131,8 @@ def clean_filename(name: str | bytes | None, default: str = "file") -> str:
     Unicode NFKC form (so fullwidth ``．`` and ``／`` become ``.`` and ``/`` before that split),
     without control, format or bidi characters, never a Windows device name, never empty, never
     starting with a dot, and short enough that :func:`collision_name` stays within
-    :data:`MAX_NAME_BYTES` bytes. Letters of every script and the extension are kept::
+    :data:`MAX_NAME_BYTES` bytes. Letters of every script and the extension are kept, and
+    cleaning a clean name changes nothing::
 
         >>> clean_filename("../../etc/passwd")
         'passwd'
@@ -123,20 +144,20 @@ def clean_filename(name: str | bytes | None, default: str = "file") -> str:
     """
     if isinstance(name, bytes):
         name = name.decode("utf-8", "replace")
-    text = unicodedata.normalize("NFKC", name or "")
+    # Invisible characters go before NFKC: left in, they keep it from composing what they
+    # separate ("=", U+200B, U+0338), and cleaning the result again would compose it ("≠").
+    text = unicodedata.normalize("NFKC", _visible(name or ""))
     parts = [p for p in _SEPARATORS.split(text) if _strip(_clean_chars(p))]
-    text = _strip(_clean_chars(parts[-1])) if parts else ""
-    root, ext = split_ext(text)
-    root = _strip(root)
-    if not root:
-        # ".jpg" or "...jpg": there was no name, only what looked like an extension.
-        root, ext = _strip(ext), ""
-    if not root:
-        root = default
-    if root.split(".")[0].upper() in _WINDOWS_DEVICES:
-        root = f"{root}_"
-    root = _strip(_truncate(root, _CLEAN_NAME_BYTES - len(ext.encode()))) or default
-    return root + ext
+    cleaned = _clean_segment(_clean_chars(parts[-1]) if parts else "", default)
+    # A pass can expose what only the next one sees: "x_.tar_.gz" becomes "x_.tar.gz", whose
+    # extension is now ".tar.gz" and whose root "x_" loses its "_". Passes only ever shorten the
+    # name (a device's "_" is added once), so a few reach the fixed point.
+    for _ in range(_MAX_PASSES):
+        again = _clean_segment(cleaned, default)
+        if again == cleaned:
+            break
+        cleaned = again
+    return cleaned
 
 
 def collision_name(name: str) -> str:
@@ -198,3 +219,15 @@ def safe_join(root: str, key: str) -> str:
     if os.path.commonpath([root, path]) != root:  # pragma: no cover - clean_key prevents it
         raise UnsafePathError(f"{key!r} resolves outside the store")
     return path
+
+
+def load_mimetypes() -> None:
+    """Read the system's MIME tables now (at ``init_app``): the first ``guess_type`` would
+    otherwise read them from disk on the event loop."""
+    if not mimetypes.inited:
+        mimetypes.init()
+
+
+def content_type(name: str) -> str:
+    """The MIME type a file name implies; ``application/octet-stream`` when none does."""
+    return mimetypes.guess_type(name)[0] or "application/octet-stream"

@@ -16,14 +16,16 @@ Safety first, then HTTP:
 
 from __future__ import annotations
 
-import mimetypes
 import os
+import unicodedata
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import anyio.to_thread
 from werkzeug.exceptions import HTTPException
 
+from ._paths import content_type
 from .exceptions import StoreError
 from .providers.local import resolve_file
 
@@ -40,11 +42,13 @@ _INLINE_PREFIXES = ("image/", "audio/", "video/")
 _INLINE_TYPES = frozenset({"text/plain", "text/csv", "application/pdf", "application/json"})
 _ACTIVE_IMAGES = frozenset({"image/svg+xml"})
 _MAX_URL_PATH = 4096
+# RFC 5987 attr-chars, left unescaped in filename* (the set werkzeug uses).
+_ATTR_CHARS = "!#$&+-.^_`|~"
 
 
 def content_policy(filename: str) -> tuple[str, bool]:
     """Return ``(mimetype, as_attachment)`` for a stored file's name."""
-    mimetype = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+    mimetype = content_type(filename)
     inline = mimetype in _INLINE_TYPES or (
         mimetype.startswith(_INLINE_PREFIXES) and mimetype not in _ACTIVE_IMAGES
     )
@@ -94,16 +98,35 @@ def _flask_view(state: StoreState) -> Any:
     return serve_stored_file
 
 
+def _disposition(name: str, attachment: bool) -> tuple[str, dict[str, str]]:
+    """``Content-Disposition`` as Flask's ``send_file`` sends it, for the Quart view."""
+    value = "attachment" if attachment else "inline"
+    if name.isascii():
+        return value, {"filename": name}
+    # RFC 6266: an ASCII fallback, and the real name in filename*. Raw UTF-8 in the header (what
+    # werkzeug's Headers.add would send) is read as Latin-1 by browsers: a garbled download name.
+    simple = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
+    return value, {"filename": simple, "filename*": f"UTF-8''{quote(name, safe=_ATTR_CHARS)}"}
+
+
 def _quart_view(state: StoreState) -> Any:
     import quart
     from quart.wrappers.response import FileBody
+
+    class StoredFileBody(FileBody):
+        async def make_conditional(self, begin: int, end: int | None) -> int:
+            # Quart hands a suffix range ("bytes=-5") over as begin=-5 and then fails an
+            # assertion building Content-Range: a 500. Resolve it as werkzeug does for Flask.
+            if begin < 0 and end is None:
+                begin += self.size
+            return await super().make_conditional(begin, end)
 
     def find_and_open(filename: str) -> tuple[str, os.stat_result, FileBody] | None:
         found = _find(state.config.path, filename)
         if found is None:
             return None
         # FileBody stats the file in __init__: do it here, in the thread, not on the loop.
-        return (*found, FileBody(found[0], buffer_size=256 * 1024))
+        return (*found, StoredFileBody(found[0], buffer_size=256 * 1024))
 
     async def serve_stored_file(filename: str) -> Any:
         response_class = quart.current_app.response_class
@@ -119,10 +142,8 @@ def _quart_view(state: StoreState) -> Any:
         # What Flask's send_file sends too: revalidate with the ETag, ranges are welcome.
         response.cache_control.no_cache = True
         response.headers["Accept-Ranges"] = "bytes"
-        if attachment:
-            response.headers.add(
-                "Content-Disposition", "attachment", filename=os.path.basename(path)
-            )
+        value, names = _disposition(os.path.basename(path), attachment)
+        response.headers.set("Content-Disposition", value, **names)
         try:
             await response.make_conditional(
                 quart.request, accept_ranges=True, complete_length=st.st_size
@@ -130,6 +151,10 @@ def _quart_view(state: StoreState) -> Any:
         except HTTPException as exc:  # 416: werkzeug's exception, answered the Quart way
             response = response_class(exc.description or "", exc.code or 416)
             response.headers["Content-Range"] = f"bytes */{st.st_size}"
+        if quart.request.method == "HEAD":
+            # Quart would read the whole file for the server to throw away; the headers
+            # (Content-Length included) stay as they are for GET.
+            response.response = response.data_body_class(b"")
         return _secure(response, attachment)
 
     return serve_stored_file
@@ -143,4 +168,7 @@ def register_route(app: App, state: StoreState) -> None:
         endpoint=ENDPOINT,
         view_func=view,
         methods=["GET"],
+        # Merging would answer "/uploads/%2F..%2Fadmin" with a 308 to "/uploads/../admin", which
+        # the browser follows out of the prefix; unmerged, "//" is an empty segment: a 404.
+        merge_slashes=False,
     )
