@@ -42,6 +42,14 @@ class StoreConfig(dict[str, Any]):
 
     root_path: str = ""
 
+    def __repr__(self) -> str:
+        shown = {k: ("***" if _is_secret(k) and v else v) for k, v in self.items()}
+        return f"StoreConfig({shown!r})"
+
+    def secrets(self) -> list[str]:
+        """The values of credential keys, for scrubbing them from messages and logs."""
+        return [str(v) for k, v in self.items() if _is_secret(k) and v]
+
     @property
     def path(self) -> str:
         return str(self["STORE_PATH"])
@@ -58,6 +66,10 @@ class StoreConfig(dict[str, Any]):
     @property
     def chunk_size(self) -> int:
         return int(self["STORE_CHUNK_SIZE"])
+
+
+def _is_secret(key: str) -> bool:
+    return any(word in key for word in ("SECRET", "ACCESS_KEY", "TOKEN", "PASSWORD"))
 
 
 def _check_prefix(value: Any) -> None:

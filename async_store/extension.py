@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ._paths import load_mimetypes
 from .config import read_config
 from .exceptions import StoreError
 from .providers import get_provider_class
@@ -95,6 +96,7 @@ class Store:
                 "use the same Store object everywhere (store.Provider follows the current app)."
             )
         provider_class = self.provider(app)
+        load_mimetypes()
         self.set_provider_defaults(app, provider_class)
         config = read_config(app.config, app.root_path)
         provider_class.check_config(config)

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import mimetypes
+import itertools
+import logging
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import anyio
 
+from .._paths import content_type
 from ..exceptions import NotConfiguredError, NotFoundError, ProviderError, StoreError
 
 try:
@@ -78,7 +80,40 @@ _CANNED_ACLS = frozenset(
         "bucket-owner-full-control",
     }
 )
-_SECRET_KEYS = ("STORE_S3_ACCESS_KEY", "STORE_S3_SECRET_KEY", "STORE_S3_SESSION_TOKEN")
+_LOGGERS = ("botocore", "aiobotocore", "aioboto3", "boto3", "s3transfer", "urllib3", "aiohttp")
+
+
+class _Scrub(logging.Filter):
+    """Blanks credentials out of the records of boto's loggers (DEBUG logs the Authorization
+    header, which carries the access key)."""
+
+    def __init__(self) -> None:
+        super().__init__("async_store.scrub")
+        self.secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any(secret in message for secret in self.secrets):
+            for secret in self.secrets:
+                message = message.replace(secret, "***")
+            record.msg, record.args = message, ()
+        return True
+
+
+_scrub = _Scrub()
+
+
+def _guard_logs(secrets: list[str]) -> None:
+    # A filter acts only on the logger it is attached to, not on its children: attach it to
+    # every boto logger there is (they are created at import and at first client creation).
+    _scrub.secrets.update(secrets)
+    if not _scrub.secrets:
+        return
+    for name in list(logging.root.manager.loggerDict):
+        if name.split(".")[0] in _LOGGERS:
+            logger = logging.getLogger(name)
+            if _scrub not in logger.filters:
+                logger.addFilter(_scrub)
 
 
 class _NameTaken(Exception):
@@ -106,6 +141,7 @@ class _Clients:
             read_timeout=config["STORE_S3_READ_TIMEOUT"],
             max_pool_connections=max(10, 2 * int(config["STORE_S3_MAX_CONCURRENCY"])),
         )
+        self._secrets = config.secrets()
         self._endpoint = config.get("STORE_S3_ENDPOINT_URL")
         self._public_endpoint = config.get("STORE_S3_PUBLIC_ENDPOINT_URL") or self._endpoint
         self._kept: dict[asyncio.AbstractEventLoop, tuple[contextlib.AsyncExitStack, Any]] = {}
@@ -113,6 +149,7 @@ class _Clients:
         self._locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
 
     def _new(self, public: bool = False) -> Any:
+        _guard_logs(self._secrets)
         return self._session.client(
             "s3",
             endpoint_url=self._public_endpoint if public else self._endpoint,
@@ -309,10 +346,8 @@ class S3Provider(Provider):
     # --- errors ------------------------------------------------------------------------------
 
     def _scrub(self, text: str) -> str:
-        for key in _SECRET_KEYS:
-            secret = self.config.get(key)
-            if secret:
-                text = text.replace(str(secret), "***")
+        for secret in self.config.secrets():
+            text = text.replace(secret, "***")
         return text
 
     @contextlib.contextmanager
@@ -357,9 +392,7 @@ class S3Provider(Provider):
     # --- the backend's half ------------------------------------------------------------------
 
     def _object_args(self, name: str) -> dict[str, Any]:
-        args: dict[str, Any] = {
-            "ContentType": mimetypes.guess_type(name)[0] or "application/octet-stream"
-        }
+        args: dict[str, Any] = {"ContentType": content_type(name)}
         if self.config["STORE_S3_ACL"] is not None:
             args["ACL"] = self.config["STORE_S3_ACL"]
         args.update(self.config["STORE_S3_OBJECT_PARAMS"] or {})
@@ -420,14 +453,22 @@ class S3Provider(Provider):
 
     async def _parts(self, source: Source, part_size: int) -> AsyncIterator[bytes]:
         """Re-cut the source's chunks into parts of exactly ``part_size`` (the last one less)."""
-        buffer = bytearray()
+        # Chunks are collected, then joined once: one copy per part, never a growing buffer.
+        pending: list[bytes] = []
+        size = 0
         async for chunk in source.chunks(part_size):
-            buffer += chunk
-            while len(buffer) >= part_size:
-                yield bytes(buffer[:part_size])
-                del buffer[:part_size]
-        if buffer:
-            yield bytes(buffer)
+            pending.append(chunk)
+            size += len(chunk)
+            if size == part_size:  # chunks that add up to a part (the usual case): no cut
+                yield b"".join(pending)
+                pending, size = [], 0
+            while size >= part_size:
+                joined = b"".join(pending)
+                yield joined[:part_size]
+                pending, size = [joined[part_size:]], size - part_size
+                del joined
+        if size:
+            yield b"".join(pending)
 
     async def _multipart(
         self,
@@ -458,13 +499,18 @@ class S3Provider(Provider):
         try:
             try:
                 async with anyio.create_task_group() as tg:
-                    number = 1
                     await limiter.acquire()
-                    tg.start_soon(send, number, first)
-                    async for body in rest:
-                        number += 1
+                    tg.start_soon(send, 1, first)
+                    del first
+                    for number in itertools.count(2):
+                        # Wait for a free slot *before* reading the next part into memory.
                         await limiter.acquire()
+                        body = await anext(rest, None)
+                        if body is None:
+                            limiter.release()
+                            break
                         tg.start_soon(send, number, body)
+                        del body
             except BaseExceptionGroup as group:
                 # One failure (a part upload, or the upload's own stream): raise it as itself.
                 raise _first_error(group) from None

@@ -1,0 +1,146 @@
+"""A loopback HTTP proxy in front of the test S3 server: records requests, injects faults.
+
+It runs its own event loop in a thread, so it serves sync and async code alike. Faults are set
+per test: answer some requests with a status (5xx, 403), reset the connection after some bytes
+of a request body, or pass everything through. Loopback only, and it stops with the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import ClientSession, web
+
+__all__ = ["FaultProxy", "Recorded", "fault_proxy"]
+
+_HOP = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-length",
+    "content-encoding",
+    "host",
+}
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+
+
+@dataclass
+class FaultProxy:
+    upstream: str
+    requests: list[Recorded] = field(default_factory=list)
+    #: (predicate, status): answer matching requests with an S3-style error.
+    fail_with: tuple[Callable[[Recorded], bool], int] | None = None
+    #: How many times to fail before passing again (None: always).
+    fail_times: int | None = None
+    #: Reset the connection after this many bytes of a matching request body.
+    reset_after: tuple[Callable[[Recorded], bool], int] | None = None
+    port: int = 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def clear(self) -> None:
+        self.fail_with = self.reset_after = None
+        self.fail_times = None
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        seen = Recorded(
+            request.method,
+            request.path,
+            request.query_string,
+            {k.lower(): v for k, v in request.headers.items()},
+        )
+        self.requests.append(seen)
+        if self.reset_after and self.reset_after[0](seen):
+            received = 0
+            async for chunk in request.content.iter_any():
+                received += len(chunk)
+                if received >= self.reset_after[1]:
+                    break
+            assert request.transport is not None
+            request.transport.abort()
+            raise ConnectionResetError("fault proxy: reset")
+        if self.fail_with and self.fail_with[0](seen) and self.fail_times != 0:
+            if self.fail_times is not None:
+                self.fail_times -= 1
+            await request.read()
+            status = self.fail_with[1]
+            code = {403: "AccessDenied", 500: "InternalError", 503: "SlowDown"}.get(
+                status, "InternalError"
+            )
+            body = (
+                f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code>"
+                f"<Message>injected by the fault proxy</Message></Error>"
+            )
+            return web.Response(status=status, text=body, content_type="application/xml")
+        body = await request.read()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        headers["Host"] = request.headers.get("Host", "")
+        async with (
+            ClientSession(auto_decompress=False) as session,
+            session.request(
+                request.method,
+                f"{self.upstream}{request.path_qs}",
+                data=io.BytesIO(body),
+                headers=headers,
+                allow_redirects=False,
+            ) as upstream,
+        ):
+            data = await upstream.read()
+            out = web.Response(status=upstream.status, body=data)
+            for key, value in upstream.headers.items():
+                if key.lower() not in _HOP:
+                    out.headers[key] = value
+            return out
+
+
+@contextmanager
+def fault_proxy(upstream: str) -> Iterator[FaultProxy]:
+    """Run a :class:`FaultProxy` on 127.0.0.1 for the duration of the block."""
+    proxy = FaultProxy(upstream)
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    runner: dict[str, Any] = {}
+
+    async def start() -> None:
+        app = web.Application(client_max_size=1024**3)
+        app.router.add_route("*", "/{tail:.*}", proxy._handle)
+        app_runner = web.AppRunner(app, access_log=None)
+        await app_runner.setup()
+        site = web.TCPSite(app_runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        proxy.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        runner["runner"] = app_runner
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(start())
+        ready.set()
+        loop.run_forever()
+        loop.run_until_complete(runner["runner"].cleanup())
+        loop.close()
+
+    thread = threading.Thread(target=run, name="fault-proxy", daemon=True)
+    thread.start()
+    ready.wait(10)
+    try:
+        yield proxy
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)

@@ -1,0 +1,449 @@
+"""What the S3 provider does beyond the shared contract, against a real SeaweedFS.
+
+Faults come from a loopback proxy in front of it (tests/faultproxy.py): 5xx and 403 answers,
+connections reset mid-upload; "endpoint down" is a port nobody listens on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tracemalloc
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import flask
+import pytest
+import quart
+
+from async_store import NotConfiguredError, ProviderError, Store
+from tests.conftest import S3_CREDENTIALS, s3_client, s3_config
+from tests.faultproxy import FaultProxy, fault_proxy
+from tests.seaweed import SeaweedFS, free_port
+
+MIB = 1024 * 1024
+
+
+def quart_store(server: SeaweedFS, bucket: str, **config: Any) -> tuple[quart.Quart, Store]:
+    app = quart.Quart(__name__)
+    app.config.update(s3_config(server, bucket, STORE_PATH="media", **config))
+    return app, Store(app)
+
+
+@pytest.fixture
+def proxy(s3_server: SeaweedFS) -> Iterator[FaultProxy]:
+    with fault_proxy(s3_server.endpoint) as proxy:
+        yield proxy
+
+
+async def agen(data: bytes, size: int = 1 * MIB) -> Any:
+    for i in range(0, len(data), size):
+        await anyio.lowlevel.checkpoint()
+        yield data[i : i + size]
+
+
+# --- configuration --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("config", "key"),
+    [
+        ({"STORE_S3_BUCKET": None}, "STORE_S3_BUCKET"),
+        ({"STORE_S3_ACL": "everyone"}, "STORE_S3_ACL"),
+        ({"STORE_S3_PART_SIZE": MIB}, "STORE_S3_PART_SIZE"),
+        ({"STORE_S3_MULTIPART_THRESHOLD": 1}, "STORE_S3_MULTIPART_THRESHOLD"),
+        ({"STORE_S3_MAX_CONCURRENCY": 0}, "STORE_S3_MAX_CONCURRENCY"),
+        ({"STORE_S3_OBJECT_PARAMS": {"Bogus": 1}}, "STORE_S3_OBJECT_PARAMS"),
+        ({"STORE_S3_ENDPOINT_URL": "127.0.0.1:8333"}, "STORE_S3_ENDPOINT_URL"),
+        ({"STORE_S3_SECRET_KEY": None}, "STORE_S3_ACCESS_KEY"),
+    ],
+)
+def test_wrong_config_names_the_key(config: dict[str, Any], key: str) -> None:
+    app = flask.Flask(__name__)
+    app.config.update({"STORE_PROVIDER": "s3", "STORE_S3_BUCKET": "b", **S3_CREDENTIALS})
+    app.config.update(config)
+    with pytest.raises(NotConfiguredError, match=key):
+        Store(app)
+
+
+@pytest.mark.parametrize(
+    "name", ["s3", "flask_store.providers.s3.S3Provider", "async_store.providers.s3.S3Provider"]
+)
+def test_provider_names(name: str) -> None:
+    app = flask.Flask(__name__)
+    app.config.update(STORE_PROVIDER=name, STORE_S3_BUCKET="b")
+    store = Store(app)
+    assert store.AsyncProvider.__name__ == "S3Provider"
+    assert app.config["STORE_S3_ACL"] == "private"
+
+
+def test_urls_without_a_domain_point_at_the_bucket() -> None:
+    app = flask.Flask(__name__)
+    app.config.update(
+        STORE_PROVIDER="s3",
+        STORE_S3_BUCKET="pics",
+        STORE_S3_REGION="eu-west-1",
+        STORE_PATH="/media/",
+    )
+    provider = Store(app).AsyncProvider("cats/a.jpg")
+    assert provider.absolute_path == "media/cats/a.jpg"
+    assert provider.absolute_url == "https://pics.s3.eu-west-1.amazonaws.com/media/cats/a.jpg"
+    app = flask.Flask(__name__)
+    app.config.update(
+        STORE_PROVIDER="s3",
+        STORE_S3_BUCKET="pics",
+        STORE_PATH="media",
+        STORE_DOMAIN="https://cdn.example.org",
+    )
+    provider = Store(app).AsyncProvider("cats/a.jpg")
+    assert provider.absolute_url == "https://cdn.example.org/media/cats/a.jpg"
+
+
+# --- objects ----------------------------------------------------------------------------------
+
+
+async def test_public_url_and_presigned_url_fetch_the_file(
+    s3_server: SeaweedFS, bucket: str
+) -> None:
+    public = f"http://localhost:{s3_server.s3_port}"
+    app, store = quart_store(s3_server, bucket, STORE_S3_PUBLIC_ENDPOINT_URL=public)
+    async with app.app_context():
+        provider = store.Provider(b"picture", filename="a.png")
+        url = await provider.save()
+        assert url == f"{public}/{bucket}/media/a.png"
+        signed = await provider.url(expires=60)
+        assert signed.startswith(f"{public}/{bucket}/media/a.png?")
+        assert "Signature=" in signed
+    for link in (url, signed):
+        data = await anyio.to_thread.run_sync(lambda u=link: urllib.request.urlopen(u).read())
+        assert data == b"picture"
+
+
+async def test_content_type_and_object_params(s3_server: SeaweedFS, bucket: str) -> None:
+    app, store = quart_store(
+        s3_server,
+        bucket,
+        STORE_S3_OBJECT_PARAMS={"CacheControl": "max-age=60", "ContentDisposition": "inline"},
+    )
+    async with app.app_context():
+        for name in ("a.png", "notes.txt", "blob.weirdext", "noext"):
+            await store.Provider(b"x", filename=name).save()
+    client = s3_client(s3_server)
+    head = {
+        n: client.head_object(Bucket=bucket, Key=f"media/{n}")
+        for n in ("a.png", "notes.txt", "blob.weirdext", "noext")
+    }
+    assert head["a.png"]["ContentType"] == "image/png"
+    assert head["notes.txt"]["ContentType"] == "text/plain"
+    assert head["blob.weirdext"]["ContentType"] == "application/octet-stream"
+    assert head["noext"]["ContentType"] == "application/octet-stream"
+    assert head["a.png"]["CacheControl"] == "max-age=60"
+    assert head["a.png"]["ContentDisposition"] == "inline"
+
+
+@pytest.mark.parametrize("acl", ["private", "public-read", None])
+async def test_acl_is_sent_in_the_same_put(
+    s3_server: SeaweedFS, bucket: str, proxy: FaultProxy, acl: str | None
+) -> None:
+    app, store = quart_store(
+        s3_server,
+        bucket,
+        STORE_S3_ENDPOINT_URL=proxy.endpoint,
+        STORE_S3_ACL=acl,
+        STORE_S3_PART_SIZE=5 * MIB,
+        STORE_S3_MULTIPART_THRESHOLD=5 * MIB,
+    )
+    async with app.app_context():
+        await store.Provider(b"small", filename="s.txt").save()
+        await store.Provider(agen(os.urandom(11 * MIB)), filename="big.bin").save()
+    writes = [r for r in proxy.requests if r.method in ("PUT", "POST")]
+    assert not [r for r in proxy.requests if "acl" in r.query.split("&")], "a separate ACL call"
+    small = [r for r in writes if r.path.endswith("/s.txt")]
+    create = [r for r in writes if r.path.endswith("/big.bin") and r.query == "uploads"]
+    assert len(small) == 1 and len(create) == 1
+    for request in (small[0], create[0]):
+        assert request.headers.get("x-amz-acl") == acl
+
+
+async def test_multipart_upload_in_parts_with_conditional_complete(
+    s3_server: SeaweedFS, bucket: str, proxy: FaultProxy
+) -> None:
+    app, store = quart_store(
+        s3_server,
+        bucket,
+        STORE_S3_ENDPOINT_URL=proxy.endpoint,
+        STORE_S3_PART_SIZE=5 * MIB,
+        STORE_S3_MULTIPART_THRESHOLD=5 * MIB,
+    )
+    data = os.urandom(23 * MIB + 5)
+    async with app.app_context():
+        provider = store.Provider(agen(data, 3 * MIB), filename="big.bin")
+        await provider.save()
+        async with provider.open() as f:
+            assert await f.read() == data
+    parts = sorted(
+        int(dict(q.split("=") for q in r.query.split("&"))["partNumber"])
+        for r in proxy.requests
+        if "partNumber" in r.query
+    )
+    assert parts == [1, 2, 3, 4, 5]
+    complete = [r for r in proxy.requests if r.method == "POST" and "uploadId" in r.query]
+    assert len(complete) == 1 and complete[0].headers.get("if-none-match") == "*"
+    single = [r for r in proxy.requests if r.method == "PUT" and "partNumber" not in r.query]
+    assert single == []
+
+
+async def test_large_upload_memory_is_bounded(s3_server: SeaweedFS, bucket: str) -> None:
+    app, store = quart_store(
+        s3_server,
+        bucket,
+        STORE_S3_PART_SIZE=5 * MIB,
+        STORE_S3_MULTIPART_THRESHOLD=5 * MIB,
+        STORE_S3_MAX_CONCURRENCY=2,
+    )
+    chunk = os.urandom(MIB)
+
+    async def sixty_four_mib() -> Any:
+        for _ in range(64):
+            yield chunk
+
+    async with app.app_context():
+        # Warm up: botocore loads its models (~10 MiB, once per process) on the first client.
+        await store.Provider(b"warm", filename="warm.txt").save()
+        provider = store.Provider(sixty_four_mib(), filename="big.bin")
+        tracemalloc.start()
+        try:
+            await provider.save()
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    head = s3_client(s3_server).head_object(Bucket=bucket, Key="media/big.bin")
+    assert head["ContentLength"] == 64 * MIB
+    # Two parts in flight, one being cut, plus copies on the way into aiohttp.
+    assert peak < 32 * MIB, f"save held {peak / MIB:.1f} MiB for a 64 MiB upload"
+
+
+async def test_concurrent_uploads_of_one_name(s3_server: SeaweedFS, bucket: str) -> None:
+    app, store = quart_store(s3_server, bucket)
+    sent = [os.urandom(100 + 37 * i) for i in range(100)]
+    names: list[str] = []
+
+    async def one(data: bytes) -> None:
+        provider = store.AsyncProvider(data, filename="same.bin")
+        await provider.save()
+        names.append(provider.filename)
+
+    async with app.app_context(), anyio.create_task_group() as tg:
+        for data in sent:
+            tg.start_soon(one, data)
+    client = s3_client(s3_server)
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, MaxKeys=1000)["Contents"]]
+    assert len(keys) == len(set(names)) == 100 and "same.bin" in names
+    stored = sorted(
+        hashlib.sha256(client.get_object(Bucket=bucket, Key=k)["Body"].read()).hexdigest()
+        for k in keys
+    )
+    assert stored == sorted(hashlib.sha256(d).hexdigest() for d in sent)
+
+
+async def test_concurrent_multipart_uploads_of_one_name(s3_server: SeaweedFS, bucket: str) -> None:
+    # Both pass the HEAD check; the conditional complete lets one win, the other re-sends
+    # its (rewindable) content under a collision name.
+    app, store = quart_store(
+        s3_server, bucket, STORE_S3_PART_SIZE=5 * MIB, STORE_S3_MULTIPART_THRESHOLD=5 * MIB
+    )
+    sent = [os.urandom(6 * MIB) for _ in range(3)]
+    names: list[str] = []
+
+    async def one(data: bytes) -> None:
+        provider = store.AsyncProvider(data, filename="same.bin")
+        await provider.save()
+        names.append(provider.filename)
+
+    async with app.app_context(), anyio.create_task_group() as tg:
+        for data in sent:
+            tg.start_soon(one, data)
+    client = s3_client(s3_server)
+    stored = {n: client.get_object(Bucket=bucket, Key=f"media/{n}")["Body"].read() for n in names}
+    assert sorted(stored.values()) == sorted(sent) and "same.bin" in names
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+async def test_without_conditional_writes_head_picks_the_name(
+    s3_server: SeaweedFS, bucket: str, proxy: FaultProxy
+) -> None:
+    app, store = quart_store(
+        s3_server, bucket, STORE_S3_CONDITIONAL_WRITES=False, STORE_S3_ENDPOINT_URL=proxy.endpoint
+    )
+    async with app.app_context():
+        first, second = (store.Provider(d, filename="a.txt") for d in (b"1", b"2"))
+        await first.save()
+        await second.save()
+    assert first.filename == "a.txt" and second.filename.startswith("a_")
+    puts = [r for r in proxy.requests if r.method == "PUT"]
+    assert all("if-none-match" not in r.headers for r in puts)
+
+
+# --- errors and faults ------------------------------------------------------------------------
+
+
+async def test_exists_tells_absent_from_forbidden(
+    s3_server: SeaweedFS, bucket: str, proxy: FaultProxy
+) -> None:
+    app, store = quart_store(s3_server, bucket, STORE_S3_ENDPOINT_URL=proxy.endpoint)
+    async with app.app_context():
+        provider = store.Provider("missing.txt")
+        assert await provider.exists() is False
+        proxy.fail_with = (lambda r: r.method == "HEAD", 403)
+        with pytest.raises(ProviderError, match="access denied"):
+            await provider.exists()
+
+
+async def test_endpoint_down(bucket: str, s3_server: SeaweedFS) -> None:
+    down = f"http://127.0.0.1:{free_port()}"
+    app, store = quart_store(
+        s3_server,
+        bucket,
+        STORE_S3_ENDPOINT_URL=down,
+        STORE_S3_MAX_ATTEMPTS=2,
+        STORE_S3_CONNECT_TIMEOUT=2,
+    )
+    async with app.app_context():
+        with pytest.raises(ProviderError, match="STORE_S3_ENDPOINT_URL") as info:
+            await store.Provider(b"x", filename="a.txt").save()
+    assert info.value.__cause__ is not None
+
+
+async def test_transient_5xx_is_retried(
+    s3_server: SeaweedFS, bucket: str, proxy: FaultProxy
+) -> None:
+    app, store = quart_store(s3_server, bucket, STORE_S3_ENDPOINT_URL=proxy.endpoint)
+    proxy.fail_with, proxy.fail_times = (lambda r: r.method == "PUT", 503), 2
+    async with app.app_context():
+        provider = store.Provider(b"x", filename="a.txt")
+        await provider.save()
+    assert len([r for r in proxy.requests if r.method == "PUT"]) == 3
+    assert s3_client(s3_server).get_object(Bucket=bucket, Key="media/a.txt")["Body"].read() == b"x"
+
+
+@pytest.mark.parametrize("size", [100, 7 * MIB])
+async def test_persistent_5xx_fails_cleanly(
+    s3_server: SeaweedFS, bucket: str, proxy: FaultProxy, size: int
+) -> None:
+    app, store = quart_store(
+        s3_server,
+        bucket,
+        STORE_S3_ENDPOINT_URL=proxy.endpoint,
+        STORE_S3_MAX_ATTEMPTS=2,
+        STORE_S3_PART_SIZE=5 * MIB,
+        STORE_S3_MULTIPART_THRESHOLD=5 * MIB,
+    )
+    proxy.fail_with = (lambda r: r.method == "PUT", 500)
+    async with app.app_context():
+        with pytest.raises(ProviderError, match="InternalError") as info:
+            await store.Provider(os.urandom(size), filename="a.bin").save()
+    assert info.value.__cause__ is not None
+    client = s3_client(s3_server)
+    assert client.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+async def test_connection_reset_mid_upload_leaves_nothing(
+    s3_server: SeaweedFS, bucket: str, proxy: FaultProxy
+) -> None:
+    app, store = quart_store(
+        s3_server,
+        bucket,
+        STORE_S3_ENDPOINT_URL=proxy.endpoint,
+        STORE_S3_MAX_ATTEMPTS=2,
+        STORE_S3_PART_SIZE=5 * MIB,
+        STORE_S3_MULTIPART_THRESHOLD=5 * MIB,
+    )
+    proxy.reset_after = (lambda r: "partNumber=2" in r.query, MIB)
+    async with app.app_context():
+        with pytest.raises(ProviderError):
+            await store.Provider(agen(os.urandom(12 * MIB)), filename="a.bin").save()
+    client = s3_client(s3_server)
+    assert client.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+async def test_credentials_never_show(
+    s3_server: SeaweedFS, bucket: str, proxy: FaultProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    app, store = quart_store(
+        s3_server, bucket, STORE_S3_ENDPOINT_URL=proxy.endpoint, STORE_S3_MAX_ATTEMPTS=1
+    )
+    secrets = list(S3_CREDENTIALS.values())
+    texts: list[str] = []
+    with caplog.at_level(logging.DEBUG):
+        async with app.app_context():
+            provider = store.Provider(b"x", filename="a.txt")
+            await provider.save()
+            await provider.exists()
+            async with provider.open() as f:
+                await f.read()
+            texts += [repr(provider), repr(store.state()), repr(store.state().config)]
+            for status in (403, 500):
+                proxy.fail_with = (lambda r: True, status)
+                with pytest.raises(ProviderError) as info:
+                    await store.Provider(b"y", filename="b.txt").save()
+                texts += [str(info.value), repr(info.value), str(info.value.__cause__)]
+    texts += [record.getMessage() for record in caplog.records]
+    assert any("Authorization" in t or "authorization" in t for t in texts), "no DEBUG logs seen"
+    for text in texts:
+        for secret in secrets:
+            assert secret not in text
+
+
+# --- clients and event loops ------------------------------------------------------------------
+
+
+async def test_quart_keeps_one_client_for_its_serving_loop(
+    s3_server: SeaweedFS, bucket: str
+) -> None:
+    app, store = quart_store(s3_server, bucket)
+    clients = store.state().provider_class._clients  # type: ignore[attr-defined]
+    async with app.test_app(), app.app_context():
+        await store.Provider(b"1", filename="a.txt").save()
+        kept = dict(clients._kept)
+        assert len(kept) == 1
+        await store.Provider(b"2", filename="b.txt").save()
+        assert dict(clients._kept) == kept
+    assert clients._kept == {}  # closed by after_serving
+
+
+def test_flask_shim_keeps_one_client_and_closes_it(s3_server: SeaweedFS, bucket: str) -> None:
+    app = flask.Flask(__name__)
+    app.config.update(s3_config(s3_server, bucket))
+    store = Store(app)
+    clients = store.state().provider_class._clients  # type: ignore[attr-defined]
+    for i in range(3):
+        provider = store.Provider(b"x", filename=f"{i}.txt")
+        provider.save()
+        with provider.open() as f:
+            assert f.read() == b"x"
+    assert len(clients._kept) == 1
+    store.close()
+    assert clients._kept == {}
+
+
+def test_flask_async_view_with_s3(s3_server: SeaweedFS, bucket: str) -> None:
+    app = flask.Flask(__name__)
+    app.config.update(s3_config(s3_server, bucket))
+    store = Store(app)
+
+    @app.post("/upload")
+    async def upload() -> str:
+        return str(await store.AsyncProvider(flask.request.files["f"]).save())
+
+    import io
+
+    for _ in range(2):  # a new event loop per request: a client per call, closed with it
+        response = app.test_client().post("/upload", data={"f": (io.BytesIO(b"q"), "q.txt")})
+        assert response.status_code == 200, response.text
+    keys = [o["Key"] for o in s3_client(s3_server).list_objects_v2(Bucket=bucket)["Contents"]]
+    assert len(keys) == 2
