@@ -13,13 +13,24 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from inspect import iscoroutinefunction
-from typing import IO, Any, Protocol, Union, runtime_checkable
+from typing import IO, Any, Protocol, TypeVar, Union, runtime_checkable
 
+import anyio
 import anyio.to_thread
 
-__all__ = ["AsyncReadable", "FileLike", "Source", "SourceFailure", "SourceInput", "to_source"]
+__all__ = [
+    "AsyncReadable",
+    "FileLike",
+    "Source",
+    "SourceFailure",
+    "SourceInput",
+    "to_source",
+    "write_source",
+]
+
+T = TypeVar("T")
 
 
 class SourceFailure(Exception):
@@ -185,3 +196,46 @@ def to_source(fp: Any, filename: str | None = None, chunk_size: int = 1024 * 102
         f"(pathlib.Path), bytes, a binary file, or an (async) iterator of bytes; a str names a "
         f"file that is already stored."
     )
+
+
+async def write_source(
+    source: Source,
+    open_file: Callable[[], IO[bytes]],
+    finish: Callable[[IO[bytes]], T],
+    cleanup: Callable[[], None],
+    chunk_size: int,
+) -> T:
+    """Stream ``source`` into the file ``open_file()`` returns, then return ``finish(file)``.
+
+    Blocking sources take one worker-thread hop for everything (open, copy, finish); async ones
+    a hop per ``chunk_size`` written. On any failure or cancellation ``cleanup()`` runs (in a
+    thread, shielded) before the error propagates. All three callables block.
+    """
+    if source.is_blocking:
+
+        def everything() -> T:
+            try:
+                with open_file() as f:
+                    for chunk in source.blocking_chunks(chunk_size):
+                        f.write(chunk)
+                    return finish(f)
+            except BaseException:
+                cleanup()
+                raise
+
+        return await anyio.to_thread.run_sync(everything)
+    try:
+        f = await anyio.to_thread.run_sync(open_file)
+        with f:
+            buffer = bytearray()
+            async for chunk in source.chunks(chunk_size):
+                buffer += chunk
+                if len(buffer) >= chunk_size:
+                    await anyio.to_thread.run_sync(f.write, buffer)
+                    buffer = bytearray()
+            await anyio.to_thread.run_sync(f.write, buffer)
+            return await anyio.to_thread.run_sync(finish, f)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(cleanup)
+        raise

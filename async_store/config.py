@@ -30,6 +30,13 @@ DEFAULTS: dict[str, Any] = {
     "STORE_FSYNC": False,
     # Chunk size for streaming copies.
     "STORE_CHUNK_SIZE": 1024 * 1024,
+    # Background uploads: save() returns once spooled (STORE_SPOOL_PATH), a task delivers.
+    "STORE_BACKGROUND": False,
+    "STORE_BACKGROUND_RETRIES": 5,
+    "STORE_BACKGROUND_BACKOFF": 0.5,
+    "STORE_BACKGROUND_MAX_BACKOFF": 30.0,
+    "STORE_BACKGROUND_CONCURRENCY": 4,
+    "STORE_BACKGROUND_DRAIN_TIMEOUT": 30.0,
 }
 
 

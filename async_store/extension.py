@@ -8,10 +8,12 @@ different config each get their own provider class and paths.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ._background import Background
 from ._paths import load_mimetypes
 from .config import read_config
 from .exceptions import StoreError
@@ -58,6 +60,18 @@ class StoreState:
     #: True for Quart apps: ``store.Provider`` is then the async class.
     is_async: bool
 
+    async def startup(self) -> None:
+        """Run in a long-lived loop before it stores files (Quart's before_serving)."""
+        await self.provider_class.startup()
+        if self.provider_class._background is not None:
+            await self.provider_class._background.startup()
+
+    async def shutdown(self) -> None:
+        """Run in that loop before it ends: drain background uploads, close clients."""
+        if self.provider_class._background is not None:
+            await self.provider_class._background.shutdown()
+        await self.provider_class.shutdown()
+
     @property
     def Provider(self) -> type[_Provider] | type[_SyncProvider]:
         return self.provider_class if self.is_async else self.sync_provider_class
@@ -98,9 +112,13 @@ class Store:
         provider_class = self.provider(app)
         load_mimetypes()
         self.set_provider_defaults(app, provider_class)
+        app.config.setdefault("STORE_SPOOL_PATH", os.path.join(app.instance_path, "store-spool"))
         config = read_config(app.config, app.root_path)
         provider_class.check_config(config)
         bound = provider_class.bind(config)
+        if config["STORE_BACKGROUND"]:
+            config["STORE_SPOOL_PATH"] = os.path.join(app.root_path, config["STORE_SPOOL_PATH"])
+            bound._background = Background(config, bound, self._start_fallback_loop)
         state = StoreState(
             store=self,
             config=config,
@@ -111,9 +129,9 @@ class Store:
         app.extensions[EXTENSION_KEY] = state
         self._states.append(state)
         if state.is_async:
-            # Quart's serving loop is long-lived: the provider may keep clients for it.
-            app.before_serving(bound.startup)  # type: ignore[attr-defined]
-            app.after_serving(bound.shutdown)  # type: ignore[attr-defined]
+            # Quart's serving loop is long-lived: clients and background uploads live in it.
+            app.before_serving(state.startup)  # type: ignore[attr-defined]
+            app.after_serving(state.shutdown)  # type: ignore[attr-defined]
         if config["STORE_SERVE_FILES"] and provider_class.register_route:
             register_route(app, state)
 
@@ -169,11 +187,14 @@ class Store:
 
     async def _start_sync_loop(self) -> None:
         for state in list(self._states):
-            await state.provider_class.startup()
+            await state.startup()
 
     async def _stop_sync_loop(self) -> None:
         for state in list(self._states):
-            await state.provider_class.shutdown()
+            await state.shutdown()
+
+    def _start_fallback_loop(self) -> None:
+        self._portal.portal  # noqa: B018 - starting it runs every state's startup there
 
     def close(self) -> None:
         """Stop the sync shim's event-loop thread (it also stops at interpreter exit)."""

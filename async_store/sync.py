@@ -19,6 +19,7 @@ import io
 import threading
 from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, Self, TypeVar
 
+import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from .exceptions import StoreError
@@ -198,6 +199,21 @@ class SyncProvider:
     def delete(self, *, missing_ok: bool = False) -> None:
         """See :meth:`Provider.delete`."""
         self._owner.call(self._provider.delete, missing_ok=missing_ok)
+
+    status = property(lambda self: self._provider.status, doc="See Provider.status.")
+    upload = property(lambda self: self._provider.upload, doc="See Provider.upload.")
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until a background upload is delivered; see :meth:`Provider.wait`.
+
+        :raises TimeoutError: if ``timeout`` seconds pass first.
+        """
+
+        async def wait() -> None:
+            with anyio.fail_after(timeout):
+                await self._provider.wait()
+
+        self._owner.call(wait)
 
     def url(self, expires: int | None = None) -> str:
         """See :meth:`Provider.url`."""

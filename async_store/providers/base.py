@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from flask.sansio.app import App
 
+    from .._background import Background, BackgroundUpload
     from ..config import StoreConfig
 
 __all__ = ["Provider"]
@@ -67,6 +68,8 @@ class Provider(ABC):
     register_route: ClassVar[bool] = False
     #: The app's ``STORE_*`` config; set on the per-app subclass :meth:`bind` makes.
     config: ClassVar[StoreConfig]
+    #: Background uploads of the app, when ``STORE_BACKGROUND`` is on.
+    _background: ClassVar[Background | None] = None
 
     # --- configuration, at init_app -----------------------------------------------------------
 
@@ -120,6 +123,7 @@ class Provider(ABC):
                 f"Store(app) or store.init_app(app)) instead of instantiating it directly."
             )
         self._source: Source | None = None
+        self._background_upload: BackgroundUpload | None = None
         self._saved = isinstance(fp, str)
         if isinstance(fp, str):
             key = clean_key("/".join(p for p in (clean_location(location), fp) if p))
@@ -186,6 +190,9 @@ class Provider(ABC):
         The client's (cleaned) name is kept when free, otherwise the file gets the form
         ``{root}_{shortuuid}{ext}``; :attr:`filename` tells which.
 
+        With ``STORE_BACKGROUND`` on, it returns once the file is spooled to local disk, name
+        and URL already final; the transfer runs in the background (see :meth:`wait`).
+
         :raises StoreError: if this provider has no new file (already saved, or made from a path).
         :raises ProviderError: if the backend fails (disk full, permission denied, …).
         """
@@ -196,7 +203,11 @@ class Provider(ABC):
             raise StoreError(f"{self!r}: an earlier save failed after reading the upload")
         try:
             with self._map_errors(self.relative_path):
-                self._filename = await self._save(self._location, self._candidates(), source)
+                if self._background is not None:
+                    job = await self._background.submit(self, source, list(self._candidates()))
+                    self._filename = job.name
+                else:
+                    self._filename = await self._save(self._location, self._candidates(), source)
         except SourceFailure as failure:
             # The upload's own error, unchanged: its type, traceback and cause are the caller's.
             raise failure.error from failure.error.__cause__
@@ -238,6 +249,28 @@ class Provider(ABC):
         except NotFoundError:
             if not missing_ok:
                 raise
+
+    @property
+    def upload(self) -> BackgroundUpload | None:
+        """The background upload this provider's :meth:`save` started, if any."""
+        return self._background_upload
+
+    @property
+    def status(self) -> str:
+        """``'unsaved'``, ``'stored'``, or a background upload's ``'pending'``, ``'delivered'``
+        or ``'failed'``."""
+        if self._background_upload is not None:
+            return self._background_upload.status
+        return "stored" if self._saved else "unsaved"
+
+    async def wait(self) -> None:
+        """Wait until a background upload is delivered; returns at once for a direct save.
+        Bound it with ``anyio.fail_after`` or ``asyncio.timeout``.
+
+        :raises UploadError: if the background upload failed (it stays spooled for retry).
+        """
+        if self._background_upload is not None:
+            await self._background_upload.wait()
 
     async def url(self, expires: int | None = None) -> str:
         """A URL to fetch the file; providers with private storage may sign it for ``expires``."""
@@ -284,8 +317,12 @@ class Provider(ABC):
         """Delete ``key``; raise :class:`NotFoundError` when it is not there."""
 
 
+class NoFreeName(ProviderError):
+    """Every candidate name was taken (internal: background delivery tells it apart)."""
+
+
 def no_free_name(location: str) -> ProviderError:
     """What ``_save`` raises when every candidate name is taken."""
-    return ProviderError(
+    return NoFreeName(
         f"no free name in {location or 'the store'!r} after {_MAX_ATTEMPTS + 1} attempts"
     )

@@ -27,6 +27,7 @@ import anyio
 import anyio.to_thread
 
 from .._paths import safe_join
+from .._sources import write_source
 from ..exceptions import NotConfiguredError, NotFoundError, ProviderError
 from .base import Provider, no_free_name
 
@@ -184,39 +185,28 @@ class LocalProvider(Provider):
                 os.close(fd)
         return name
 
-    def _save_blocking(self, location: str, names: Iterator[str], source: Source) -> str:
-        directory = self._directory(location)
-        temp, f = self._new_temp(directory)
-        try:
-            with f:
-                for chunk in source.blocking_chunks(self.config.chunk_size):
-                    f.write(chunk)
-                self._finish(f)
-            return self._publish(temp, directory, names, location)
-        finally:
-            _remove(temp)
-
     async def _save(self, location: str, names: Iterator[str], source: Source) -> str:
-        if source.is_blocking:
-            return await anyio.to_thread.run_sync(self._save_blocking, location, names, source)
-        directory = await anyio.to_thread.run_sync(self._directory, location)
-        temp, f = await anyio.to_thread.run_sync(self._new_temp, directory)
-        try:
+        temp = ""
+        directory = ""
+
+        def open_temp() -> IO[bytes]:
+            nonlocal temp, directory
+            directory = self._directory(location)
+            temp, f = self._new_temp(directory)
+            return f
+
+        def finish(f: IO[bytes]) -> str:
             try:
-                buffer = bytearray()
-                async for chunk in source.chunks(self.config.chunk_size):
-                    buffer += chunk
-                    if len(buffer) >= self.config.chunk_size:
-                        await anyio.to_thread.run_sync(f.write, buffer)
-                        buffer = bytearray()
-                await anyio.to_thread.run_sync(f.write, buffer)
-                await anyio.to_thread.run_sync(self._finish, f)
+                self._finish(f)
+                return self._publish(temp, directory, names, location)
             finally:
-                f.close()
-            return await anyio.to_thread.run_sync(self._publish, temp, directory, names, location)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(_remove, temp)
+                _remove(temp)
+
+        def cleanup() -> None:
+            if temp:
+                _remove(temp)
+
+        return await write_source(source, open_temp, finish, cleanup, self.config.chunk_size)
 
     async def _exists(self, key: str) -> bool:
         try:
