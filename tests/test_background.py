@@ -71,6 +71,20 @@ def objects(server: SeaweedFS, bucket: str) -> dict[str, bytes]:
     return {o["Key"]: client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for o in found}
 
 
+async def spool_undelivered(
+    server: SeaweedFS, bucket: str, spool: Path, proxy: FaultProxy, files: dict[str, bytes]
+) -> None:
+    """Run an app while S3 refuses every write: the files stay spooled at shutdown."""
+    app = s3_app("quart", server, bucket, spool, proxy.endpoint, STORE_BACKGROUND_DRAIN_TIMEOUT=0.5)
+    store = Store(app)
+    proxy.fail_with = (lambda r: r.method == "PUT", 500)
+    async with app.test_app(), app.app_context():
+        for name, data in files.items():
+            await store.Provider(data, filename=name).save()
+    proxy.clear()
+    proxy.requests.clear()
+
+
 async def test_quart_save_returns_when_spooled_then_delivers(
     s3_server: SeaweedFS, bucket: str, spool: Path, proxy: FaultProxy
 ) -> None:
@@ -161,20 +175,12 @@ async def test_undeliverable_upload_stays_spooled_and_the_next_start_delivers_it
 async def test_delivered_before_a_crash_counts_as_delivered(
     s3_server: SeaweedFS, bucket: str, spool: Path, proxy: FaultProxy
 ) -> None:
-    app = s3_app(
-        "quart", s3_server, bucket, spool, proxy.endpoint, STORE_BACKGROUND_DRAIN_TIMEOUT=0.5
-    )
-    store = Store(app)
-    proxy.fail_with = (lambda r: r.method == "PUT", 500)
-    async with app.test_app(), app.app_context():
-        await store.Provider(b"same", filename="a.txt").save()
-        await store.Provider(b"mine", filename="b.txt").save()
+    await spool_undelivered(s3_server, bucket, spool, proxy, {"a.txt": b"same", "b.txt": b"mine"})
     # As if the upload had landed and the process died before clearing the spool: a.txt
     # holds the job's own bytes; b.txt was taken by a different file meanwhile.
     client = s3_client(s3_server)
     client.put_object(Bucket=bucket, Key="media/a.txt", Body=b"same")
     client.put_object(Bucket=bucket, Key="media/b.txt", Body=b"someone else's")
-    proxy.clear()
     app2 = s3_app("quart", s3_server, bucket, spool, proxy.endpoint)
     Store(app2)
     async with app2.test_app():
@@ -191,16 +197,8 @@ async def test_delivered_before_a_crash_counts_as_delivered(
 async def test_two_workers_sharing_a_spool_deliver_each_job_once(
     s3_server: SeaweedFS, bucket: str, spool: Path, proxy: FaultProxy
 ) -> None:
-    app = s3_app(
-        "quart", s3_server, bucket, spool, proxy.endpoint, STORE_BACKGROUND_DRAIN_TIMEOUT=0.5
-    )
-    store = Store(app)
-    proxy.fail_with = (lambda r: r.method == "PUT", 500)
-    async with app.test_app(), app.app_context():
-        for i in range(8):
-            await store.Provider(f"file {i}".encode(), filename=f"{i}.txt").save()
-    proxy.clear()
-    proxy.requests.clear()
+    files = {f"{i}.txt": f"file {i}".encode() for i in range(8)}
+    await spool_undelivered(s3_server, bucket, spool, proxy, files)
     workers = [s3_app("quart", s3_server, bucket, spool, proxy.endpoint) for _ in range(3)]
     for worker in workers:
         Store(worker)

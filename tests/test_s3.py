@@ -80,26 +80,23 @@ def test_provider_names(name: str) -> None:
     assert app.config["STORE_S3_ACL"] == "private"
 
 
-def test_urls_without_a_domain_point_at_the_bucket() -> None:
+@pytest.mark.parametrize(
+    ("config", "url"),
+    [
+        (
+            {"STORE_S3_REGION": "eu-west-1"},
+            "https://pics.s3.eu-west-1.amazonaws.com/media/cats/a.jpg",
+        ),
+        ({"STORE_DOMAIN": "https://cdn.example.org"}, "https://cdn.example.org/media/cats/a.jpg"),
+        ({"STORE_S3_ENDPOINT_URL": "http://minio:9000"}, "http://minio:9000/pics/media/cats/a.jpg"),
+    ],
+)
+def test_absolute_urls(config: dict[str, str], url: str) -> None:
     app = flask.Flask(__name__)
-    app.config.update(
-        STORE_PROVIDER="s3",
-        STORE_S3_BUCKET="pics",
-        STORE_S3_REGION="eu-west-1",
-        STORE_PATH="/media/",
-    )
+    app.config.update(STORE_PROVIDER="s3", STORE_S3_BUCKET="pics", STORE_PATH="/media/", **config)
     provider = Store(app).AsyncProvider("cats/a.jpg")
     assert provider.absolute_path == "media/cats/a.jpg"
-    assert provider.absolute_url == "https://pics.s3.eu-west-1.amazonaws.com/media/cats/a.jpg"
-    app = flask.Flask(__name__)
-    app.config.update(
-        STORE_PROVIDER="s3",
-        STORE_S3_BUCKET="pics",
-        STORE_PATH="media",
-        STORE_DOMAIN="https://cdn.example.org",
-    )
-    provider = Store(app).AsyncProvider("cats/a.jpg")
-    assert provider.absolute_url == "https://cdn.example.org/media/cats/a.jpg"
+    assert provider.absolute_url == url
 
 
 # --- objects ----------------------------------------------------------------------------------
@@ -226,36 +223,16 @@ async def test_large_upload_memory_is_bounded(s3_server: SeaweedFS, bucket: str)
     assert peak < 32 * MIB, f"save held {peak / MIB:.1f} MiB for a 64 MiB upload"
 
 
-async def test_concurrent_uploads_of_one_name(s3_server: SeaweedFS, bucket: str) -> None:
-    app, store = quart_store(s3_server, bucket)
-    sent = [os.urandom(100 + 37 * i) for i in range(100)]
-    names: list[str] = []
-
-    async def one(data: bytes) -> None:
-        provider = store.AsyncProvider(data, filename="same.bin")
-        await provider.save()
-        names.append(provider.filename)
-
-    async with app.app_context(), anyio.create_task_group() as tg:
-        for data in sent:
-            tg.start_soon(one, data)
-    client = s3_client(s3_server)
-    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, MaxKeys=1000)["Contents"]]
-    assert len(keys) == len(set(names)) == 100 and "same.bin" in names
-    stored = sorted(
-        hashlib.sha256(client.get_object(Bucket=bucket, Key=k)["Body"].read()).hexdigest()
-        for k in keys
-    )
-    assert stored == sorted(hashlib.sha256(d).hexdigest() for d in sent)
-
-
-async def test_concurrent_multipart_uploads_of_one_name(s3_server: SeaweedFS, bucket: str) -> None:
-    # Both pass the HEAD check; the conditional complete lets one win, the other re-sends
-    # its (rewindable) content under a collision name.
+@pytest.mark.parametrize(("count", "size"), [(100, 0), (3, 6 * MIB)], ids=["put", "multipart"])
+async def test_concurrent_uploads_of_one_name(
+    s3_server: SeaweedFS, bucket: str, count: int, size: int
+) -> None:
+    # All pass the HEAD check; the conditional write (PUT, or multipart complete) lets one win,
+    # and the others re-send their (rewindable) content under collision names.
     app, store = quart_store(
         s3_server, bucket, STORE_S3_PART_SIZE=5 * MIB, STORE_S3_MULTIPART_THRESHOLD=5 * MIB
     )
-    sent = [os.urandom(6 * MIB) for _ in range(3)]
+    sent = [os.urandom(size or 100 + 37 * i) for i in range(count)]
     names: list[str] = []
 
     async def one(data: bytes) -> None:
@@ -266,9 +243,16 @@ async def test_concurrent_multipart_uploads_of_one_name(s3_server: SeaweedFS, bu
     async with app.app_context(), anyio.create_task_group() as tg:
         for data in sent:
             tg.start_soon(one, data)
+    assert len(set(names)) == count and "same.bin" in names
     client = s3_client(s3_server)
-    stored = {n: client.get_object(Bucket=bucket, Key=f"media/{n}")["Body"].read() for n in names}
-    assert sorted(stored.values()) == sorted(sent) and "same.bin" in names
+    assert client.list_objects_v2(Bucket=bucket, MaxKeys=1000)["KeyCount"] == count
+    stored = sorted(
+        hashlib.sha256(
+            client.get_object(Bucket=bucket, Key=f"media/{n}")["Body"].read()
+        ).hexdigest()
+        for n in names
+    )
+    assert stored == sorted(hashlib.sha256(d).hexdigest() for d in sent)
     assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
