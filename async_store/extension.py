@@ -132,6 +132,10 @@ class Store:
             # Quart's serving loop is long-lived: clients and background uploads live in it.
             app.before_serving(state.startup)  # type: ignore[attr-defined]
             app.after_serving(state.shutdown)  # type: ignore[attr-defined]
+        elif bound._background is not None:
+            # A Flask app has no serving hook: start the shim's loop now, so what an earlier
+            # run left spooled is delivered at start, not at the first request.
+            self._start_fallback_loop()
         if config["STORE_SERVE_FILES"] and provider_class.register_route:
             register_route(app, state)
 

@@ -248,6 +248,21 @@ def test_flask_shim_saves_in_background_and_drains_at_close(
     assert spooled(spool) == []
 
 
+async def test_flask_app_delivers_what_was_spooled_at_start(
+    s3_server: SeaweedFS, bucket: str, spool: Path, proxy: FaultProxy
+) -> None:
+    await spool_undelivered(s3_server, bucket, spool, proxy, {"a.txt": b"left over"})
+    assert len(spooled(spool)) == 1
+    store = Store(s3_app("flask", s3_server, bucket, spool, proxy.endpoint))
+    try:
+        with anyio.fail_after(20):
+            while spooled(spool):
+                await anyio.sleep(0.05)
+    finally:
+        await anyio.to_thread.run_sync(store.close)
+    assert objects(s3_server, bucket) == {"media/a.txt": b"left over"}
+
+
 async def test_local_provider_in_background(tmp_path: Path, spool: Path) -> None:
     app = quart.Quart(__name__)
     app.config.update(
