@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 __all__ = ["Background", "BackgroundUpload", "Job"]
 
 log = logging.getLogger("async_store.background")
-Status = Literal["pending", "delivered", "failed"]
+Status = Literal["pending", "delivered", "failed", "discarded"]
 _STALE_SECONDS = 3600
 
 
@@ -213,6 +213,17 @@ class _Spool:
             os.close(fd)
             return None
         return fd
+
+    def discard(self, job_id: str) -> bool:
+        """Mark a job as not wanted any more; False if it is gone (delivered already)."""
+        try:
+            os.close(os.open(os.path.join(self.path, job_id, "discard"), os.O_CREAT, 0o644))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def discarded(self, job_id: str) -> bool:
+        return os.path.exists(os.path.join(self.path, job_id, "discard"))
 
     def done(self, job: Job) -> None:
         """Forget a delivered job: one rename makes it gone for every reader, then clean up."""
@@ -428,6 +439,10 @@ class Background:
         provider = self.provider_class(job.key)
         for attempt in range(self.retries):
             try:
+                if await anyio.to_thread.run_sync(self.spool.discarded, job.id):
+                    await anyio.to_thread.run_sync(self.spool.done, job)
+                    handle._finish("discarded")
+                    return
                 try:
                     source = Source(job.name, path=self.spool.data(job.id))
                     with provider._map_errors(job.key):
@@ -438,6 +453,12 @@ class Background:
                             f"{job.key!r} was taken by another file before this upload could "
                             f"be delivered; it stays spooled as job {job.id}"
                         ) from None
+                if await anyio.to_thread.run_sync(self.spool.discarded, job.id):
+                    # Deleted (a rolled-back transaction) while it was on its way.
+                    await provider.delete(missing_ok=True)
+                    await anyio.to_thread.run_sync(self.spool.done, job)
+                    handle._finish("discarded")
+                    return
                 await anyio.to_thread.run_sync(self.spool.done, job)
                 handle._finish("delivered")
                 return
@@ -464,6 +485,13 @@ class Background:
             f"({job.last_error}); it stays spooled and the next start retries it"
         )
         handle._finish("failed", error)
+
+    async def discard(self, upload: BackgroundUpload) -> bool:
+        """Cancel a pending upload (its file was deleted before delivery). False if it was
+        delivered already, and the stored file is the caller's to delete."""
+        if upload.done:
+            return False
+        return await anyio.to_thread.run_sync(self.spool.discard, upload.job_id)
 
     async def _already_there(self, provider: Provider, job: Job) -> bool:
         """Whether the stored file is this job's content (delivered before a crash)."""

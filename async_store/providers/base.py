@@ -243,6 +243,9 @@ class Provider(ABC):
         :raises NotFoundError: if nothing is stored there (unless ``missing_ok``).
         """
         self._require_saved()
+        upload, background = self._background_upload, self._background
+        if upload is not None and background is not None and await background.discard(upload):
+            return  # not delivered yet: the job is cancelled, or deletes what it delivers
         try:
             with self._map_errors(self.relative_path):
                 await self._delete(self.relative_path)

@@ -1,0 +1,361 @@
+"""StoreType on real databases: SQLite and PostgreSQL, AsyncSession and Session.
+
+Each scenario is a sync function of a Session. ``db`` runs it either through
+``AsyncSession.run_sync`` in a Quart app (the greenlet path: hooks await the async provider) or
+through a plain Session in a worker thread of a Flask app (the sync shim's path).
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import flask
+import pytest
+import quart
+import werkzeug.datastructures
+from sqlalchemy import String, create_engine, insert, text
+from sqlalchemy.exc import IntegrityError, StatementError
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from async_store import Store, StoreError
+from async_store.sqla import FlaskStoreType, StoreType
+from tests.postgres import PostgreSQL, find_bin
+
+_databases = itertools.count()
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Doc(Base):
+    __tablename__ = "docs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(50), unique=True)
+    file = mapped_column(StoreType(128, location="docs"), nullable=True)
+
+
+def upload(data: bytes = b"data", name: str = "a.txt") -> werkzeug.datastructures.FileStorage:
+    return werkzeug.datastructures.FileStorage(io.BytesIO(data), name)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgreSQL]:
+    bin_dir = find_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL is not installed here (make test installs Debian's postgresql)")
+    server = PostgreSQL(bin_dir)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def urls(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    """(sync URL, async URL) of a new, empty database."""
+    if request.param == "sqlite":
+        path = tmp_path / "test.db"
+        return f"sqlite:///{path}", f"sqlite+aiosqlite:///{path}"
+    server: PostgreSQL = request.getfixturevalue("postgres")
+    name = f"t{os.getpid()}_{next(_databases)}"
+    admin = create_engine(server.url("psycopg"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    return server.url("psycopg", name), server.url("asyncpg", name)
+
+
+class DB:
+    def __init__(self, mode: str, urls: tuple[str, str], store_path: Path) -> None:
+        self.mode = mode
+        self.store_path = store_path
+        self.sync_engine = create_engine(urls[0])
+        Base.metadata.create_all(self.sync_engine)
+        self.async_engine = create_async_engine(urls[1]) if mode == "async" else None
+        self.app: Any = quart.Quart(__name__) if mode == "async" else flask.Flask(__name__)
+        self.app.config["STORE_PATH"] = str(store_path)
+        self.store = Store(self.app)
+
+    async def __call__(self, scenario: Callable[[Session], Any]) -> Any:
+        """Run ``scenario(session)`` in a new session, the async or the sync way."""
+        if self.async_engine is not None:
+            async with self.app.app_context(), AsyncSession(self.async_engine) as session:
+                return await session.run_sync(scenario)
+
+        def in_thread() -> Any:
+            with self.app.app_context(), Session(self.sync_engine) as session:
+                return scenario(session)
+
+        return await anyio.to_thread.run_sync(in_thread)
+
+    def files(self) -> dict[str, bytes]:
+        return {
+            p.relative_to(self.store_path).as_posix(): p.read_bytes()
+            for p in self.store_path.rglob("*")
+            if p.is_file()
+        }
+
+    def column(self) -> list[Any]:
+        with self.sync_engine.connect() as connection:
+            return list(connection.execute(text("SELECT file FROM docs ORDER BY id")).scalars())
+
+    async def close(self) -> None:
+        if self.async_engine is not None:
+            await self.async_engine.dispose()
+        self.sync_engine.dispose()
+        await anyio.to_thread.run_sync(self.store.close)
+
+
+@pytest.fixture(params=["async", "sync"])
+async def db(request: pytest.FixtureRequest, urls: tuple[str, str], tmp_path: Path) -> Any:
+    database = DB(str(request.param), urls, tmp_path / "store")
+    yield database
+    await database.close()
+
+
+async def test_upload_is_stored_and_the_column_holds_its_path(db: DB) -> None:
+    def scenario(session: Session) -> tuple[str, str]:
+        doc = Doc(title="a", file=upload(b"hello", "report.pdf"))
+        session.add(doc)
+        session.commit()
+        session.expire_all()
+        loaded = session.get(Doc, doc.id)
+        assert loaded is not None
+        return loaded.file.relative_path, loaded.file.absolute_url
+
+    assert await db(scenario) == ("docs/report.pdf", "/uploads/docs/report.pdf")
+    assert db.column() == ["docs/report.pdf"]
+    assert db.files() == {"docs/report.pdf": b"hello"}
+
+
+async def test_none_and_stored_paths(db: DB) -> None:
+    (db.store_path / "old").mkdir(parents=True)
+    (db.store_path / "old" / "flask-store.txt").write_bytes(b"written by Flask-Store")
+
+    def scenario(session: Session) -> tuple[Any, str]:
+        session.add_all(
+            [Doc(title="none", file=None), Doc(title="kept", file="old/flask-store.txt")]
+        )
+        session.commit()
+        session.expire_all()
+        docs = sorted(session.query(Doc).all(), key=lambda d: d.title)
+        return docs[1].file, docs[0].file.relative_path
+
+    assert await db(scenario) == (None, "old/flask-store.txt")
+    assert db.column() == [None, "old/flask-store.txt"]
+
+
+async def test_rollback_deletes_the_new_file(db: DB) -> None:
+    def scenario(session: Session) -> None:
+        session.add(Doc(title="a", file=upload()))
+        session.flush()
+        assert "docs/a.txt" in db.files()
+        session.rollback()
+
+    await db(scenario)
+    assert db.files() == {}
+
+
+async def test_failed_commit_deletes_the_new_file(db: DB) -> None:
+    def scenario(session: Session) -> None:
+        session.add(Doc(title="same"))
+        session.commit()
+        session.add(Doc(title="same", file=upload()))
+        with pytest.raises(IntegrityError):
+            session.commit()
+        session.rollback()
+
+    await db(scenario)
+    assert db.files() == {}
+
+
+async def test_closing_without_commit_deletes_the_new_file(db: DB) -> None:
+    def scenario(session: Session) -> None:
+        session.add(Doc(title="a", file=upload()))
+        session.flush()
+        assert db.files()
+        session.close()
+
+    await db(scenario)
+    assert db.files() == {}
+
+
+async def test_savepoints(db: DB) -> None:
+    def scenario(session: Session) -> None:
+        session.add(Doc(title="outer", file=upload(b"outer", "outer.txt")))
+        with session.begin_nested() as savepoint:
+            session.add(Doc(title="inner", file=upload(b"inner", "inner.txt")))
+            session.flush()
+            assert "docs/inner.txt" in db.files()
+            savepoint.rollback()
+        with session.begin_nested():
+            session.add(Doc(title="kept", file=upload(b"kept", "kept.txt")))
+        session.commit()
+
+    await db(scenario)
+    assert db.files() == {"docs/outer.txt": b"outer", "docs/kept.txt": b"kept"}
+
+
+async def test_released_savepoint_then_rollback_deletes(db: DB) -> None:
+    def scenario(session: Session) -> None:
+        with session.begin_nested():
+            session.add(Doc(title="inner", file=upload()))
+        session.rollback()
+
+    await db(scenario)
+    assert db.files() == {}
+
+
+async def test_replacing_deletes_the_old_file_only_after_commit(db: DB) -> None:
+    def scenario(session: Session) -> None:
+        doc = Doc(title="a", file=upload(b"v1", "v1.txt"))
+        session.add(doc)
+        session.commit()
+        session.expire_all()
+        doc = session.get(Doc, doc.id)
+        doc.file = upload(b"v2", "v2.txt")
+        session.flush()
+        assert set(db.files()) == {"docs/v1.txt", "docs/v2.txt"}
+        session.rollback()  # v2 goes, v1 stays
+        assert db.files() == {"docs/v1.txt": b"v1"}
+        doc = session.get(Doc, doc.id)
+        doc.file = upload(b"v3", "v3.txt")
+        session.commit()
+
+    await db(scenario)
+    assert db.files() == {"docs/v3.txt": b"v3"}
+    assert db.column() == ["docs/v3.txt"]
+
+
+async def test_replacing_an_unloaded_value(db: DB) -> None:
+    def scenario(session: Session) -> None:
+        doc = Doc(title="a", file=upload(b"v1", "v1.txt"))
+        session.add(doc)
+        session.commit()  # expires doc: the old value is not loaded when replaced
+        doc.file = None
+        session.commit()
+
+    await db(scenario)
+    assert db.files() == {} and db.column() == [None]
+
+
+async def test_deleting_the_row_deletes_the_file_after_commit(db: DB) -> None:
+    def scenario(session: Session) -> None:
+        keep, gone = Doc(title="keep", file=upload(b"k", "k.txt")), Doc(title="gone", file=upload())
+        session.add_all([keep, gone])
+        session.commit()
+        session.delete(keep)
+        session.flush()
+        session.rollback()
+        session.delete(session.get(Doc, gone.id))
+        session.flush()
+        assert "docs/a.txt" in db.files()
+        session.commit()
+
+    await db(scenario)
+    assert db.files() == {"docs/k.txt": b"k"}
+
+
+async def test_a_file_already_gone_is_fine(db: DB) -> None:
+    def scenario(session: Session) -> None:
+        doc = Doc(title="a", file=upload())
+        session.add(doc)
+        session.commit()
+        os.unlink(db.store_path / "docs" / "a.txt")
+        session.delete(doc)
+        session.commit()
+
+    await db(scenario)
+    assert db.column() == []
+
+
+async def test_updating_other_columns_leaves_the_file_alone(db: DB) -> None:
+    def scenario(session: Session) -> None:
+        doc = Doc(title="a", file=upload())
+        session.add(doc)
+        session.commit()
+        for title in ("b", "c"):
+            doc.title = title
+            session.commit()
+        doc.file = doc.file  # the same file assigned again: no change either
+        session.commit()
+
+    await db(scenario)
+    assert db.files() == {"docs/a.txt": b"data"} and db.column() == ["docs/a.txt"]
+
+
+async def test_core_insert_of_an_upload_is_refused(db: DB) -> None:
+    def scenario(session: Session) -> None:
+        with pytest.raises(StatementError, match="unsaved FileStorage") as info:
+            session.execute(insert(Doc).values(title="a", file=upload()))
+        assert isinstance(info.value.orig, StoreError)
+
+    await db(scenario)
+    assert db.files() == {}
+
+
+async def test_real_async_session_in_quart(tmp_path: Path) -> None:
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
+    async with engine.begin() as connection:
+        await connection.run_sync(Base.metadata.create_all)
+    app = quart.Quart(__name__)
+    app.config["STORE_PATH"] = str(tmp_path / "store")
+    Store(app)
+    async with app.app_context(), AsyncSession(engine, expire_on_commit=False) as session:
+        doc = Doc(title="a", file=quart.datastructures.FileStorage(io.BytesIO(b"q"), "q.txt"))
+        session.add(doc)
+        await session.commit()
+        loaded = await session.get(Doc, doc.id, populate_existing=True)
+        assert loaded is not None
+        async with loaded.file.open() as f:
+            assert await f.read() == b"q"
+        await session.delete(loaded)
+        await session.commit()
+    assert not (tmp_path / "store" / "docs" / "q.txt").exists()
+    await engine.dispose()
+
+
+def test_flask_sqlalchemy_quick_start(tmp_path: Path) -> None:
+    from flask_sqlalchemy import SQLAlchemy
+
+    app = flask.Flask(__name__)
+    app.config.update(
+        SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path / 'db.sqlite'}",
+        STORE_PATH=str(tmp_path / "store"),
+        STORE_DOMAIN="http://127.0.0.1:5000",
+    )
+    db = SQLAlchemy(app)
+    store = Store(app)
+
+    class MyModel(db.Model):  # type: ignore[name-defined,misc]
+        id = db.Column(db.Integer, primary_key=True)
+        field = db.Column(FlaskStoreType(128, location="/some/where"))
+
+    @app.post("/foo")
+    def foo() -> str:
+        model = MyModel()
+        model.field = flask.request.files.get("foo")
+        db.session.add(model)
+        db.session.commit()
+        return str(model.field.absolute_url)
+
+    @app.get("/bar/<int:id>")
+    def bar(id: int) -> str:
+        return str(db.session.get(MyModel, id).field.absolute_url)
+
+    with app.app_context():
+        db.create_all()
+    client = app.test_client()
+    url = client.post("/foo", data={"foo": (io.BytesIO(b"f"), "foo.png")}).text
+    assert url == "http://127.0.0.1:5000/uploads/some/where/foo.png"
+    assert client.get("/bar/1").text == url
+    with client.get("/uploads/some/where/foo.png") as response:
+        assert response.data == b"f"
+    store.close()
