@@ -193,6 +193,27 @@ async def test_multipart_upload_in_parts_with_conditional_complete(
     assert single == []
 
 
+@pytest.mark.parametrize("size", [0, 8 * MIB, 12 * MIB, 12 * MIB + 1, 23 * MIB])
+async def test_threshold_above_part_size_keeps_every_byte(
+    s3_server: SeaweedFS, bucket: str, proxy: FaultProxy, size: int
+) -> None:
+    # A threshold above the part size once stored only the first part of larger files.
+    app, store = quart_store(
+        s3_server,
+        bucket,
+        STORE_S3_ENDPOINT_URL=proxy.endpoint,
+        STORE_S3_PART_SIZE=5 * MIB,
+        STORE_S3_MULTIPART_THRESHOLD=12 * MIB,
+    )
+    data = os.urandom(size)
+    async with app.app_context():
+        await store.Provider(agen(data, 3 * MIB), filename="f.bin").save()
+    body = s3_client(s3_server).get_object(Bucket=bucket, Key="media/f.bin")["Body"].read()
+    assert body == data
+    multipart = any("uploads" in r.query.split("&") for r in proxy.requests)
+    assert multipart == (size > 12 * MIB)
+
+
 async def test_large_upload_memory_is_bounded(s3_server: SeaweedFS, bucket: str) -> None:
     app, store = quart_store(
         s3_server,

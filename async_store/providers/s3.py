@@ -434,22 +434,30 @@ class S3Provider(Provider):
         threshold = int(self.config["STORE_S3_MULTIPART_THRESHOLD"])
         part_size = int(self.config["STORE_S3_PART_SIZE"])
         chunks = self._parts(source, part_size).__aiter__()
-        first = b""
-        async for part in chunks:
-            first = part
-            break
         extra = {"IfNoneMatch": "*"} if conditional else {}
-        if len(first) < max(threshold, part_size):
-            # The whole file fits in one part: one PUT, ACL and headers included.
+        # Read up to the threshold: a file that ends there goes up in one PUT (ACL and headers
+        # included); a longer one continues as a multipart upload with what was read so far.
+        head: list[bytes] = []
+        size = 0
+        async for part in chunks:
+            head.append(part)
+            size += len(part)
+            if size > threshold:
+                break
+        else:
             try:
                 await s3.put_object(
-                    Bucket=self.bucket, Key=key, Body=first, **self._object_args(name), **extra
+                    Bucket=self.bucket,
+                    Key=key,
+                    Body=b"".join(head),
+                    **self._object_args(name),
+                    **extra,
                 )
             except ClientError as exc:
                 _raise_if_taken(exc)
                 raise
             return
-        await self._multipart(s3, key, name, first, chunks, extra)
+        await self._multipart(s3, key, name, head, chunks, extra)
 
     async def _parts(self, source: Source, part_size: int) -> AsyncIterator[bytes]:
         """Re-cut the source's chunks into parts of exactly ``part_size`` (the last one less)."""
@@ -475,7 +483,7 @@ class S3Provider(Provider):
         s3: Any,
         key: str,
         name: str,
-        first: bytes,
+        head: list[bytes],
         rest: AsyncIterator[bytes],
         extra: dict[str, str],
     ) -> None:
@@ -499,14 +507,16 @@ class S3Provider(Provider):
         try:
             try:
                 async with anyio.create_task_group() as tg:
-                    await limiter.acquire()
-                    tg.start_soon(send, 1, first)
-                    del first
-                    for number in itertools.count(2):
+                    following = len(head) + 1
+                    for number, body in enumerate(head, start=1):
+                        await limiter.acquire()
+                        tg.start_soon(send, number, body)
+                    head.clear()  # the part uploads hold them now; free each as it is sent
+                    for number in itertools.count(following):
                         # Wait for a free slot *before* reading the next part into memory.
                         await limiter.acquire()
-                        body = await anext(rest, None)
-                        if body is None:
+                        body = await anext(rest, b"")  # parts are never empty
+                        if not body:
                             limiter.release()
                             break
                         tg.start_soon(send, number, body)
