@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: help install demo test lint format clean
+.PHONY: help install system-deps demo test lint format clean
 
 help:
 	@echo "make demo     run the Quart example on http://$(HOST):$(PORT) (upload form, local storage)"
@@ -28,6 +28,17 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# PostgreSQL for the database tests (the suite starts its own server on a loopback port).
+system-deps:
+	@if ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	elif command -v sudo >/dev/null 2>&1; then \
+		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	else \
+		echo "note: PostgreSQL is not installed; its tests will say so and skip (apt-get install postgresql)"; \
+	fi
+
 demo: $(STAMP)
 	@echo "async_store demo on http://$(HOST):$(PORT) (files in examples/instance/uploads unless STORE_PATH is set)"
 	$(BIN)/hypercorn --bind $(HOST):$(PORT) examples/quart_app.py:app
@@ -37,7 +48,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+test: lint system-deps
 	$(BIN)/pytest
 
 format: $(STAMP)
