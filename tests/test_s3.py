@@ -25,6 +25,8 @@ from tests.faultproxy import FaultProxy, fault_proxy
 from tests.seaweed import SeaweedFS, free_port
 
 MIB = 1024 * 1024
+# S3's smallest parts, so multipart uploads happen with little data.
+SMALL_PARTS = {"STORE_S3_PART_SIZE": 5 * MIB, "STORE_S3_MULTIPART_THRESHOLD": 5 * MIB}
 
 
 def quart_store(server: SeaweedFS, bucket: str, **config: Any) -> tuple[quart.Quart, Store]:
@@ -150,8 +152,7 @@ async def test_acl_is_sent_in_the_same_put(
         bucket,
         STORE_S3_ENDPOINT_URL=proxy.endpoint,
         STORE_S3_ACL=acl,
-        STORE_S3_PART_SIZE=5 * MIB,
-        STORE_S3_MULTIPART_THRESHOLD=5 * MIB,
+        **SMALL_PARTS,
     )
     async with app.app_context():
         await store.Provider(b"small", filename="s.txt").save()
@@ -172,8 +173,7 @@ async def test_multipart_upload_in_parts_with_conditional_complete(
         s3_server,
         bucket,
         STORE_S3_ENDPOINT_URL=proxy.endpoint,
-        STORE_S3_PART_SIZE=5 * MIB,
-        STORE_S3_MULTIPART_THRESHOLD=5 * MIB,
+        **SMALL_PARTS,
     )
     data = os.urandom(23 * MIB + 5)
     async with app.app_context():
@@ -218,8 +218,7 @@ async def test_large_upload_memory_is_bounded(s3_server: SeaweedFS, bucket: str)
     app, store = quart_store(
         s3_server,
         bucket,
-        STORE_S3_PART_SIZE=5 * MIB,
-        STORE_S3_MULTIPART_THRESHOLD=5 * MIB,
+        **SMALL_PARTS,
         STORE_S3_MAX_CONCURRENCY=2,
     )
     chunk = os.urandom(MIB)
@@ -251,7 +250,9 @@ async def test_concurrent_uploads_of_one_name(
     # All pass the HEAD check; the conditional write (PUT, or multipart complete) lets one win,
     # and the others re-send their (rewindable) content under collision names.
     app, store = quart_store(
-        s3_server, bucket, STORE_S3_PART_SIZE=5 * MIB, STORE_S3_MULTIPART_THRESHOLD=5 * MIB
+        s3_server,
+        bucket,
+        **SMALL_PARTS,
     )
     sent = [os.urandom(size or 100 + 37 * i) for i in range(count)]
     names: list[str] = []
@@ -343,8 +344,7 @@ async def test_persistent_5xx_fails_cleanly(
         bucket,
         STORE_S3_ENDPOINT_URL=proxy.endpoint,
         STORE_S3_MAX_ATTEMPTS=2,
-        STORE_S3_PART_SIZE=5 * MIB,
-        STORE_S3_MULTIPART_THRESHOLD=5 * MIB,
+        **SMALL_PARTS,
     )
     proxy.fail_with = (lambda r: r.method == "PUT", 500)
     async with app.app_context():
@@ -364,8 +364,7 @@ async def test_connection_reset_mid_upload_leaves_nothing(
         bucket,
         STORE_S3_ENDPOINT_URL=proxy.endpoint,
         STORE_S3_MAX_ATTEMPTS=2,
-        STORE_S3_PART_SIZE=5 * MIB,
-        STORE_S3_MULTIPART_THRESHOLD=5 * MIB,
+        **SMALL_PARTS,
     )
     proxy.reset_after = (lambda r: "partNumber=2" in r.query, MIB)
     async with app.app_context():
