@@ -40,7 +40,7 @@ system-deps:
 	fi
 
 demo: $(STAMP)
-	@echo "async_store demo on http://$(HOST):$(PORT) (files in examples/instance/uploads unless STORE_PATH is set)"
+	@echo "async_store demo on http://$(HOST):$(PORT) (SQLite and files in examples/instance unless DATABASE_URL / STORE_PATH are set)"
 	$(BIN)/hypercorn --bind $(HOST):$(PORT) examples/quart_app.py:app
 
 lint: $(STAMP)

@@ -1,4 +1,5 @@
-"""Smoke tests of examples/: each module is loaded afresh, with STORE_PATH in tmp_path.
+"""Smoke tests of examples/: each module is loaded afresh, with STORE_PATH (and the Quart
+demo's DATABASE_URL) in tmp_path.
 
 The Quart demo is also served by a real hypercorn process, as ``make demo`` serves it.
 """
@@ -9,18 +10,24 @@ import importlib.util
 import io
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import closing
 from itertools import count
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
-import anyio
+import anyio.to_thread
 import httpx
 import pytest
 from quart.datastructures import FileStorage
+
+# Aliased: pytest would try to collect a class named Test* at module level.
+from quart.typing import TestClientProtocol as Client
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 _serial = count()
@@ -34,9 +41,18 @@ def store_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def load_example(monkeypatch: pytest.MonkeyPatch, store_dir: Path) -> Iterator[Loader]:
-    """Import ``examples/<name>.py`` as a new module each time, with STORE_PATH set."""
+def database(tmp_path: Path) -> Path:
+    return tmp_path / "demo.sqlite"
+
+
+@pytest.fixture
+def load_example(
+    monkeypatch: pytest.MonkeyPatch, store_dir: Path, database: Path
+) -> Iterator[Loader]:
+    """Import ``examples/<name>.py`` as a new module each time, with STORE_PATH and
+    DATABASE_URL set."""
     monkeypatch.setenv("STORE_PATH", str(store_dir))
+    monkeypatch.setenv("DATABASE_URL", f"sqlite+aiosqlite:///{database}")
     monkeypatch.delenv("STORE_DOMAIN", raising=False)
     loaded: list[ModuleType] = []
 
@@ -63,10 +79,17 @@ def stored_files(store_dir: Path) -> list[str]:
     return sorted(p.name for p in store_dir.iterdir())
 
 
-# Async tests touch files through anyio.Path and load modules in sync fixtures, so the tests
-# themselves never block the event loop (should a blockbuster fixture be turned on).
-async def async_stored_files(store_dir: Path) -> list[str]:
-    return sorted([p.name async for p in anyio.Path(store_dir).iterdir()])
+# Async tests touch files and the database through anyio (a worker thread) and load modules in
+# sync fixtures, so the tests themselves never block the event loop (should a blockbuster
+# fixture be turned on).
+async def stored(store_dir: Path) -> list[str]:
+    """Relative paths of the files below ``store_dir``."""
+
+    def walk() -> list[str]:
+        files = (p for p in store_dir.rglob("*") if p.is_file())
+        return sorted(p.relative_to(store_dir).as_posix() for p in files)
+
+    return await anyio.to_thread.run_sync(walk)
 
 
 async def read(path: Path) -> bytes:
@@ -83,104 +106,199 @@ def quart_demo(load_example: Loader) -> ModuleType:
     return load_example("quart_app")
 
 
+@pytest.fixture
+async def client(quart_demo: ModuleType) -> AsyncIterator[Client]:
+    """The demo's test client, with the app started and stopped as hypercorn does it
+    (before_serving creates the tables, after_serving disposes the engine)."""
+    async with quart_demo.app.test_app() as test_app:
+        yield test_app.test_client()
+
+
+def query(database: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    with closing(sqlite3.connect(database)) as connection, connection:
+        return connection.execute(sql, params).fetchall()
+
+
+async def async_query(database: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    return await anyio.to_thread.run_sync(lambda: query(database, sql, *params))
+
+
+async def rows(database: Path) -> list[tuple[Any, ...]]:
+    """(id, name, size, file) of each row of the demo's table, oldest first."""
+    return await async_query(database, "SELECT id, name, size, file FROM uploads ORDER BY id")
+
+
+def upload(data: bytes, name: str) -> FileStorage:
+    return FileStorage(io.BytesIO(data), filename=name)
+
+
+def several(*files: tuple[str, bytes], **headers: str) -> dict[str, Any]:
+    """Keyword arguments of a test request posting several files in the 'afile' field, as a
+    browser does (the test client's ``files=`` takes one file per field)."""
+    body = httpx.Request("POST", "http://localhost/", files=[("afile", f) for f in files])
+    content_type = body.headers["Content-Type"]
+    return {"data": body.read(), "headers": {**headers, "Content-Type": content_type}}
+
+
 # --- Quart ---------------------------------------------------------------------------------------
 
 
-async def test_quart_upload_download_list_delete(quart_demo: ModuleType, store_dir: Path) -> None:
+async def test_quart_upload_download_list_delete(
+    quart_demo: ModuleType, client: Client, store_dir: Path, database: Path
+) -> None:
     root = quart_demo.store.state(quart_demo.app).config.path
     assert root == str(await anyio.Path(store_dir).resolve())
-    client = quart_demo.app.test_client()
 
     page = await client.get("/")
     assert page.status_code == 200
-    assert 'name="afile" multiple' in await page.get_data(as_text=True)
+    page_text = await page.get_data(as_text=True)
+    assert 'name="afile" multiple' in page_text
+    assert "Nothing yet" in page_text
 
     content = b"hello from quart\n" * 1000
-    response = await client.post(
-        "/upload", files={"afile": FileStorage(io.BytesIO(content), filename="x.txt")}
-    )
+    response = await client.post("/upload", files={"afile": upload(content, "x.txt")})
     assert response.status_code == 200
     assert response.mimetype == "text/plain"
     url = (await response.get_data(as_text=True)).strip()
-    assert url == "http://localhost/uploads/x.txt"
-    assert await read(store_dir / "x.txt") == content
+    assert url == "http://localhost/uploads/demo/x.txt"
+    assert await read(store_dir / "demo" / "x.txt") == content
+    # The row holds the file's path below STORE_PATH, and the size of what was sent.
+    assert await rows(database) == [(1, "x.txt", len(content), "demo/x.txt")]
 
-    download = await client.get("/uploads/x.txt")
+    download = await client.get("/uploads/demo/x.txt")
     assert download.status_code == 200
     assert await download.get_data() == content
 
     # The same name again: a second file, never an overwrite.
-    response = await client.post(
-        "/upload", files={"afile": FileStorage(io.BytesIO(b"second"), filename="x.txt")}
-    )
+    response = await client.post("/upload", files={"afile": upload(b"second", "x.txt")})
     second = (await response.get_data(as_text=True)).strip()
-    assert second.startswith("http://localhost/uploads/x_") and second.endswith(".txt")
-    assert await read(store_dir / "x.txt") == content
+    assert second.startswith("http://localhost/uploads/demo/x_") and second.endswith(".txt")
+    second_path = second.removeprefix("http://localhost/uploads/")
+    assert await read(store_dir / "demo" / "x.txt") == content
+    assert (await rows(database))[1] == (2, "x.txt", 6, second_path)
 
     page_text = await (await client.get("/")).get_data(as_text=True)
-    assert '<a href="/uploads/x.txt">x.txt</a>' in page_text
-    second_name = second.rsplit("/", 1)[1]
-    assert f">{second_name}</a>" in page_text
+    first_link = '<a href="/uploads/demo/x.txt">x.txt</a>'
+    second_link = f'<a href="/uploads/{second_path}">x.txt</a>'
+    assert page_text.index(second_link) < page_text.index(first_link)  # newest first
+    assert "17,000 bytes" in page_text
+    assert f"stored as {second_path.rsplit('/', 1)[1]}" in page_text
 
-    response = await client.post("/delete/x.txt")
+    response = await client.post("/delete/1")
     assert response.status_code == 200
-    assert await async_stored_files(store_dir) == [second_name]
-    assert (await client.get("/uploads/x.txt")).status_code == 404
-    assert (await client.post("/delete/x.txt")).status_code == 404
+    assert await response.get_data(as_text=True) == "deleted demo/x.txt\n"
+    assert [row[0] for row in await rows(database)] == [2]
+    assert await stored(store_dir) == [second_path]
+    assert (await client.get("/uploads/demo/x.txt")).status_code == 404
+    assert (await client.post("/delete/1")).status_code == 404
 
 
-async def test_quart_browser_form_redirects(quart_demo: ModuleType, store_dir: Path) -> None:
-    client = quart_demo.app.test_client()
+async def test_quart_browser_form_redirects(
+    client: Client, store_dir: Path, database: Path
+) -> None:
     html = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
     response = await client.post(
-        "/upload",
-        files={"afile": FileStorage(io.BytesIO(b"abc"), filename="form.txt")},
-        headers=html,
+        "/upload", **several(("form.txt", b"abc"), ("other.txt", b"de"), **html)
     )
     assert response.status_code == 303
     assert response.headers["Location"] == "/"
-    assert await async_stored_files(store_dir) == ["form.txt"]
+    assert await stored(store_dir) == ["demo/form.txt", "demo/other.txt"]
+    assert [row[1:] for row in await rows(database)] == [
+        ("form.txt", 3, "demo/form.txt"),
+        ("other.txt", 2, "demo/other.txt"),
+    ]
 
-    response = await client.post("/delete/form.txt", headers=html)
+    response = await client.post("/delete/1", headers=html)
     assert response.status_code == 303
-    assert await async_stored_files(store_dir) == []
+    assert await stored(store_dir) == ["demo/other.txt"]
+    assert [row[1] for row in await rows(database)] == ["other.txt"]
 
 
-async def test_quart_upload_without_file_is_400(quart_demo: ModuleType, store_dir: Path) -> None:
-    client = quart_demo.app.test_client()
+async def test_quart_upload_without_file_is_400(
+    client: Client, store_dir: Path, database: Path
+) -> None:
     response = await client.post("/upload", form={"other": "x"})
     assert response.status_code == 400
-    assert await async_stored_files(store_dir) == []
+    assert await stored(store_dir) == []
+    assert await rows(database) == []
 
 
-async def test_quart_index_escapes_names(quart_demo: ModuleType, store_dir: Path) -> None:
-    client = quart_demo.app.test_client()
-    # The store cleans client names, so "<script>" never reaches the disk through an upload...
+async def test_quart_index_escapes_names(client: Client, store_dir: Path, database: Path) -> None:
+    # The store cleans client names, so "<script>" never reaches the disk or a URL...
     response = await client.post(
-        "/upload",
-        files={"afile": FileStorage(io.BytesIO(b"x"), filename="<script>alert(1)</script>.html")},
+        "/upload", files={"afile": upload(b"x", "<script>alert(1)</script>.html")}
     )
     assert "<" not in (await response.get_data(as_text=True))
-    # ...but a file put there by other means is listed too, and must be escaped.
-    await write(store_dir / '<img src=x onerror="alert(1)">&.txt', b"y")
-    await write(store_dir / ".hidden", b"z")
-    await write(store_dir / "sub" / "deep.txt", b"deep")
+    # ...but the row keeps the name the client sent, and the page must escape it.
+    assert (await rows(database))[0][1] == "<script>alert(1)</script>.html"
+    # A row written by other means may hold a path with characters a URL must quote.
+    hostile = '<img src=x onerror="alert(1)">&.txt'
+    await write(store_dir / "demo" / hostile, b"y")
+    await async_query(
+        database,
+        "INSERT INTO uploads (name, size, created_at, file) VALUES (?, 1, ?, ?)",
+        hostile,
+        "2000-01-01 00:00:00",
+        f"demo/{hostile}",
+    )
 
     page = await (await client.get("/")).get_data(as_text=True)
     assert "<script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;.html</a>" in page
     assert "<img" not in page
-    assert "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;&amp;.txt" in page
-    assert "/uploads/%3Cimg%20src%3Dx%20onerror%3D%22alert%281%29%22%3E%26.txt" in page
-    assert ".hidden" not in page
-    assert '<a href="/uploads/sub/deep.txt">sub/deep.txt</a>' in page
-    assert await (await client.get("/uploads/sub/deep.txt")).get_data() == b"deep"
+    assert "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;&amp;.txt</a>" in page
+    quoted = "/uploads/demo/%3Cimg%20src%3Dx%20onerror%3D%22alert%281%29%22%3E%26.txt"
+    assert f'href="{quoted}"' in page
+    assert await (await client.get(quoted)).get_data() == b"y"
 
 
-async def test_quart_delete_refuses_unsafe_paths(quart_demo: ModuleType, store_dir: Path) -> None:
-    client = quart_demo.app.test_client()
+async def test_quart_delete_takes_only_row_ids(client: Client, store_dir: Path) -> None:
+    await write(store_dir / "x.txt", b"z")
     await write(store_dir / ".hidden", b"z")
-    assert (await client.post("/delete/.hidden")).status_code == 400
-    assert await anyio.Path(store_dir / ".hidden").exists()
+    for path in ("/delete/x.txt", "/delete/.hidden", "/delete/..%2Fx.txt", "/delete/7"):
+        assert (await client.post(path)).status_code == 404, path
+    assert await stored(store_dir) == [".hidden", "x.txt"]
+
+
+async def test_quart_failed_commit_leaves_no_file(
+    client: Client, store_dir: Path, database: Path
+) -> None:
+    # A real database error at the second row's INSERT, after the flush stored both files.
+    await async_query(
+        database,
+        "CREATE TRIGGER refuse BEFORE INSERT ON uploads WHEN NEW.name = 'bad.txt' "
+        "BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END",
+    )
+    response = await client.post("/upload", **several(("good.txt", b"good"), ("bad.txt", b"bad")))
+    assert response.status_code == 500
+    assert await rows(database) == []
+    assert await stored(store_dir) == []
+
+    response = await client.post("/upload", files={"afile": upload(b"good", "good.txt")})
+    assert response.status_code == 200
+    assert await stored(store_dir) == ["demo/good.txt"]
+
+
+async def test_quart_tables_are_created_without_the_serving_hooks(
+    quart_demo: ModuleType, store_dir: Path, database: Path
+) -> None:
+    # Quart's test client outside app.test_app() runs no before_serving: the first requests
+    # create the tables (once, however many arrive together).
+    client = quart_demo.app.test_client()
+
+    async def post(name: str) -> None:
+        response = await client.post("/upload", files={"afile": upload(name.encode(), name)})
+        assert response.status_code == 200
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for name in ("a.txt", "b.txt", "c.txt"):
+                tg.start_soon(post, name)
+        assert "c.txt</a>" in await (await client.get("/")).get_data(as_text=True)
+    finally:
+        await quart_demo.engine.dispose()
+    assert sorted(row[1] for row in await rows(database)) == ["a.txt", "b.txt", "c.txt"]
+    assert await stored(store_dir) == ["demo/a.txt", "demo/b.txt", "demo/c.txt"]
 
 
 @pytest.mark.parametrize("name", ["quart_app", "flask_app"])
@@ -192,11 +310,15 @@ def test_store_path_defaults_to_instance_folder_next_to_the_example(
     folder.mkdir()
     shutil.copy(EXAMPLES / f"{name}.py", folder)
     monkeypatch.delenv("STORE_PATH")
+    monkeypatch.delenv("DATABASE_URL")
     demo = load_example(name, folder)
     assert demo.app.instance_path == str(folder / "instance")
     expected = os.path.realpath(folder / "instance" / "uploads")
     assert demo.store.state(demo.app).config.path == expected
     assert os.path.isdir(expected)
+    if name == "quart_app":
+        assert demo.engine.url.drivername == "sqlite+aiosqlite"
+        assert demo.engine.url.database == str(folder / "instance" / "demo.sqlite")
 
 
 # --- Flask ---------------------------------------------------------------------------------------
@@ -245,10 +367,14 @@ def test_flask_store_domain_from_environment(
 # --- a real server -------------------------------------------------------------------------------
 
 
-def test_quart_demo_under_hypercorn(store_dir: Path, free_tcp_port: int) -> None:
+def test_quart_demo_under_hypercorn(store_dir: Path, database: Path, free_tcp_port: int) -> None:
     """What ``make demo`` does: hypercorn serving examples/quart_app.py on 127.0.0.1."""
     base = f"http://127.0.0.1:{free_tcp_port}"
-    env = {**os.environ, "STORE_PATH": str(store_dir)}
+    env = {
+        **os.environ,
+        "STORE_PATH": str(store_dir),
+        "DATABASE_URL": f"sqlite+aiosqlite:///{database}",
+    }
     env.pop("STORE_DOMAIN", None)
     command = [
         *(sys.executable, "-m", "hypercorn"),
@@ -278,12 +404,20 @@ def test_quart_demo_under_hypercorn(store_dir: Path, free_tcp_port: int) -> None
             )
             assert response.status_code == 200, response.text
             urls = response.text.split()
-            assert urls == [f"{base}/uploads/big.bin", f"{base}/uploads/small.txt"]
+            assert urls == [f"{base}/uploads/demo/big.bin", f"{base}/uploads/demo/small.txt"]
             assert client.get(urls[0]).content == big
             small = client.get(urls[1])
             assert small.content == b"small"
             assert small.headers["x-content-type-options"] == "nosniff"
-            assert "small.txt" in client.get("/").text
+            assert query(database, "SELECT id, name, size, file FROM uploads ORDER BY id") == [
+                (1, "big.bin", len(big), "demo/big.bin"),
+                (2, "small.txt", 5, "demo/small.txt"),
+            ]
+            assert '<a href="/uploads/demo/small.txt">small.txt</a>' in client.get("/").text
+
+            assert client.post("/delete/1").text == "deleted demo/big.bin\n"
+            assert client.get(urls[0]).status_code == 404
+            assert sorted(p.name for p in (store_dir / "demo").iterdir()) == ["small.txt"]
     finally:
         server.terminate()
         try:
