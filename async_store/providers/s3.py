@@ -147,6 +147,29 @@ class _Clients:
         self._kept: dict[asyncio.AbstractEventLoop, tuple[contextlib.AsyncExitStack, Any]] = {}
         self._long_lived: set[asyncio.AbstractEventLoop] = set()
         self._locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+        self._claims: dict[tuple[asyncio.AbstractEventLoop, str], tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def claiming(self, key: str) -> AsyncIterator[None]:
+        """Serialise this process's conditional writes of one key.
+
+        Not every server makes ``If-None-Match`` atomic (SeaweedFS lets two simultaneous
+        ``CompleteMultipartUpload`` calls for one new key both succeed: the later one silently
+        replaces the earlier). One writer at a time per key keeps the check meaningful within a
+        process; across processes it is the server's job.
+        """
+        ident = (asyncio.get_running_loop(), key)
+        lock, users = self._claims.get(ident, (asyncio.Lock(), 0))
+        self._claims[ident] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._claims[ident]
+            if users == 1:
+                del self._claims[ident]
+            else:
+                self._claims[ident] = (lock, users - 1)
 
     def _new(self, public: bool = False) -> Any:
         _guard_logs(self._secrets)
@@ -409,55 +432,58 @@ class S3Provider(Provider):
 
     async def _save(self, location: str, names: Iterator[str], source: Source) -> str:
         conditional = bool(self.config["STORE_S3_CONDITIONAL_WRITES"])
+        extra = {"IfNoneMatch": "*"} if conditional else {}
         async with self._clients.client() as s3:
+            head, rest = await self._read_head(source)
             for name in names:
                 relative = f"{location}/{name}" if location else name
                 key = self._key(relative)
-                if await self._head(s3, key):
+                # A conditional single PUT is its own check. Before a multipart upload (or
+                # without conditional writes) a HEAD skips a name that is plainly taken.
+                if (rest is not None or not conditional) and await self._head(s3, key):
                     continue
                 try:
-                    await self._upload(s3, key, name, source, conditional)
+                    if rest is None:
+                        await self._put(s3, key, name, b"".join(head), extra)
+                    else:
+                        await self._multipart(s3, key, name, head, rest, extra)
                 except _NameTaken:
+                    if rest is None:
+                        continue  # the bytes are still here: try the next name
                     # Someone claimed this new name between our HEAD and our write.
                     if not source.rewind():
                         raise ProviderError(
                             f"another upload claimed {relative!r} first and this upload's "
                             f"stream cannot be read twice; retry the upload"
                         ) from None
+                    head, rest = await self._read_head(source)
                     continue
                 return name
         raise no_free_name(location)
 
-    async def _upload(
-        self, s3: Any, key: str, name: str, source: Source, conditional: bool
-    ) -> None:
+    async def _read_head(self, source: Source) -> tuple[list[bytes], AsyncIterator[bytes] | None]:
+        """Read up to ``STORE_S3_MULTIPART_THRESHOLD``: ``(parts, None)`` when the file ended
+        there (one PUT), ``(first parts, the rest)`` for a multipart upload."""
         threshold = int(self.config["STORE_S3_MULTIPART_THRESHOLD"])
-        part_size = int(self.config["STORE_S3_PART_SIZE"])
-        chunks = self._parts(source, part_size).__aiter__()
-        extra = {"IfNoneMatch": "*"} if conditional else {}
-        # Read up to the threshold: a file that ends there goes up in one PUT (ACL and headers
-        # included); a longer one continues as a multipart upload with what was read so far.
+        chunks = self._parts(source, int(self.config["STORE_S3_PART_SIZE"])).__aiter__()
         head: list[bytes] = []
         size = 0
         async for part in chunks:
             head.append(part)
             size += len(part)
             if size > threshold:
-                break
-        else:
-            try:
+                return head, chunks
+        return head, None
+
+    async def _put(self, s3: Any, key: str, name: str, body: bytes, extra: dict[str, str]) -> None:
+        try:
+            async with self._clients.claiming(key):
                 await s3.put_object(
-                    Bucket=self.bucket,
-                    Key=key,
-                    Body=b"".join(head),
-                    **self._object_args(name),
-                    **extra,
+                    Bucket=self.bucket, Key=key, Body=body, **self._object_args(name), **extra
                 )
-            except ClientError as exc:
-                _raise_if_taken(exc)
-                raise
-            return
-        await self._multipart(s3, key, name, head, chunks, extra)
+        except ClientError as exc:
+            _raise_if_taken(exc)
+            raise
 
     async def _parts(self, source: Source, part_size: int) -> AsyncIterator[bytes]:
         """Re-cut the source's chunks into parts of exactly ``part_size`` (the last one less)."""
@@ -526,13 +552,14 @@ class S3Provider(Provider):
                 raise _first_error(group) from None
             parts = [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
             try:
-                await s3.complete_multipart_upload(
-                    Bucket=self.bucket,
-                    Key=key,
-                    UploadId=upload_id,
-                    MultipartUpload={"Parts": parts},
-                    **extra,
-                )
+                async with self._clients.claiming(key):
+                    await s3.complete_multipart_upload(
+                        Bucket=self.bucket,
+                        Key=key,
+                        UploadId=upload_id,
+                        MultipartUpload={"Parts": parts},
+                        **extra,
+                    )
             except ClientError as exc:
                 _raise_if_taken(exc)
                 raise
