@@ -10,12 +10,13 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: help install system-deps demo test lint format clean
+.PHONY: help install system-deps demo test bench lint format clean
 
 help:
 	@echo "make demo     run the Quart example on http://$(HOST):$(PORT) (upload form, local storage)"
 	@echo "make test     ruff check, ruff format --check, mypy --strict and pytest"
 	@echo "make lint     the same without pytest"
+	@echo "make bench    benchmarks: bench/results/latest.md and latest.png"
 	@echo "make format   ruff format and ruff check --fix"
 	@echo "make clean    remove .venv and the caches"
 
@@ -50,6 +51,11 @@ lint: $(STAMP)
 
 test: lint system-deps
 	$(BIN)/pytest
+
+# Not part of make test: minutes, and figures only mean something on a quiet machine.
+bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python -m bench.run
 
 format: $(STAMP)
 	$(BIN)/ruff format .
