@@ -435,6 +435,9 @@ def write_report(rows: list[Row], repeats: int, out: Path) -> None:
         "a streaming ingest path, background-mode latency, peers.",
         "",
     ]
+    notes = HERE / "NOTES.md"
+    if notes.exists():  # the profiling notes, kept by hand beside the generated table
+        lines.append(notes.read_text())
     out.write_text("\n".join(lines))
     chart(rows, out.with_suffix(".png"))
 
