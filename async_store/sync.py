@@ -148,14 +148,6 @@ class SyncProvider:
     ) -> None:
         self._provider = self._async_class(fp, location, filename=filename)
 
-    @classmethod
-    def wrap(cls, provider: Provider, owner: PortalOwner) -> SyncProvider:
-        """The sync view of an existing async provider."""
-        self = cls.__new__(cls)
-        self._provider = provider
-        self._owner = owner  # type: ignore[misc]
-        return self
-
     def __repr__(self) -> str:
         return f"<Sync{repr(self._provider)[1:]}"
 
