@@ -205,10 +205,21 @@ class Store:
         self._portal.close()
 
 
-def store_provider() -> Any:
-    """The current app's provider class (the seed's ``flask_store.store_provider()``)."""
+def current_state(who: str) -> StoreState:
+    """The :class:`StoreState` of the current app, whichever Store registered it.
+
+    :raises StoreError: naming ``who`` when there is no app context or the app has no Store.
+    """
     app = _current_app()
     state = app.extensions.get(EXTENSION_KEY) if app is not None else None
     if not isinstance(state, StoreState):
-        raise StoreError("store_provider() needs an app context of an app with a Store.")
-    return state.Provider
+        raise StoreError(
+            f"{who} needs an app context of an app with a Store, to know where files live: "
+            f"use it inside a request, or inside 'with app.app_context()'."
+        )
+    return state
+
+
+def store_provider() -> Any:
+    """The current app's provider class (the seed's ``flask_store.store_provider()``)."""
+    return current_state("store_provider()").Provider

@@ -40,7 +40,7 @@ from sqlalchemy.util import concurrency
 
 from ._paths import clean_key, clean_location
 from .exceptions import StoreError
-from .extension import EXTENSION_KEY, StoreState, _current_app
+from .extension import StoreState, current_state
 from .providers.base import Provider
 from .sync import SyncProvider
 
@@ -61,14 +61,7 @@ _await: Callable[[Awaitable[Any]], Any] = getattr(concurrency, "await_", None) o
 
 
 def _state() -> StoreState:
-    app = _current_app()
-    state = app.extensions.get(EXTENSION_KEY) if app is not None else None
-    if not isinstance(state, StoreState):
-        raise StoreError(
-            "StoreType needs an app context of an app with a Store, to know where files live: "
-            "use the session inside a request, or inside 'with app.app_context()'."
-        )
-    return state
+    return current_state("StoreType")
 
 
 def _run(state: StoreState, func: Callable[..., Awaitable[T]], *args: Any) -> T:
