@@ -6,17 +6,21 @@
 
     store = Store(app)
     url = await store.Provider((await request.files)["afile"]).save()
+    stored = await store.save_request(fields=["afile"])   # streamed as the body arrives
 """
 
 from __future__ import annotations
 
+from ._ingest import StoredForm
 from .exceptions import (
+    BadUploadError,
     NotConfiguredError,
     NotFoundError,
     ProviderError,
     StoreError,
     UnsafePathError,
     UploadError,
+    UploadTooLargeError,
 )
 from .extension import Store, StoreState, store_provider
 from .providers.base import Provider
@@ -26,6 +30,7 @@ from .sync import SyncFile, SyncProvider
 __version__ = "0.1.0"
 
 __all__ = [
+    "BadUploadError",
     "LocalProvider",
     "NotConfiguredError",
     "NotFoundError",
@@ -34,9 +39,11 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreState",
+    "StoredForm",
     "SyncFile",
     "SyncProvider",
     "UnsafePathError",
     "UploadError",
+    "UploadTooLargeError",
     "store_provider",
 ]

@@ -6,6 +6,8 @@ Everything derives from :class:`StoreError`, so ``except StoreError`` catches al
     ├── NotConfiguredError      config missing or wrong; names the key and the fix
     ├── UnsafePathError         (also ValueError) a name or location that would leave the store
     ├── NotFoundError           (also FileNotFoundError) no stored file at that path
+    ├── BadUploadError          (also werkzeug BadRequest, 400) save_request refused the body
+    ├── UploadTooLargeError     (also werkzeug RequestEntityTooLarge, 413) over a limit
     └── ProviderError           the backend failed (disk full, permission denied, S3 down, …)
         └── UploadError         a background upload failed
 
@@ -15,13 +17,17 @@ original exception chained as ``__cause__``.
 
 from __future__ import annotations
 
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
+
 __all__ = [
+    "BadUploadError",
     "NotConfiguredError",
     "NotFoundError",
     "ProviderError",
     "StoreError",
     "UnsafePathError",
     "UploadError",
+    "UploadTooLargeError",
 ]
 
 
@@ -42,6 +48,17 @@ class UnsafePathError(StoreError, ValueError):
 
 class NotFoundError(StoreError, FileNotFoundError):
     """No stored file exists at the given path."""
+
+
+class BadUploadError(StoreError, BadRequest):
+    """An upload request ``save_request`` refuses: not multipart, malformed or truncated, a file
+    in a field it was not asked to store. Also Werkzeug's ``BadRequest``: Quart and Flask
+    answer it with a 400 and this message."""
+
+
+class UploadTooLargeError(StoreError, RequestEntityTooLarge):
+    """An upload request over one of ``save_request``'s limits (the body, a file, a text field,
+    the number of parts). Also Werkzeug's ``RequestEntityTooLarge``: the app answers 413."""
 
 
 class ProviderError(StoreError):

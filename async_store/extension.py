@@ -129,6 +129,9 @@ class Store:
         app.extensions[EXTENSION_KEY] = state
         self._states.append(state)
         if state.is_async:
+            from ._quart import install
+
+            install(app)  # type: ignore[arg-type]  # flow control for save_request
             # Quart's serving loop is long-lived: clients and background uploads live in it.
             app.before_serving(state.startup)  # type: ignore[attr-defined]
             app.after_serving(state.shutdown)  # type: ignore[attr-defined]
@@ -188,6 +191,11 @@ class Store:
     def SyncProvider(self) -> type[_SyncProvider]:
         """The current app's sync shim class, in Flask and in Quart's sync code alike."""
         return self.state().sync_provider_class
+
+    def save_request(self, request: Any = None, **options: Any) -> Any:
+        """``store.Provider.save_request(...)``: store every file of a multipart request as it
+        arrives (awaitable in Quart, blocking in Flask; see :meth:`Provider.save_request`)."""
+        return self.Provider.save_request(request, **options)
 
     async def _start_sync_loop(self) -> None:
         for state in list(self._states):

@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, Self, TypeVar
 
 import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
+from werkzeug.datastructures import MultiDict
 
+from ._ingest import StoredForm, current_request
 from .exceptions import StoreError
 
 if TYPE_CHECKING:
@@ -147,6 +149,26 @@ class SyncProvider:
         self, fp: Any = None, location: str | None = None, *, filename: str | None = None
     ) -> None:
         self._provider = self._async_class(fp, location, filename=filename)
+
+    @classmethod
+    def _wrap(cls, provider: Provider) -> Self:
+        shim = cls.__new__(cls)
+        shim._provider = provider
+        return shim
+
+    @classmethod
+    def save_request(cls, request: Any = None, **options: Any) -> StoredForm[Self]:
+        """Store every file of the request as its body arrives; see
+        :meth:`Provider.save_request` (same options). In a Flask view::
+
+            stored = store.Provider.save_request(fields=["avatar"])
+            url = stored.files["avatar"].absolute_url
+        """
+        # The request context is this thread's: look the request up here, not in the loop.
+        request = current_request() if request is None else request
+        stored = cls._owner.call(cls._async_class.save_request, request, **options)
+        files = MultiDict((name, cls._wrap(p)) for name, p in stored.files.items(multi=True))
+        return StoredForm(files, stored.form)
 
     def __repr__(self) -> str:
         return f"<Sync{repr(self._provider)[1:]}"

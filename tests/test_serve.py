@@ -8,9 +8,6 @@ between the two test clients; the raw-socket tests at the end go through real se
 from __future__ import annotations
 
 import os
-import threading
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,12 +17,11 @@ import anyio
 import flask
 import pytest
 import quart
-from hypercorn.asyncio import serve
-from hypercorn.config import Config
 from werkzeug.datastructures import Headers
-from werkzeug.serving import make_server
 
 from async_store import Store
+
+from .servers import real_server
 
 DATA = b"0123456789"
 SECRET = b"the secret outside the store"
@@ -386,50 +382,6 @@ async def test_url_for_store_file(app: Any, store: Store, store_path: Path) -> N
 
 
 # --- real servers, raw bytes on the socket --------------------------------------------------
-
-
-@contextmanager
-def werkzeug_server(app: Any) -> Iterator[int]:
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_port
-    finally:
-        server.shutdown()
-        thread.join(5)
-        server.server_close()
-
-
-@asynccontextmanager
-async def hypercorn_server(app: Any, port: int) -> AsyncIterator[int]:
-    config = Config()
-    config.bind = [f"127.0.0.1:{port}"]
-    config.accesslog = config.errorlog = None
-    stop = anyio.Event()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(lambda: serve(app, config, shutdown_trigger=stop.wait))
-        with anyio.fail_after(10):
-            while True:
-                try:
-                    await (await anyio.connect_tcp("127.0.0.1", port)).aclose()
-                    break
-                except OSError:
-                    await anyio.sleep(0.02)
-        try:
-            yield port
-        finally:
-            stop.set()
-
-
-@asynccontextmanager
-async def real_server(app: Any, port: int) -> AsyncIterator[int]:
-    if isinstance(app, quart.Quart):
-        async with hypercorn_server(app, port) as bound:
-            yield bound
-    else:
-        with werkzeug_server(app) as bound:
-            yield bound
 
 
 async def raw_request(port: int, request_line: bytes) -> tuple[int, bytes, bytes]:

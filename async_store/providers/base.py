@@ -17,17 +17,19 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 from urllib.parse import quote
 
+from .. import _ingest
 from .._paths import clean_filename, clean_key, clean_location, collision_name
 from .._sources import AsyncReadable, Source, SourceFailure, to_source
 from ..exceptions import NotConfiguredError, NotFoundError, ProviderError, StoreError
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncIterator, Collection, Iterator
     from contextlib import AbstractAsyncContextManager
 
     from flask.sansio.app import App
 
     from .._background import Background, BackgroundUpload
+    from .._ingest import StoredForm
     from ..config import StoreConfig
 
 __all__ = ["Provider"]
@@ -111,6 +113,56 @@ class Provider(ABC):
     async def shutdown(cls) -> None:
         """Called in that loop before it ends: close its clients."""
         return None
+
+    @classmethod
+    async def save_request(
+        cls,
+        request: Any = None,
+        *,
+        fields: Collection[str] | None = None,
+        location: str | None = None,
+        max_size: int | None = None,
+        max_file_size: int | None = None,
+        max_parts: int | None = None,
+        max_field_size: int | None = None,
+    ) -> StoredForm[Self]:
+        """Store every file of a ``multipart/form-data`` request as its body arrives.
+
+        Faster than ``request.files`` and lighter on memory and disk: each file is parsed out of
+        the body and streamed straight into the store, never spooled to a temp file first::
+
+            stored = await store.Provider.save_request(fields=["avatar"], location="avatars")
+            url = stored.files["avatar"].absolute_url
+            caption = stored.form.get("caption")
+
+        All or nothing: if anything fails, the files already stored are deleted and nothing is
+        left half-written. Call it *instead of* reading ``request.files`` / ``request.form``.
+
+        :param request: the request (default: the current one, Quart's or Flask's).
+        :param fields: the file fields to store; a file in any other field is refused (400).
+            ``None`` stores every file. Text fields are always collected.
+        :param location: the folder to store the files in, as for ``Provider(location=...)``.
+        :param max_size: the most bytes the whole body may have; default the app's
+            ``MAX_CONTENT_LENGTH`` (Quart and Flask enforce that one themselves too).
+        :param max_file_size: the most bytes each file may have (default: no limit of its own).
+        :param max_parts: the most parts (files and text fields); default ``MAX_FORM_PARTS``
+            or 1000.
+        :param max_field_size: the most bytes a text field may have (they are held in memory);
+            default ``MAX_FORM_MEMORY_SIZE`` or 500,000.
+        :raises BadUploadError: (a 400) not multipart, malformed, cut short, unexpected field.
+        :raises UploadTooLargeError: (a 413) over one of the limits.
+        :raises ProviderError: if the backend fails.
+        """
+        return await _ingest.save_request(
+            cls,
+            _ingest.current_request() if request is None else request,
+            fields=fields,
+            location=location,
+            max_size=max_size,
+            max_file_size=max_file_size,
+            max_parts=max_parts,
+            max_field_size=max_field_size,
+        )
 
     # --- instances ------------------------------------------------------------------------------
 

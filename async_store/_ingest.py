@@ -1,0 +1,324 @@
+"""Streaming ingest: a ``multipart/form-data`` body parsed as it arrives, each file streamed
+straight into the provider.
+
+``request.files`` in Quart and Flask spools every file to a temp file first, and the app then
+copies it again into the store: two writes of every byte and, in Quart, a slow 16 KiB-a-step
+copy. Here python-multipart (a push parser, the one Starlette uses) parses each body chunk as it
+comes; a file part's data is pulled by ``Provider.save()`` as its source, so each byte is written
+once, to the temp file the provider publishes (or to S3 parts).
+
+Everything is all or nothing: when a limit trips, the body is malformed or cut short, the client
+goes away or a save fails, the files this request already stored are deleted before the error
+propagates, and the file being written is cleaned up by its own ``save()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections import deque
+from collections.abc import AsyncIterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import anyio
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser
+from werkzeug.datastructures import MultiDict
+from werkzeug.http import parse_options_header
+
+from ._sources import Source, to_source
+from .exceptions import BadUploadError, StoreError, UploadTooLargeError
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Collection
+
+    from .providers.base import Provider
+
+__all__ = ["StoredForm", "current_request", "save_request"]
+
+log = logging.getLogger("async_store.ingest")
+P = TypeVar("P")
+ProviderT = TypeVar("ProviderT", bound="Provider")
+
+#: Read size for blocking request streams (Flask's ``request.stream``).
+_READ_SIZE = 256 * 1024
+# Werkzeug's defaults for MAX_FORM_PARTS and MAX_FORM_MEMORY_SIZE, used when the request has none.
+_DEFAULT_MAX_PARTS = 1000
+_DEFAULT_MAX_FIELD_SIZE = 500_000
+
+
+@dataclass
+class StoredForm(Generic[P]):
+    """What :meth:`Provider.save_request` returns: the form, its files already stored.
+
+    ``files`` maps each file field to the saved providers (``files['avatar']`` is the first,
+    ``files.getlist('photos')`` all of them); ``form`` holds the text fields, as ``request.form``
+    would.
+    """
+
+    files: MultiDict[str, P] = field(default_factory=MultiDict)
+    form: MultiDict[str, str] = field(default_factory=MultiDict)
+
+
+def current_request() -> Any:
+    """The request of the current request context, Quart's or Flask's."""
+    for name in ("quart", "flask"):
+        module = sys.modules.get(name)
+        if module is not None and module.has_request_context():
+            return module.request._get_current_object()
+    raise StoreError(
+        "save_request() needs a request: call it inside a view, or pass request=... explicitly."
+    )
+
+
+@dataclass
+class _Limits:
+    body: int | None
+    file: int | None
+    parts: int
+    field: int
+
+
+@dataclass
+class _Part:
+    name: str
+    filename: str | None  # None: a text field
+
+
+class _Start:
+    def __init__(self, part: _Part) -> None:
+        self.part = part
+
+
+_PART_END = object()
+_FORM_END = object()
+
+
+class _Reader:
+    """Pulls body chunks into python-multipart and hands out its events one at a time."""
+
+    def __init__(self, body: Source, boundary: bytes, limits: _Limits) -> None:
+        self._chunks = body.chunks(_READ_SIZE).__aiter__()
+        self._limits = limits
+        self._events: deque[object] = deque()
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._header_name = self._header_value = b""
+        self.size = 0
+        self._parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": self._part_begin,
+                "on_header_field": self._header_field,
+                "on_header_value": self._header_data,
+                "on_header_end": self._header_end,
+                "on_headers_finished": self._headers_finished,
+                "on_part_data": self._data,
+                "on_part_end": lambda: self._events.append(_PART_END),
+                "on_end": lambda: self._events.append(_FORM_END),
+            },
+        )
+
+    # python-multipart's callbacks: data arrives as (buffer, start, end)
+    def _part_begin(self) -> None:
+        self._headers = []
+
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_name += data[start:end]
+
+    def _header_data(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _header_end(self) -> None:
+        self._headers.append((self._header_name.lower(), self._header_value))
+        self._header_name = self._header_value = b""
+
+    def _headers_finished(self) -> None:
+        self._events.append(_Start(_part_of(self._headers)))
+
+    def _data(self, data: bytes, start: int, end: int) -> None:
+        if end > start:
+            self._events.append(data[start:end])
+
+    async def next(self) -> object:
+        while not self._events:
+            chunk = await anext(self._chunks, None)
+            if chunk is None:
+                raise BadUploadError(
+                    "the request body ended before the multipart form did: the client stopped "
+                    "sending, or request.files / request.form / get_data() had read it before "
+                    "save_request()"
+                )
+            self.size += len(chunk)
+            if self._limits.body is not None and self.size > self._limits.body:
+                raise UploadTooLargeError(
+                    f"the request body is over the limit of {self._limits.body:,} bytes "
+                    f"(MAX_CONTENT_LENGTH or save_request(max_size=...))"
+                )
+            try:
+                self._parser.write(chunk)
+            except MultipartParseError as exc:
+                raise BadUploadError(f"malformed multipart body: {exc}") from exc
+        return self._events.popleft()
+
+    async def peek(self) -> object:
+        event = await self.next()
+        self._events.appendleft(event)
+        return event
+
+    async def file_data(self, part: _Part) -> AsyncIterator[bytes]:
+        """The data of the part just started, checked against the per-file limit."""
+        size = 0
+        while (event := await self.next()) is not _PART_END:
+            assert isinstance(event, bytes)
+            size += len(event)
+            if self._limits.file is not None and size > self._limits.file:
+                raise UploadTooLargeError(
+                    f"the file {part.filename!r} in field {part.name!r} is over the limit of "
+                    f"{self._limits.file:,} bytes (save_request(max_file_size=...))"
+                )
+            yield event
+
+    async def text(self, part: _Part) -> str:
+        value = bytearray()
+        while (event := await self.next()) is not _PART_END:
+            assert isinstance(event, bytes)
+            value += event
+            if len(value) > self._limits.field:
+                raise UploadTooLargeError(
+                    f"the form field {part.name!r} is over the limit of {self._limits.field:,} "
+                    f"bytes held in memory (MAX_FORM_MEMORY_SIZE or "
+                    f"save_request(max_field_size=...))"
+                )
+        try:
+            return value.decode()
+        except UnicodeDecodeError as exc:
+            raise BadUploadError(f"the form field {part.name!r} is not UTF-8 text") from exc
+
+
+def _part_of(headers: list[tuple[bytes, bytes]]) -> _Part:
+    raw = dict(headers).get(b"content-disposition")
+    if raw is None:
+        raise BadUploadError("a multipart part has no Content-Disposition header")
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError:  # browsers send UTF-8; anything else is read byte for byte
+        text = raw.decode("latin-1")
+    kind, options = parse_options_header(text)
+    if kind.lower() != "form-data" or "name" not in options:
+        raise BadUploadError(f"a multipart part is not a named form-data field: {text[:200]!r}")
+    return _Part(options["name"], options.get("filename"))
+
+
+def _body_of(request: Any) -> Source:
+    body = getattr(request, "body", None)
+    if isinstance(body, AsyncIterable):  # Quart: the body as it arrives
+        return Source(None, chunks=body)
+    stream = getattr(request, "stream", None)
+    if stream is not None:  # Flask / Werkzeug: a blocking stream, read in a worker thread
+        return to_source(stream)
+    raise TypeError(f"save_request() needs a Quart or Flask request, not {type(request).__name__}")
+
+
+def _limits_of(
+    request: Any,
+    max_size: int | None,
+    max_file_size: int | None,
+    max_parts: int | None,
+    max_field_size: int | None,
+) -> _Limits:
+    return _Limits(
+        body=max_size if max_size is not None else getattr(request, "max_content_length", None),
+        file=max_file_size,
+        parts=max_parts or getattr(request, "max_form_parts", None) or _DEFAULT_MAX_PARTS,
+        field=max_field_size
+        or getattr(request, "max_form_memory_size", None)
+        or _DEFAULT_MAX_FIELD_SIZE,
+    )
+
+
+def _boundary_of(request: Any) -> bytes:
+    mimetype = getattr(request, "mimetype", "")
+    boundary = getattr(request, "mimetype_params", {}).get("boundary")
+    if mimetype != "multipart/form-data" or not boundary:
+        raise BadUploadError(
+            f"expected a multipart/form-data body with a boundary, got {mimetype or 'none'!r}: "
+            f'send the files from a <form enctype="multipart/form-data"> or as FormData'
+        )
+    return str(boundary).encode("latin-1")
+
+
+async def save_request(
+    provider_class: type[ProviderT],
+    request: Any,
+    *,
+    fields: Collection[str] | None,
+    location: str | None,
+    max_size: int | None,
+    max_file_size: int | None,
+    max_parts: int | None,
+    max_field_size: int | None,
+) -> StoredForm[ProviderT]:
+    """See :meth:`Provider.save_request`."""
+    limits = _limits_of(request, max_size, max_file_size, max_parts, max_field_size)
+    boundary = _boundary_of(request)
+    length = getattr(request, "content_length", None)
+    if limits.body is not None and length is not None and length > limits.body:
+        raise UploadTooLargeError(
+            f"the request body ({length:,} bytes) is over the limit of {limits.body:,} bytes "
+            f"(MAX_CONTENT_LENGTH or save_request(max_size=...))"
+        )
+    # Quart's body, with the flow control Store(app) installs, holds the reader back while
+    # the consumer is behind (async_store._quart).
+    streaming = getattr(getattr(request, "body", None), "streaming", contextlib.nullcontext)
+    with streaming():
+        return await _save_parts(
+            provider_class, _Reader(_body_of(request), boundary, limits), fields, location, limits
+        )
+
+
+async def _save_parts(
+    provider_class: type[ProviderT],
+    reader: _Reader,
+    fields: Collection[str] | None,
+    location: str | None,
+    limits: _Limits,
+) -> StoredForm[ProviderT]:
+    result: StoredForm[ProviderT] = StoredForm()
+    saved: list[ProviderT] = []
+    try:
+        parts = 0
+        while (event := await reader.next()) is not _FORM_END:
+            assert isinstance(event, _Start)
+            part = event.part
+            parts += 1
+            if parts > limits.parts:
+                raise UploadTooLargeError(
+                    f"the form has more than {limits.parts:,} parts "
+                    f"(MAX_FORM_PARTS or save_request(max_parts=...))"
+                )
+            if part.filename is None:
+                result.form.add(part.name, await reader.text(part))
+                continue
+            if fields is not None and part.name not in fields:
+                raise BadUploadError(
+                    f"unexpected file field {part.name!r}: this view stores "
+                    f"{', '.join(map(repr, sorted(fields))) or 'no files'}"
+                )
+            if part.filename == "" and await reader.peek() is _PART_END:
+                await reader.next()  # an empty <input type="file">: no name and no data
+                continue
+            provider = provider_class(reader.file_data(part), location, filename=part.filename)
+            await provider.save()
+            saved.append(provider)
+            result.files.add(part.name, provider)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            for provider in saved:
+                try:
+                    await provider.delete(missing_ok=True)
+                except StoreError:  # the original error is the one to raise
+                    log.exception("save_request: could not delete %r after a failure", provider)
+        raise
+    return result
