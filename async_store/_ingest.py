@@ -32,7 +32,7 @@ from ._sources import Source, to_source
 from .exceptions import BadUploadError, StoreError, UploadTooLargeError
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Collection
+    from collections.abc import AsyncIterator, Collection, Iterator
 
     from .providers.base import Provider
 
@@ -211,14 +211,21 @@ def _part_of(headers: list[tuple[bytes, bytes]]) -> _Part:
     return _Part(options["name"], options.get("filename"))
 
 
-def _body_of(request: Any) -> Source:
+@contextlib.contextmanager
+def _body_of(request: Any) -> Iterator[Source]:
     body = getattr(request, "body", None)
-    if isinstance(body, AsyncIterable):  # Quart: the body as it arrives
-        return Source(None, chunks=body)
-    stream = getattr(request, "stream", None)
-    if stream is not None:  # Flask / Werkzeug: a blocking stream, read in a worker thread
-        return to_source(stream)
-    raise TypeError(f"save_request() needs a Quart or Flask request, not {type(request).__name__}")
+    streaming = getattr(body, "streaming", None)
+    if streaming is not None:  # Quart, with the flow control Store(app) installs (_quart.py)
+        with streaming() as chunks:
+            yield Source(None, chunks=chunks)
+    elif isinstance(body, AsyncIterable):  # Quart: the body as it arrives
+        yield Source(None, chunks=body)
+    elif (stream := getattr(request, "stream", None)) is not None:
+        yield to_source(stream)  # Flask / Werkzeug: a blocking stream, read in a worker thread
+    else:
+        raise TypeError(
+            f"save_request() needs a Quart or Flask request, not {type(request).__name__}"
+        )
 
 
 def _limits_of(
@@ -269,13 +276,9 @@ async def save_request(
             f"the request body ({length:,} bytes) is over the limit of {limits.body:,} bytes "
             f"(MAX_CONTENT_LENGTH or save_request(max_size=...))"
         )
-    # Quart's body, with the flow control Store(app) installs, holds the reader back while
-    # the consumer is behind (async_store._quart).
-    streaming = getattr(getattr(request, "body", None), "streaming", contextlib.nullcontext)
-    with streaming():
-        return await _save_parts(
-            provider_class, _Reader(_body_of(request), boundary, limits), fields, location, limits
-        )
+    with _body_of(request) as body:
+        reader = _Reader(body, boundary, limits)
+        return await _save_parts(provider_class, reader, fields, location, limits)
 
 
 async def _save_parts(

@@ -2,77 +2,95 @@
 
 Quart reads the ASGI body in a task of its own and appends every message to ``request.body``
 without waiting for anyone to consume it: while a file goes to a slower disk or to S3, the rest
-of a multi-GiB upload piles up in memory. ``Store(app)`` installs two subclasses on a Quart app
-that change nothing until ``save_request`` marks a body as streamed; from then on the reading
-task waits while more than :data:`HIGH_WATER` bytes are buffered, so the server (hypercorn's
-bounded app queue) stops reading the socket and TCP slows the client down.
+of a multi-GiB upload piles up in memory (and each byte is copied twice on the way). ``Store(app)``
+installs two subclasses on a Quart app that change nothing until ``save_request`` takes a body
+with :meth:`FlowControlledBody.streaming`. From then on the reading task hands each message
+straight to the consumer through a queue of :data:`QUEUE_MESSAGES` entries and waits while it is
+full, so the server (hypercorn's bounded app queue) stops reading the socket and TCP slows the
+client down.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from quart.asgi import ASGIHTTPConnection
 from quart.wrappers.request import Body
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import AsyncIterator, Iterator
 
     import quart
-    from hypercorn.typing import ASGIReceiveCallable, ASGIReceiveEvent
+    from hypercorn.typing import ASGIReceiveCallable
     from quart.wrappers.request import Request
 
-__all__ = ["HIGH_WATER", "FlowControlledBody", "install"]
+__all__ = ["QUEUE_MESSAGES", "FlowControlledBody", "install"]
 
-#: Bytes buffered in a streamed body before Quart stops reading more from the server.
-HIGH_WATER = 1024 * 1024
+#: Body messages (64 KiB each from hypercorn) waiting for a streaming consumer, at most.
+QUEUE_MESSAGES = 16
 
 
 class FlowControlledBody(Body):
-    """Quart's request body; once :attr:`streamed`, its reader waits for the consumer."""
+    """Quart's request body, which can also be taken as a stream with backpressure."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        #: Set by ``save_request``: someone consumes the body chunk by chunk.
-        self.streamed = False
-        self._drained = asyncio.Event()
-
-    async def __anext__(self) -> bytes:
-        data = await super().__anext__()
-        self._drained.set()
-        return data
+    _queue: asyncio.Queue[bytes | None] | None = None
 
     @contextlib.contextmanager
-    def streaming(self) -> Iterator[None]:
-        """Mark the body as streamed for the ``with`` block (``save_request`` does)."""
-        self.streamed = True
-        try:
-            yield
-        finally:
-            self.streamed = False
-            self._drained.set()  # whatever reads on is not held back any more
+    def streaming(self) -> Iterator[AsyncIterator[bytes]]:
+        """Take the body as it arrives: ``with body.streaming() as chunks: async for …``.
 
-    async def room(self) -> None:
-        """Wait while a streamed body holds more than :data:`HIGH_WATER` unread bytes."""
-        while self.streamed and len(self._data) > HIGH_WATER and not self._complete.is_set():
-            self._drained.clear()
-            await self._drained.wait()
+        What arrived before is yielded first; the rest comes message by message, without
+        being buffered here.
+        """
+        self._queue = asyncio.Queue(QUEUE_MESSAGES)
+        try:
+            yield self._stream(self._queue)
+        finally:
+            queue, self._queue = self._queue, None
+            while not queue.empty():  # free a reader blocked on a full queue
+                queue.get_nowait()
+
+    async def _stream(self, queue: asyncio.Queue[bytes | None]) -> AsyncIterator[bytes]:
+        if self._must_raise is not None:
+            raise self._must_raise
+        if self._data:
+            early = bytes(self._data)
+            self._data.clear()
+            yield early
+        if self._complete.is_set():
+            return
+        while (chunk := await queue.get()) is not None:
+            yield chunk
+
+    async def feed(self, data: bytes, more: bool) -> None:
+        """Take one ASGI body message: into the stream's queue, or Quart's buffer."""
+        if self._queue is None:
+            self.append(data)
+        elif data:
+            await self._queue.put(data)
+        if not more:
+            if self._queue is not None:
+                await self._queue.put(None)
+            self.set_complete()
 
 
 class FlowControlledConnection(ASGIHTTPConnection):
-    """Quart's ASGI HTTP handler, reading the next body message only when there is room."""
+    """Quart's ASGI HTTP handler, with a reader that waits for a streaming consumer."""
 
     async def handle_messages(self, request: Request, receive: ASGIReceiveCallable) -> None:
         body = request.body
-
-        async def paced() -> ASGIReceiveEvent:
-            if isinstance(body, FlowControlledBody):
-                await body.room()
-            return await receive()
-
-        await super().handle_messages(request, paced)
+        if not isinstance(body, FlowControlledBody):
+            await super().handle_messages(request, receive)
+            return
+        # Quart's loop, but awaiting the body: a streaming consumer's queue can be full.
+        while True:
+            message = await receive()
+            if message["type"] == "http.request":
+                await body.feed(message.get("body", b""), message.get("more_body", False))
+            elif message["type"] == "http.disconnect":
+                return
 
 
 def install(app: quart.Quart) -> None:
