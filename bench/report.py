@@ -23,6 +23,8 @@ class Row:
     baseline_name: str
     baseline: list[float]
     target: float | None  # minimum ratio ours/baseline, None: reported only
+    # Latencies and memory: the ratio ours/baseline is then at most ``target``.
+    lower_is_better: bool = False
 
     @property
     def ratio(self) -> float:
@@ -32,6 +34,8 @@ class Row:
     def met(self) -> str:
         if self.target is None:
             return "n/a"
+        if self.lower_is_better:
+            return "yes" if self.ratio <= self.target else "**no**"
         return "yes" if self.ratio >= self.target else "**no**"
 
 
@@ -69,7 +73,10 @@ def machine() -> str:
     )
 
 
-def write_report(rows: list[Row], repeats: int, out: Path) -> None:
+def write_report(
+    rows: list[Row], repeats: int, out: Path, sections: list[str] | None = None
+) -> None:
+    """The table, then ``sections`` (Markdown lines from the bench modules), then NOTES.md."""
     lines = [
         "# async_store benchmarks",
         "",
@@ -83,17 +90,13 @@ def write_report(rows: list[Row], repeats: int, out: Path) -> None:
         "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        target = f"≥ {row.target}×" if row.target is not None else "reported"
+        bound = "≤" if row.lower_is_better else "≥"
+        target = f"{bound} {row.target}×" if row.target is not None else "reported"
         lines.append(
             f"| {row.figure} | {fmt(row.ours)} {row.unit} | {row.baseline_name} | "
             f"{fmt(row.baseline)} {row.unit} | {row.ratio:.2f}× | {target} | {row.met} |"
         )
-    lines += [
-        "",
-        "Not measured yet (issue 5, next slices): large uploads through hypercorn and "
-        "a streaming ingest path, background-mode latency, peers.",
-        "",
-    ]
+    lines += ["", *(sections or [])]
     notes = HERE / "NOTES.md"
     if notes.exists():  # the profiling notes, kept by hand beside the generated table
         lines.append(notes.read_text())
@@ -108,7 +111,9 @@ def chart(rows: list[Row], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(10, 0.6 * len(rows) + 1.5))
-    names = [row.figure for row in rows][::-1]
+    names = [
+        f"{row.figure} (lower is better)" if row.lower_is_better else row.figure for row in rows
+    ][::-1]
     ratios = [row.ratio for row in rows][::-1]
     colors = ["#4c9a2a" if r.met != "**no**" else "#c0392b" for r in rows][::-1]
     ax.barh(names, ratios, color=colors)
@@ -116,7 +121,7 @@ def chart(rows: list[Row], path: Path) -> None:
         if row.target is not None:
             ax.plot([row.target, row.target], [y - 0.4, y + 0.4], color="black", linewidth=1)
     ax.axvline(1.0, color="grey", linestyle=":")
-    ax.set_xlabel("ratio to the baseline measured in the same run (higher is better)")
+    ax.set_xlabel("ratio to the baseline measured in the same run (higher is better unless marked)")
     ax.set_title("async_store vs baselines (black tick: target)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

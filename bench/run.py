@@ -4,9 +4,10 @@
 ``bench/results/latest.md`` (figure, baseline, ratio, target, met?) and ``latest.png``.
 Each measurement is repeated (median, with the range), because 2-core machines are noisy.
 
-Measured so far: direct saves against ``shutil.copyfileobj``, many small files against plain
-blocking writes, the sync shim against the async API, and S3 (a SeaweedFS the run starts on
-127.0.0.1) against raw aioboto3. Large uploads through hypercorn and the peers come next.
+Measured: large multipart uploads through hypercorn (``bench/http.py``), direct saves against
+``shutil.copyfileobj``, many small files against plain blocking writes, the sync shim against
+the async API, S3 on a SeaweedFS the run starts on 127.0.0.1 against raw aioboto3, background
+latency (``bench/s3.py``), and the peers on the same work (``bench/peers.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import quart
 
 from async_store import Store
 
+from .http import bench_http
+from .peers import bench_peers
 from .report import Row, write_report
 from .s3 import bench_s3
 
@@ -203,20 +206,30 @@ def main() -> None:
     count = 200 if quick else 10_000
     s3_large = 16 * MIB if quick else 512 * MIB
     s3_small = 50 if quick else 1_000
+    http_sizes = [16 * MIB, 64 * MIB] if quick else [256 * MIB, 1024 * MIB]
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    rows: list[Row] = []
+    sections: list[str] = []
+
+    def add(*new: Row) -> None:
+        for row in new:
+            rows.append(row)
+            print(row.figure, "vs", row.baseline_name, f"{row.ratio:.2f}", flush=True)
+
     with tempfile.TemporaryDirectory(prefix="async_store-bench-", dir="/tmp") as tmp:
         work = Path(tmp)
-        rows = [bench_large_local(work, large, repeats)]
-        print(rows[-1].figure, f"{rows[-1].ratio:.2f}", flush=True)
+        http_rows, http_table = bench_http(work, http_sizes, repeats)
+        add(*http_rows)
+        sections += [*http_table, ""]
+        add(bench_large_local(work, large, repeats))
         for concurrency in (1, 64):
-            rows.append(bench_small_local(work, count, concurrency, repeats))
-            print(rows[-1].figure, f"{rows[-1].ratio:.2f}", flush=True)
-        rows.append(bench_shim(work, count // 10, repeats))
-        print(rows[-1].figure, f"{rows[-1].ratio:.2f}", flush=True)
-        for row in bench_s3(work, s3_large, s3_small, repeats):
-            rows.append(row)
-            print(row.figure, f"{row.ratio:.2f}", flush=True)
-    write_report(rows, repeats, args.out)
+            add(bench_small_local(work, count, concurrency, repeats))
+        add(bench_shim(work, count // 10, repeats))
+        add(*bench_s3(work, s3_large, s3_small, repeats, quick))
+        peer_rows, peer_notes = bench_peers(work, repeats, quick)
+        add(*peer_rows)
+        sections += ["### Peers that cannot run here", "", *(f"- {n}" for n in peer_notes), ""]
+    write_report(rows, repeats, args.out, sections)
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
 
 

@@ -1,0 +1,93 @@
+"""The servers ``bench/http.py`` uploads to: one hypercorn process per variant and run, so each
+has its own peak RSS. ``python -m bench.http_server VARIANT PORT FOLDER``.
+
+Variants, each storing the file field ``f`` of a ``multipart/form-data`` POST to ``/up``:
+
+- ``raw``: a bare ASGI app that reads the body and drops it (the ceiling of the transport);
+- ``bare``: a bare ASGI app that parses the body with python-multipart and writes the file with
+  plain blocking writes (the least work that stores the file);
+- ``naive``: Quart's own way, ``await (await request.files)["f"].save(path)``;
+- ``files``: Quart's ``request.files``, then ``store.Provider(file).save()``;
+- ``ours``: ``await store.save_request(fields=["f"])``, the streaming path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import uuid
+from typing import Any
+
+import quart
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from async_store import Store
+
+
+def raw_app(folder: str) -> Any:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (message := await receive())["type"] == "http.request":
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    return app
+
+
+def bare_app(folder: str) -> Any:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        headers = dict(scope["headers"])
+        _, params = parse_options_header(headers[b"content-type"])
+        with open(os.path.join(folder, uuid.uuid4().hex), "wb") as f:
+            parser = MultipartParser(
+                params[b"boundary"], {"on_part_data": lambda d, s, e: f.write(d[s:e])}
+            )
+            while (message := await receive())["type"] == "http.request":
+                parser.write(message.get("body", b""))
+                if not message.get("more_body"):
+                    break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    return app
+
+
+def quart_app(folder: str, variant: str) -> Any:
+    app = quart.Quart(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = None  # several GiB allowed, as a dataset upload needs
+    app.config["STORE_PATH"] = folder
+    store = Store(app)
+
+    @app.post("/up")
+    async def up() -> str:
+        if variant == "naive":
+            await (await quart.request.files)["f"].save(os.path.join(folder, uuid.uuid4().hex))
+        elif variant == "files":
+            await store.Provider((await quart.request.files)["f"]).save()
+        else:
+            await store.save_request(fields=["f"])
+        return "ok"
+
+    return app
+
+
+def main() -> None:
+    variant, port, folder = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    apps = {"raw": raw_app, "bare": bare_app}
+    app = apps[variant](folder) if variant in apps else quart_app(folder, variant)
+    config = Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.accesslog = None
+    asyncio.run(serve(app, config))
+
+
+if __name__ == "__main__":
+    main()
