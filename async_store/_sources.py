@@ -11,14 +11,18 @@ spooled file, so it is read like Werkzeug's.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from inspect import iscoroutinefunction
+from tempfile import SpooledTemporaryFile
 from typing import IO, Any, Protocol, TypeVar, Union, runtime_checkable
 
 import anyio
 import anyio.to_thread
+
+from ._threads import run_small
 
 __all__ = [
     "AsyncReadable",
@@ -103,6 +107,23 @@ class Source:
             self._file.seek(self._start)
         self.used = False
         return True
+
+    @property
+    def size(self) -> int | None:
+        """The size still to read when the content is in memory (else None: finding out could
+        block)."""
+        file = self._file
+        if file is None or self.used:
+            return None
+        if isinstance(file, SpooledTemporaryFile):
+            # What Werkzeug and Quart give an upload: in memory until 500 KiB, then on disk.
+            if getattr(file, "_rolled", True):
+                return None
+            file = file._file
+        if isinstance(file, io.BytesIO):
+            with file.getbuffer() as view:
+                return max(view.nbytes - file.tell(), 0)
+        return None
 
     @property
     def is_blocking(self) -> bool:
@@ -207,9 +228,12 @@ async def write_source(
 ) -> T:
     """Stream ``source`` into the file ``open_file()`` returns, then return ``finish(file)``.
 
-    Blocking sources take one worker-thread hop for everything (open, copy, finish); async ones
-    a hop per ``chunk_size`` written. On any failure or cancellation ``cleanup()`` runs (in a
-    thread, shielded) before the error propagates. All three callables block.
+    Blocking sources take one worker-thread hop for everything (open, copy, finish): in the
+    small-jobs lane (batched handoffs, see ``_threads``) when the content is in memory and fits
+    in one chunk, else through ``to_thread``, so big files never hold up the lane. Async
+    sources take a hop per ``chunk_size`` written. On any failure or cancellation
+    ``cleanup()`` runs (in a thread, shielded) before the error propagates. All three callables
+    block.
     """
     if source.is_blocking:
 
@@ -223,19 +247,66 @@ async def write_source(
                 cleanup()
                 raise
 
+        size = source.size
+        if size is not None and size <= chunk_size:
+            return await run_small(everything)
         return await anyio.to_thread.run_sync(everything)
+    opened: list[IO[bytes]] = []
+
+    def open_kept() -> IO[bytes]:
+        # Kept where the cleanup finds it: a caller cancelled while the thread opens the file
+        # never gets it back, and it must still be closed.
+        f = open_file()
+        opened.append(f)
+        return f
+
+    def close_and_clean() -> None:
+        for f in opened:
+            with contextlib.suppress(OSError):
+                f.close()
+        cleanup()
+
     try:
-        f = await anyio.to_thread.run_sync(open_file)
+        f = await anyio.to_thread.run_sync(open_kept)
         with f:
-            buffer = bytearray()
-            async for chunk in source.chunks(chunk_size):
-                buffer += chunk
-                if len(buffer) >= chunk_size:
-                    await anyio.to_thread.run_sync(f.write, buffer)
-                    buffer = bytearray()
-            await anyio.to_thread.run_sync(f.write, buffer)
+            await _write_pipelined(source.chunks(chunk_size), f, chunk_size)
             return await anyio.to_thread.run_sync(finish, f)
     except BaseException:
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(cleanup)
+            await anyio.to_thread.run_sync(close_and_clean)
         raise
+
+
+async def _write_pipelined(chunks: AsyncIterator[bytes], f: IO[bytes], chunk_size: int) -> None:
+    """Write ``chunks`` to ``f`` in batches of ``chunk_size``, one batch in a worker thread
+    while the next is read: the disk and the source (a request body being parsed) overlap."""
+    send, receive = anyio.create_memory_object_stream[list[bytes]]()
+
+    def write(batch: list[bytes]) -> None:
+        for chunk in batch:
+            f.write(chunk)
+
+    async def writer() -> None:
+        async with receive:
+            async for batch in receive:
+                await anyio.to_thread.run_sync(write, batch)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(writer)
+            async with send:
+                batch: list[bytes] = []
+                size = 0
+                async for chunk in chunks:
+                    batch.append(chunk)  # no copy into a buffer: the thread writes each
+                    size += len(chunk)
+                    if size >= chunk_size:
+                        await send.send(batch)  # waits while the writer is busy
+                        batch, size = [], 0
+                if batch:
+                    await send.send(batch)
+    except BaseExceptionGroup as group:  # the task group wraps even a single error
+        if len(group.exceptions) != 1:
+            raise
+        error = group.exceptions[0]
+        raise error from error.__cause__

@@ -1,22 +1,30 @@
-"""What the local provider does beyond the shared contract: links, disk errors, memory, fsync.
+"""What the local provider does beyond the shared contract: links, disk errors, memory, fsync,
+and the batched lane small in-memory saves take (``_threads``).
 
-Each test runs for Quart and Flask apps and, where it takes ``driver``, through both APIs.
+Each test runs for Quart and Flask apps and, where it takes ``driver``, through both APIs;
+tests that take ``publish`` run once with ``renameat2`` and once with the hard-link fallback.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import re
+import threading
 import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
 import pytest
+from werkzeug.datastructures import FileStorage
+from werkzeug.formparser import default_stream_factory
 
-from async_store import NotFoundError, ProviderError
+from async_store import NotFoundError, ProviderError, _rename, _sources, _threads
+from async_store.providers import local
 
 COLLISION = re.compile(r"^(?P<root>.+)_[2-9A-HJ-NP-Za-km-z]{22}(?P<ext>\.\w+)?$")
 
@@ -30,6 +38,30 @@ async def agen(*chunks: bytes) -> Any:
     for chunk in chunks:
         await anyio.lowlevel.checkpoint()
         yield chunk
+
+
+@pytest.fixture(params=["rename", "link"])
+def publish(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """How a finished temp file gets its name: renameat2, or (without it) a hard link."""
+    if request.param == "link":
+        monkeypatch.setattr(_rename, "_renameat2", None)
+    elif _rename._renameat2 is None:
+        pytest.skip("no renameat2 on this system")
+    return str(request.param)
+
+
+@pytest.fixture
+def lane_jobs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the jobs that go through the batched lane."""
+    jobs: list[int] = []
+    real = _sources.run_small
+
+    async def counted(fn: Any) -> Any:
+        jobs.append(1)
+        return await real(fn)
+
+    monkeypatch.setattr(_sources, "run_small", counted)
+    return jobs
 
 
 async def test_relative_urls_without_domain(app_kind: str, store_path: Path) -> None:
@@ -70,17 +102,22 @@ async def test_symlink_out_of_the_store_is_not_a_stored_file(
 
 
 async def test_disk_errors_are_named_and_leave_nothing(
-    driver: Any, store_path: Path, monkeypatch: pytest.MonkeyPatch
+    driver: Any, store_path: Path, monkeypatch: pytest.MonkeyPatch, publish: str
 ) -> None:
     def full(*args: Any) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "link", full)
+    monkeypatch.setattr(_rename, "rename_noreplace", full if publish == "rename" else _no_rename)
     with pytest.raises(ProviderError, match="disk is full") as info:
         await driver.save(driver.make(b"x" * 100, filename="a.txt"))
     assert "a.txt" in str(info.value) and str(store_path) in str(info.value)
     assert isinstance(info.value.__cause__, OSError)
     assert list(store_path.iterdir()) == []
+
+
+def _no_rename(src: str, dst: str) -> bool:
+    return False
 
 
 async def test_filesystem_without_hard_links(
@@ -89,6 +126,7 @@ async def test_filesystem_without_hard_links(
     def no_links(*args: Any) -> None:
         raise OSError(errno.EPERM, "Operation not permitted")
 
+    monkeypatch.setattr(_rename, "_renameat2", None)
     monkeypatch.setattr(os, "link", no_links)
     first, second = driver.make(b"1", filename="a.txt"), driver.make(b"2", filename="a.txt")
     await driver.save(first)
@@ -96,6 +134,30 @@ async def test_filesystem_without_hard_links(
     assert (store_path / "a.txt").read_bytes() == b"1"
     assert (store_path / second.filename).read_bytes() == b"2"
     assert leftovers(store_path) == []
+
+
+def test_rename_noreplace_falls_back_where_unsupported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if _rename._renameat2 is None:
+        pytest.skip("no renameat2 on this system")
+    (tmp_path / "a").write_bytes(b"a")
+    (tmp_path / "b").write_bytes(b"b")
+    with pytest.raises(FileExistsError):
+        _rename.rename_noreplace(str(tmp_path / "a"), str(tmp_path / "b"))
+    assert _rename.rename_noreplace(str(tmp_path / "a"), str(tmp_path / "c"))
+    assert not (tmp_path / "a").exists() and (tmp_path / "c").read_bytes() == b"a"
+
+    def einval(*args: Any) -> int:
+        import ctypes
+
+        ctypes.set_errno(errno.EINVAL)
+        return -1
+
+    monkeypatch.setattr(_rename, "_renameat2", einval)
+    assert not _rename.rename_noreplace(str(tmp_path / "c"), str(tmp_path / "d"))
+    assert _rename._renameat2 is None  # remembered: links from now on
+    assert (tmp_path / "c").exists() and not (tmp_path / "d").exists()
 
 
 async def test_saved_files_are_world_readable(driver: Any, store_path: Path) -> None:
@@ -157,3 +219,249 @@ async def test_fsync_flushes_file_and_folder(
     assert len(synced) == 4
     assert synced[1::2] == [f"{folder}/sub", folder]
     assert all(".async_store-" in path for path in synced[0::2])
+
+
+# --- the batched lane for small in-memory saves ----------------------------------------------
+
+
+async def test_only_small_in_memory_saves_take_the_lane(
+    app_kind: str, store_path: Path, lane_jobs: list[int]
+) -> None:
+    from async_store import Store
+    from tests.conftest import make_app
+
+    store = Store(make_app(app_kind, store_path, STORE_CHUNK_SIZE=64 * 1024))
+    cls = store.state().provider_class
+
+    streams: list[Any] = []
+
+    def upload(size: int) -> FileStorage:  # as Werkzeug and Quart parse a form's file field
+        stream = default_stream_factory(
+            total_content_length=size, content_type="text/plain", filename="up.txt"
+        )
+        streams.append(stream)
+        stream.write(b"u" * size)
+        stream.seek(0)
+        return FileStorage(stream, filename="up.txt")
+
+    try:
+        await cls(b"x" * 64 * 1024, filename="small.bin").save()
+        await cls(upload(1000)).save()  # a SpooledTemporaryFile still in memory
+        assert len(lane_jobs) == 2
+        await cls(b"x" * (64 * 1024 + 1), filename="big.bin").save()  # more than a chunk
+        await cls(upload(600 * 1024)).save()  # rolled over to disk
+        await cls(agen(b"async"), filename="async.bin").save()
+        await cls(store_path / "small.bin", filename="path.bin").save()  # unknown without stat
+        assert len(lane_jobs) == 2
+    finally:
+        store.close()
+        for stream in streams:
+            stream.close()
+    assert (store_path / "big.bin").stat().st_size == 64 * 1024 + 1
+    assert sorted(p.stat().st_size for p in store_path.glob("up*.txt")) == [1000, 600 * 1024]
+
+
+async def test_many_small_saves_of_one_name_all_survive(
+    store: Any, app: Any, store_path: Path, publish: str, lane_jobs: list[int]
+) -> None:
+    cls = store.state(app).provider_class
+    sent = [os.urandom(100 + i) for i in range(200)]
+    names: list[str] = []
+
+    async def one(data: bytes) -> None:
+        provider = cls(data, filename="same.bin")
+        await provider.save()
+        names.append(provider.filename)
+
+    async with anyio.create_task_group() as tg:
+        for data in sent:
+            tg.start_soon(one, data)
+    assert len(lane_jobs) == len(sent)
+    assert "same.bin" in names and len(set(names)) == len(sent)
+    assert all(name == "same.bin" or COLLISION.match(name) for name in names)
+    stored = sorted((store_path / name).read_bytes() for name in names)
+    assert stored == sorted(sent)
+    assert leftovers(store_path) == []
+
+
+async def test_failed_small_saves_leave_no_temp_file(
+    store: Any, app: Any, store_path: Path, monkeypatch: pytest.MonkeyPatch, publish: str
+) -> None:
+    cls = store.state(app).provider_class
+    calls = 0
+    real_fchmod = os.fchmod
+
+    def every_third_fails(fd: int, mode: int) -> None:
+        nonlocal calls
+        calls += 1
+        if calls % 3 == 0:
+            raise OSError(errno.EACCES, "Permission denied")
+        real_fchmod(fd, mode)
+
+    real_claim = local._claim
+    claims = 0
+
+    def every_fourth_claim_fails(temp: str, *args: Any) -> str:
+        nonlocal claims
+        claims += 1
+        if claims % 4 == 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_claim(temp, *args)
+
+    monkeypatch.setattr(os, "fchmod", every_third_fails)
+    monkeypatch.setattr(local, "_claim", every_fourth_claim_fails)
+    outcomes: list[str] = []
+
+    async def one(i: int) -> None:
+        try:
+            await cls(b"x" * 100, filename=f"{i}.bin").save()
+            outcomes.append("saved")
+        except ProviderError:
+            outcomes.append("failed")
+
+    async with anyio.create_task_group() as tg:
+        for i in range(60):
+            tg.start_soon(one, i)
+    assert len(outcomes) == 60 and "failed" in outcomes and "saved" in outcomes
+    assert leftovers(store_path) == []
+    assert len(list(store_path.iterdir())) == outcomes.count("saved")
+
+
+async def test_cancelled_small_saves_leave_whole_files_or_nothing(
+    store: Any, app: Any, store_path: Path
+) -> None:
+    cls = store.state(app).provider_class
+    payload = os.urandom(4096)
+    finished = 0
+
+    async def one(i: int, tg: anyio.abc.TaskGroup) -> None:
+        nonlocal finished
+        await cls(payload, filename=f"{i}.bin").save()
+        finished += 1
+        if finished == 20:
+            tg.cancel_scope.cancel()  # many more are queued in the writer by now
+
+    async with anyio.create_task_group() as tg:
+        for i in range(500):
+            tg.start_soon(one, i, tg)
+    stored = list(store_path.iterdir())
+    assert 20 <= len(stored) < 500
+    assert all(p.read_bytes() == payload for p in stored)
+    assert leftovers(store_path) == []
+
+
+async def test_location_swapped_for_a_link_out_is_refused(
+    driver: Any, tmp_path: Path, store_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    await driver.save(driver.make(b"1", "a/b", filename="first.txt"))
+    await driver.save(driver.make(b"1", "c", filename="first.txt"))
+    # Move the folders out of the store and link them back in, between two saves.
+    os.rename(store_path / "a", outside / "a")
+    os.symlink(outside / "a", store_path / "a")
+    os.rename(store_path / "c", outside / "c")
+    os.symlink(outside / "c", store_path / "c")
+    for location in ("a/b", "c"):
+        with pytest.raises(ProviderError, match="link out of STORE_PATH"):
+            await driver.save(driver.make(b"2", location, filename="second.txt"))
+    assert sorted(p.name for p in outside.rglob("*.txt")) == ["first.txt", "first.txt"]
+    assert leftovers(outside) == [] and leftovers(store_path) == []
+
+
+async def test_links_inside_the_store_are_followed(driver: Any, store_path: Path) -> None:
+    (store_path / "real").mkdir()
+    os.symlink(store_path / "real", store_path / "alias")
+    await driver.save(driver.make(b"1", "alias", filename="a.txt"))
+    assert (store_path / "real" / "a.txt").read_bytes() == b"1"
+
+
+async def test_lane_falls_back_to_to_thread_off_asyncio(
+    store: Any, app: Any, store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hops: list[int] = []
+    real = anyio.to_thread.run_sync
+
+    async def counted(fn: Any, *args: Any, **kw: Any) -> Any:
+        hops.append(1)
+        return await real(fn, *args, **kw)
+
+    monkeypatch.setattr(_threads, "_on_asyncio", lambda: False)
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
+    await store.state(app).provider_class(b"x", filename="a.txt").save()
+    assert hops == [1]
+    assert (store_path / "a.txt").read_bytes() == b"x"
+
+
+async def test_lane_hands_back_errors_and_results(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert await _threads.run_small(lambda: 42) == 42
+
+    def boom() -> None:
+        raise KeyError("from the writer")
+
+    with pytest.raises(KeyError, match="from the writer"):
+        await _threads.run_small(boom)
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await _threads.run_small(boom)  # a cancelled caller queues nothing
+    assert scope.cancelled_caught
+
+
+async def test_lane_cancellation_is_like_to_thread() -> None:
+    running, release = threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    def slow() -> str:
+        running.set()
+        release.wait(10)
+        ran.append("slow")
+        return "slow"
+
+    def queued() -> str:  # pragma: no cover - withdrawn before it runs
+        ran.append("queued")
+        return "queued"
+
+    results: list[str] = []
+
+    async def call(fn: Any) -> None:
+        results.append(await _threads.run_small(fn))
+        await anyio.lowlevel.checkpoint()
+        results.append("past the checkpoint")  # never: the cancellation arrives there
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(call, slow)
+        await anyio.to_thread.run_sync(running.wait)  # the writer runs slow()
+        tg.start_soon(call, queued)
+        for _ in range(5):
+            await anyio.lowlevel.checkpoint()  # queued() waits behind it
+        tg.cancel_scope.cancel()
+        with anyio.CancelScope(shield=True):
+            for _ in range(5):
+                await anyio.lowlevel.checkpoint()  # the cancellation reaches both callers
+        release.set()
+    # The running job ended and its caller got the result, as to_thread's would; the queued one
+    # was withdrawn.
+    assert results == ["slow"]
+    await _threads.run_small(lambda: None)  # the writer has passed queued() by now
+    assert ran == ["slow"]
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+
+
+async def test_lane_never_swallows_a_native_cancellation() -> None:
+    running, release = threading.Event(), threading.Event()
+
+    def slow() -> int:
+        running.set()
+        release.wait(10)
+        return 1
+
+    task = asyncio.ensure_future(_threads.run_small(slow))
+    await anyio.to_thread.run_sync(running.wait)
+    task.cancel()
+    await anyio.lowlevel.checkpoint()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
