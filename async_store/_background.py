@@ -2,10 +2,11 @@
 
 The seed's gevent greenlets, rebuilt so that no upload is ever lost:
 
-* **Spool.** ``save()`` first picks the final name (the backend says it is free, and a
-  reservation file under ``STORE_SPOOL_PATH/names`` claims it across processes), so the URL is
-  known at once. The upload is then written, hashed on the way, to ``.tmp-ID/`` and published by
-  renaming it to ``ID/`` (``data`` and ``job.json``): a job is either whole or not there.
+* **Spool.** ``save()`` picks the final name (the backend says it is free, and a reservation
+  file under ``STORE_SPOOL_PATH/names`` claims it across processes), so the URL is known at
+  once. Meanwhile the upload is written to ``.tmp-ID/``, which is then published by renaming it
+  to ``ID/`` (``data`` and ``job.json``): a job is either whole or not there. Nothing is hashed
+  on the way: only a redelivery after a crash compares content, and it reads the spooled copy.
 * **Delivery.** Each long-lived event loop (Quart's serving loop, the sync shim's loop) runs an
   :class:`Uploader`: a task group fed by a queue. A delivery holds an ``flock`` on its job, so
   several workers sharing one spool never deliver a job twice, and claims only the name
@@ -32,7 +33,7 @@ import shutil
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 import anyio
@@ -62,7 +63,6 @@ class Job:
     target: str
     location: str
     name: str
-    sha256: str
     size: int
     created: float
     attempts: int = 0
@@ -71,6 +71,9 @@ class Job:
     @property
     def key(self) -> str:
         return f"{self.location}/{self.name}" if self.location else self.name
+
+
+_JOB_FIELDS = frozenset(field.name for field in fields(Job))
 
 
 class BackgroundUpload:
@@ -131,26 +134,6 @@ class BackgroundUpload:
                 log.exception("background upload callback failed for %r", self.key)
 
 
-class _HashingWriter:
-    """A file wrapper that hashes what goes through it."""
-
-    def __init__(self, f: IO[bytes]) -> None:
-        self.file = f
-        self.hash = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes | bytearray) -> int:
-        self.hash.update(data)
-        self.size += len(data)
-        return self.file.write(data)
-
-    def __enter__(self) -> _HashingWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.file.close()
-
-
 class _Spool:
     """The spool folder of one app: jobs, name reservations, locks. Every method blocks."""
 
@@ -193,7 +176,9 @@ class _Spool:
 
     def load(self, job_id: str) -> Job:
         with open(os.path.join(self.path, job_id, "job.json"), "rb") as f:
-            return Job(**json.loads(f.read()))
+            data = json.loads(f.read())
+        # Keys that other versions write (``sha256``, once computed while spooling) are skipped.
+        return Job(**{k: v for k, v in data.items() if k in _JOB_FIELDS})
 
     def data(self, job_id: str) -> str:
         return os.path.join(self.path, job_id, "data")
@@ -369,32 +354,55 @@ class Background:
     # --- spooling, in save() -----------------------------------------------------------------
 
     async def submit(self, provider: Provider, source: Source, candidates: list[str]) -> Job:
-        """Reserve a name, spool ``source``, queue the delivery; return the job."""
+        """Reserve a name and spool ``source``, then queue the delivery; return the job.
+
+        Both at once: the name check is a round trip to the backend (a HEAD for S3), the spooling
+        a local copy, and ``save()`` waits for the slower of the two, not for their sum.
+        """
         location = provider.location
-        name = await self._reserve(provider, location, candidates)
-        key = f"{location}/{name}" if location else name
         job_id = f"{time.time_ns():x}-{uuid.uuid4().hex[:12]}"
         temp = os.path.join(self.spool.path, f".tmp-{job_id}")
-        job = Job(job_id, self.target, location, name, "", 0, time.time())
+        job = Job(job_id, self.target, location, "", 0, time.time())
+        reserved: list[str] = []
 
         def open_data() -> IO[bytes]:
             os.mkdir(temp)
-            return _HashingWriter(open(os.path.join(temp, "data"), "wb"))  # type: ignore[return-value]
+            return open(os.path.join(temp, "data"), "wb")
 
-        def finish(writer: IO[bytes]) -> None:
-            hashing: _HashingWriter = writer  # type: ignore[assignment]
-            self.spool._sync(hashing.file)
-            hashing.file.close()
-            job.sha256, job.size = hashing.hash.hexdigest(), hashing.size
+        def finish(data: IO[bytes]) -> None:
+            self.spool._sync(data)
+            job.size = data.tell()
+
+        def publish() -> None:
             self.spool.write_job(temp, job)
             os.rename(temp, os.path.join(self.spool.path, job_id))  # now a job
 
-        def cleanup() -> None:
+        def discard() -> None:
             shutil.rmtree(temp, ignore_errors=True)
-            self.spool.release(self.target, key)
+            if reserved:
+                self.spool.release(self.target, job.key)
 
-        await write_source(source, open_data, finish, cleanup, self.chunk_size)
-        handle = self._handles[job_id] = BackgroundUpload(job_id, key)
+        async def reserve() -> None:
+            job.name = await self._reserve(provider, location, candidates)
+            reserved.append(job.name)
+
+        try:
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(reserve)
+                    await write_source(source, open_data, finish, discard, self.chunk_size)
+            except BaseExceptionGroup as group:
+                # One of the two failed (a taken name, an unreadable upload): raise it as itself.
+                error = _first_error(group)
+                raise error from error.__cause__
+            # Shielded: once the job is published, save() must not fail (it would be delivered).
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(publish)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(discard)
+            raise
+        handle = self._handles[job_id] = BackgroundUpload(job_id, job.key)
         provider._background_upload = handle
         self._schedule(job_id, self._uploader())
         return job
@@ -404,7 +412,11 @@ class Background:
             key = f"{location}/{name}" if location else name
             if await provider._exists(key):
                 continue
-            if await anyio.to_thread.run_sync(self.spool.reserve, self.target, key):
+            # Shielded (the thread runs to its end anyway): a reservation made is reported, so
+            # a cancelled save releases it.
+            with anyio.CancelScope(shield=True):
+                claimed = await anyio.to_thread.run_sync(self.spool.reserve, self.target, key)
+            if claimed:
                 return name
         from .providers.base import no_free_name
 
@@ -494,12 +506,28 @@ class Background:
         return await anyio.to_thread.run_sync(self.spool.discard, upload.job_id)
 
     async def _already_there(self, provider: Provider, job: Job) -> bool:
-        """Whether the stored file is this job's content (delivered before a crash)."""
-        digest = hashlib.sha256()
+        """Whether the stored file is this job's content (delivered before a crash).
+
+        Hashed here, on this rare path, not while spooling: ``save()`` waits for the spooling.
+        """
+        spooled = await anyio.to_thread.run_sync(_sha256, self.spool.data(job.id))
+        stored = hashlib.sha256()
         try:
             async with provider.open() as f:
                 while chunk := await f.read(self.chunk_size):
-                    digest.update(chunk)
+                    stored.update(chunk)
         except Exception:
             return False
-        return digest.hexdigest() == job.sha256
+        return stored.hexdigest() == spooled
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return leaf
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

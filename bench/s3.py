@@ -1,8 +1,11 @@
-"""S3 benchmarks on a SeaweedFS the run starts on 127.0.0.1: Provider.save() vs raw aioboto3."""
+"""S3 benchmarks on a SeaweedFS the run starts on 127.0.0.1: Provider.save() vs raw aioboto3,
+and the request latency of background mode against a local save."""
 
 from __future__ import annotations
 
+import math
 import os
+import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -20,7 +23,7 @@ HERE = Path(__file__).parent
 MIB = 1024 * 1024
 
 
-def bench_s3(work: Path, size: int, small: int, repeats: int) -> list[Row]:
+def bench_s3(work: Path, size: int, small: int, repeats: int, quick: bool = False) -> list[Row]:
     sys.path.insert(0, str(HERE.parent))
     from tests.conftest import S3_CREDENTIALS, s3_client, s3_config
     from tests.seaweed import SeaweedFS, find_weed
@@ -162,9 +165,96 @@ def bench_s3(work: Path, size: int, small: int, repeats: int) -> list[Row]:
                 )
             )
         store.close()
+        rows += bench_background(work, server, 64 * MIB, 5 if quick else 20, repeats)
         return rows
     finally:
         server.stop()
+
+
+def bench_background(work: Path, server: Any, size: int, calls: int, repeats: int) -> list[Row]:
+    """How long ``await Provider(file).save()`` keeps a request waiting: background mode (it
+    returns once the file is spooled) and direct mode against a local save of the same file.
+
+    One long-lived app per mode, as in serving. Calls rotate between the modes; after each
+    timed call the upload is waited for, the file deleted and the disk synced (untimed), so no
+    delivery or writeback runs behind a later call and every call starts from the same state.
+    """
+    from tests.conftest import s3_config
+
+    source = work / "bg-source.bin"
+    with open(source, "wb") as f:
+        for _ in range(size // MIB):
+            f.write(os.urandom(MIB))
+    apps: dict[str, quart.Quart] = {}
+    stores: dict[str, Store] = {}
+    for mode in ("local", "background", "direct"):
+        app = apps[mode] = quart.Quart(__name__)
+        if mode == "local":
+            app.config["STORE_PATH"] = str(work / "bg-local")
+        else:
+            app.config.update(s3_config(server, "bench", STORE_PATH=f"bg-{mode}"))
+            app.config.update(
+                STORE_BACKGROUND=mode == "background", STORE_SPOOL_PATH=str(work / "spool")
+            )
+        stores[mode] = Store(app)
+
+    async def one(mode: str) -> float:
+        async with apps[mode].app_context():
+            provider = stores[mode].Provider(source)
+            start = time.perf_counter()
+            await provider.save()
+            elapsed = time.perf_counter() - start
+            await provider.wait()
+            await provider.delete()
+        # Flush what this call (and SeaweedFS) wrote, so the next call meets no writeback.
+        await anyio.to_thread.run_sync(os.sync)
+        return elapsed * 1000
+
+    async def run() -> dict[str, list[float]]:
+        latencies: dict[str, list[float]] = {mode: [] for mode in apps}
+        async with (
+            apps["local"].test_app(),
+            apps["background"].test_app(),
+            apps["direct"].test_app(),
+        ):
+            for mode in apps:  # warm up: clients, folders, the spool
+                await one(mode)
+            modes = list(apps)
+            for i in range(calls):
+                # Each mode takes each place in the round in turn: what one call leaves behind
+                # (SeaweedFS still busy with a delivery) slows the next alike for all modes.
+                for mode in modes[i % 3 :] + modes[: i % 3]:
+                    latencies[mode].append(await one(mode))
+        return latencies
+
+    p50: dict[str, list[float]] = {mode: [] for mode in apps}
+    p99: dict[str, list[float]] = {mode: [] for mode in apps}
+    for _ in range(repeats):
+        latencies = anyio.run(run)
+        for mode, values in latencies.items():
+            p50[mode].append(statistics.median(values))
+            p99[mode].append(_percentile(values, 99))
+    for store in stores.values():
+        store.close()
+    source.unlink()
+    what = f"S3 {{}} save() of {size // MIB} MiB, request latency {{}}"
+    local = "local Provider.save()"
+    return [
+        Row(what.format("background", "p50"), "ms", p50["background"], local, p50["local"],
+            1.3, lower_is_better=True),
+        Row(what.format("background", "p99"), "ms", p99["background"], local, p99["local"],
+            None, lower_is_better=True),
+        Row(what.format("direct", "p50"), "ms", p50["direct"], local, p50["local"],
+            None, lower_is_better=True),
+        Row(what.format("direct", "p99"), "ms", p99["direct"], local, p99["local"],
+            None, lower_is_better=True),
+    ]  # fmt: skip
+
+
+def _percentile(values: list[float], percent: float) -> float:
+    """Nearest rank: with fewer than 100 values, p99 is the slowest call."""
+    ranked = sorted(values)
+    return ranked[max(0, math.ceil(percent / 100 * len(ranked)) - 1)]
 
 
 def _empty_bucket(client: Any) -> None:

@@ -13,7 +13,7 @@ import flask
 import pytest
 import quart
 
-from async_store import NotConfiguredError, Store, UploadError
+from async_store import NotConfiguredError, ProviderError, Store, UploadError
 from tests.conftest import s3_client, s3_config
 from tests.faultproxy import FaultProxy, fault_proxy
 from tests.seaweed import SeaweedFS
@@ -280,11 +280,15 @@ async def test_local_provider_in_background(tmp_path: Path, spool: Path) -> None
     assert spooled(spool) == []
 
 
+@pytest.mark.parametrize("late", [False, True], ids=["before-the-name", "after-the-name"])
 async def test_a_failing_upload_stream_spools_nothing(
-    s3_server: SeaweedFS, bucket: str, spool: Path
+    s3_server: SeaweedFS, bucket: str, spool: Path, late: bool
 ) -> None:
+    # The name is reserved while the upload is spooled: the stream may fail before or after.
     async def broken() -> Any:
         yield b"some"
+        if late:
+            await anyio.sleep(0.5)
         raise ConnectionResetError("client went away")
 
     app = s3_app("quart", s3_server, bucket, spool)
@@ -298,6 +302,53 @@ async def test_a_failing_upload_stream_spools_nothing(
         with anyio.fail_after(20):
             await again.wait()
     assert [p for p in spool.iterdir() if p.name != "names"] == []
+
+
+async def test_a_refused_name_check_spools_nothing(
+    s3_server: SeaweedFS, bucket: str, spool: Path, proxy: FaultProxy
+) -> None:
+    app = s3_app("quart", s3_server, bucket, spool, proxy.endpoint)
+    store = Store(app)
+    async with app.test_app(), app.app_context():
+        proxy.fail_with = (lambda r: r.method == "HEAD", 403)
+        with pytest.raises(ProviderError, match="access denied"):
+            await store.Provider(b"x" * 3_000_000, filename="a.bin").save()
+    assert [p.name for p in spool.iterdir()] == ["names"]
+    assert list((spool / "names").iterdir()) == []
+
+
+async def test_a_cancelled_save_releases_its_name(
+    s3_server: SeaweedFS, bucket: str, spool: Path
+) -> None:
+    async def slow() -> Any:
+        yield b"some"
+        await anyio.sleep(30)
+        yield b"never"
+
+    app = s3_app("quart", s3_server, bucket, spool)
+    store = Store(app)
+    async with app.test_app(), app.app_context():
+        with anyio.move_on_after(1):
+            await store.Provider(slow(), filename="a.txt").save()
+        assert [p.name for p in spool.iterdir()] == ["names"]
+        assert list((spool / "names").iterdir()) == []
+
+
+async def test_a_job_spooled_by_an_earlier_version_is_delivered(
+    s3_server: SeaweedFS, bucket: str, spool: Path, proxy: FaultProxy
+) -> None:
+    # Earlier versions hashed the upload while spooling and wrote the digest into job.json.
+    await spool_undelivered(s3_server, bucket, spool, proxy, {"a.txt": b"old"})
+    (job,) = spooled(spool)
+    path = spool / job / "job.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "sha256": "0" * 64}))
+    app = s3_app("quart", s3_server, bucket, spool, proxy.endpoint)
+    Store(app)
+    async with app.test_app():
+        with anyio.fail_after(20):
+            while spooled(spool):
+                await anyio.sleep(0.05)
+    assert objects(s3_server, bucket) == {"media/a.txt": b"old"}
 
 
 def test_seed_gevent_path_turns_background_on(spool: Path) -> None:

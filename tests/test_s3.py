@@ -12,6 +12,7 @@ import os
 import tracemalloc
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -58,6 +59,8 @@ async def agen(data: bytes, size: int = 1 * MIB) -> Any:
         ({"STORE_S3_PART_SIZE": MIB}, "STORE_S3_PART_SIZE"),
         ({"STORE_S3_MULTIPART_THRESHOLD": 1}, "STORE_S3_MULTIPART_THRESHOLD"),
         ({"STORE_S3_MAX_CONCURRENCY": 0}, "STORE_S3_MAX_CONCURRENCY"),
+        ({"STORE_S3_MAX_POOL_CONNECTIONS": 0}, "STORE_S3_MAX_POOL_CONNECTIONS"),
+        ({"STORE_S3_MAX_POOL_CONNECTIONS": "50"}, "STORE_S3_MAX_POOL_CONNECTIONS"),
         ({"STORE_S3_OBJECT_PARAMS": {"Bogus": 1}}, "STORE_S3_OBJECT_PARAMS"),
         ({"STORE_S3_ENDPOINT_URL": "127.0.0.1:8333"}, "STORE_S3_ENDPOINT_URL"),
         ({"STORE_S3_SECRET_KEY": None}, "STORE_S3_ACCESS_KEY"),
@@ -212,6 +215,35 @@ async def test_threshold_above_part_size_keeps_every_byte(
     assert body == data
     multipart = any("uploads" in r.query.split("&") for r in proxy.requests)
     assert multipart == (size > 12 * MIB)
+
+
+@pytest.mark.parametrize("size", [12 * MIB, 12 * MIB + 1, 23 * MIB + 5])
+@pytest.mark.parametrize("kind", ["bytes", "path", "iterator"])
+async def test_blocking_sources_are_cut_into_parts(
+    s3_server: SeaweedFS, bucket: str, proxy: FaultProxy, tmp_path: Path, kind: str, size: int
+) -> None:
+    # In-memory bytes up to the threshold are read on the loop; other blocking sources read
+    # their head in one worker-thread hop and the rest a part per hop.
+    app, store = quart_store(
+        s3_server,
+        bucket,
+        STORE_S3_ENDPOINT_URL=proxy.endpoint,
+        STORE_S3_PART_SIZE=5 * MIB,
+        STORE_S3_MULTIPART_THRESHOLD=12 * MIB,
+    )
+    data = os.urandom(size)
+    source: Any = data
+    if kind == "path":
+        source = tmp_path / "f.bin"
+        source.write_bytes(data)
+    elif kind == "iterator":  # chunks that never line up with the parts
+        source = iter([data[i : i + MIB + 7] for i in range(0, size, MIB + 7)])
+    async with app.app_context():
+        await store.Provider(source, filename="f.bin").save()
+    body = s3_client(s3_server).get_object(Bucket=bucket, Key="media/f.bin")["Body"].read()
+    assert body == data
+    parts = [r for r in proxy.requests if "partNumber" in r.query]
+    assert len(parts) == (0 if size <= 12 * MIB else -(-size // (5 * MIB)))
 
 
 async def test_large_upload_memory_is_bounded(s3_server: SeaweedFS, bucket: str) -> None:
@@ -418,6 +450,23 @@ async def test_quart_keeps_one_client_for_its_serving_loop(
         await store.Provider(b"2", filename="b.txt").save()
         assert dict(clients._kept) == kept
     assert clients._kept == {}  # closed by after_serving
+
+
+@pytest.mark.parametrize(("config", "pool"), [({}, 50), ({"STORE_S3_MAX_POOL_CONNECTIONS": 3}, 3)])
+async def test_connection_pool_size(
+    s3_server: SeaweedFS, bucket: str, config: dict[str, int], pool: int
+) -> None:
+    app, store = quart_store(s3_server, bucket, **config)
+    assert app.config["STORE_S3_MAX_POOL_CONNECTIONS"] == pool
+    clients = store.state().provider_class._clients  # type: ignore[attr-defined]
+    async with app.test_app(), app.app_context():
+        # More saves at once than the pool has connections: they queue for one, and all land.
+        async with anyio.create_task_group() as tg:
+            for i in range(8):
+                tg.start_soon(store.Provider(b"x", filename=f"{i}.txt").save)
+        ((_, client),) = clients._kept.values()
+        assert client.meta.config.max_pool_connections == pool
+    assert s3_client(s3_server).list_objects_v2(Bucket=bucket)["KeyCount"] == 8
 
 
 def test_flask_shim_keeps_one_client_and_closes_it(s3_server: SeaweedFS, bucket: str) -> None:
