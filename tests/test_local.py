@@ -25,6 +25,7 @@ from werkzeug.formparser import default_stream_factory
 
 from async_store import NotFoundError, ProviderError, _rename, _sources, _threads
 from async_store.providers import local
+from tests.conftest import unavailable
 
 COLLISION = re.compile(r"^(?P<root>.+)_[2-9A-HJ-NP-Za-km-z]{22}(?P<ext>\.\w+)?$")
 
@@ -46,7 +47,7 @@ def publish(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     if request.param == "link":
         monkeypatch.setattr(_rename, "_renameat2", None)
     elif _rename._renameat2 is None:
-        pytest.skip("no renameat2 on this system")
+        unavailable("no renameat2 on this system (Linux 3.15+, glibc 2.28+)")
     return str(request.param)
 
 
@@ -140,7 +141,7 @@ def test_rename_noreplace_falls_back_where_unsupported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if _rename._renameat2 is None:
-        pytest.skip("no renameat2 on this system")
+        unavailable("no renameat2 on this system (Linux 3.15+, glibc 2.28+)")
     (tmp_path / "a").write_bytes(b"a")
     (tmp_path / "b").write_bytes(b"b")
     with pytest.raises(FileExistsError):
