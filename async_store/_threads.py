@@ -12,6 +12,11 @@ still queued is withdrawn and never runs (as a call still waiting for a worker t
 already running is waited for, shielded, and runs to its end (a failed job cleans up after
 itself). Jobs run without the caller's context variables.
 
+A loop that only serves blocking callers (see :func:`serve_blocking_callers`: the sync shim's
+loop thread, and the private loops on which it runs a local save in the view's own thread) runs
+small jobs itself: its callers wait in threads of their own anyway, so a handoff to the writer
+would only add a round trip.
+
 The inbox needs the asyncio loop (``call_soon_threadsafe``); on other backends (trio) the lane is
 plain ``to_thread.run_sync``.
 """
@@ -24,6 +29,7 @@ import math
 import os
 import sys
 import threading
+import weakref
 from collections import deque
 from queue import SimpleQueue
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -154,6 +160,8 @@ def _deliver(jobs: list[_Job[Any]]) -> None:
 
 _writer = _Writer()
 _inboxes: dict[asyncio.AbstractEventLoop, _Inbox] = {}
+# Loops whose every caller is a blocked thread: small jobs run on them directly.
+_inline_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
 atexit.register(lambda: _writer.stop())
 
 
@@ -161,6 +169,7 @@ def _reset_after_fork() -> None:
     global _writer
     _writer = _Writer()  # the child has no writer thread, and its queue may hold the parent's
     _inboxes.clear()
+    _inline_loops.clear()
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
@@ -184,6 +193,13 @@ def _on_asyncio() -> bool:
     return sniffio is None or bool(sniffio.current_async_library() == "asyncio")
 
 
+async def serve_blocking_callers() -> None:
+    """Mark the running loop as serving only callers that block in threads of their own (the
+    sync shim's portal): :func:`run_small` then runs jobs on it directly, skipping the writer."""
+    if _on_asyncio():
+        _inline_loops.add(asyncio.get_running_loop())
+
+
 async def run_small(fn: Callable[[], T]) -> T:
     """Run the small blocking job ``fn`` in the writer thread and return its result.
 
@@ -194,6 +210,8 @@ async def run_small(fn: Callable[[], T]) -> T:
         return await anyio.to_thread.run_sync(fn)
     await anyio.lowlevel.checkpoint_if_cancelled()  # a cancelled caller queues nothing
     loop = asyncio.get_running_loop()
+    if loop in _inline_loops:
+        return fn()
     job = _Job(fn, _inbox(loop), loop.create_future())
     _writer.submit(job)
     try:

@@ -24,13 +24,14 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from werkzeug.datastructures import MultiDict
 
 from ._ingest import StoredForm, current_request
+from ._threads import serve_blocking_callers
 from .exceptions import StoreError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
 
     from ._sources import AsyncReadable
-    from .providers.base import Provider
+    from .providers.base import Provider, StoredFile
 
 __all__ = ["PortalOwner", "SyncFile", "SyncProvider"]
 
@@ -51,6 +52,10 @@ class PortalOwner:
         self._lock = threading.Lock()
         self._stack: contextlib.ExitStack | None = None
         self._portal: BlockingPortal | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._running: set[asyncio.Future[Any]] = set()  # calls in flight, awaited at close
+        self._idle_loops: list[asyncio.AbstractEventLoop] = []  # for run_here, one per caller
+        self._exit_hook = False
 
     @property
     def portal(self) -> BlockingPortal:
@@ -59,8 +64,10 @@ class PortalOwner:
                 if self._portal is None:
                     stack = contextlib.ExitStack()
                     portal = stack.enter_context(start_blocking_portal(name="async_store"))
+                    portal.call(serve_blocking_callers)  # small saves run on the loop itself
                     if self._on_start is not None:
                         portal.call(self._on_start)
+                    self._loop = portal.call(_running_loop)
                     self._portal, self._stack = portal, stack
                     atexit.register(self.close)
         return self._portal
@@ -68,18 +75,67 @@ class PortalOwner:
     def call(self, func: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``await func(*args, **kwargs)`` on the portal's loop and wait for it."""
         _refuse_inside_loop(getattr(func, "__qualname__", repr(func)))
-        return self.portal.call(lambda: func(*args, **kwargs))
+        self.portal  # noqa: B018 - starts the loop on first use
+        loop = self._loop
+        if loop is None:  # closed meanwhile by another thread: as BlockingPortal.call does
+            raise RuntimeError("This portal is not running")
+
+        async def run() -> T:
+            task = asyncio.current_task()
+            assert task is not None
+            self._running.add(task)
+            try:
+                return await func(*args, **kwargs)
+            finally:
+                self._running.discard(task)
+
+        # One handoff each way. BlockingPortal.call first waits for the loop to spawn the task
+        # (a round trip of its own), then for the result: a third of a small save's time.
+        return asyncio.run_coroutine_threadsafe(run(), loop).result()
+
+    def run_here(self, func: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``await func(*args, **kwargs)`` in this thread, on a private event loop: no
+        handoff at all. Only for work that needs none of the shim loop's clients (a local save,
+        see ``Provider.loop_bound``); small jobs run in this thread too (``_threads``)."""
+        _refuse_inside_loop(getattr(func, "__qualname__", repr(func)))
+        try:
+            loop = self._idle_loops.pop()  # atomic: each loop serves one thread at a time
+        except IndexError:
+            loop = asyncio.new_event_loop()
+            loop.run_until_complete(serve_blocking_callers())
+            if not self._exit_hook:  # close() closes the idle loops: at exit, if not before
+                self._exit_hook = True
+                atexit.register(self.close)
+
+        async def run() -> T:
+            return await func(*args, **kwargs)
+
+        try:
+            return loop.run_until_complete(run())
+        finally:
+            self._idle_loops.append(loop)
+
+    async def _drain(self) -> None:
+        while self._running:  # what started before close() ends, as the portal's tasks would
+            await asyncio.wait(set(self._running))
 
     def close(self) -> None:
         """Stop the loop thread; the next call starts a new one."""
         with self._lock:
             stack, portal = self._stack, self._portal
-            self._stack = self._portal = None
+            self._stack = self._portal = self._loop = None
+        while self._idle_loops:
+            self._idle_loops.pop().close()
         if stack is None or portal is None:
             return
         with stack:
+            portal.call(self._drain)
             if self._on_stop is not None:
                 portal.call(self._on_stop)
+
+
+async def _running_loop() -> asyncio.AbstractEventLoop:
+    return asyncio.get_running_loop()
 
 
 def _refuse_inside_loop(what: str) -> None:
@@ -168,7 +224,20 @@ class SyncProvider:
         request = current_request() if request is None else request
         stored = cls._owner.call(cls._async_class.save_request, request, **options)
         files = MultiDict((name, cls._wrap(p)) for name, p in stored.files.items(multi=True))
-        return StoredForm(files, stored.form)
+        return StoredForm(files, stored.form, stored.sizes)
+
+    @classmethod
+    def files(cls, prefix: str = "") -> Iterator[StoredFile]:
+        """The stored files below ``prefix``, one portal hop each; see :meth:`Provider.files`."""
+        files = cls._async_class.files(prefix)
+        try:
+            while True:
+                try:
+                    yield cls._owner.call(anext, files)
+                except StopAsyncIteration:
+                    return
+        finally:
+            cls._owner.call(files.aclose)
 
     def __repr__(self) -> str:
         return f"<Sync{repr(self._provider)[1:]}"
@@ -196,6 +265,8 @@ class SyncProvider:
 
     def save(self) -> str:
         """Store the file and return its URL; see :meth:`Provider.save`."""
+        if self._provider._saves_on_any_loop:
+            return self._owner.run_here(self._provider.save)
         return self._owner.call(self._provider.save)
 
     def exists(self, filename: str | None = None) -> bool:

@@ -8,7 +8,12 @@ Variants, each storing the file field ``f`` of a ``multipart/form-data`` POST to
   plain blocking writes (the least work that stores the file);
 - ``naive``: Quart's own way, ``await (await request.files)["f"].save(path)``;
 - ``files``: Quart's ``request.files``, then ``store.Provider(file).save()``;
-- ``ours``: ``await store.save_request(fields=["f"])``, the streaming path.
+- ``ours``: ``await store.save_request(fields=["f"])``, the streaming path;
+- ``flask-naive``: a Flask app served by Werkzeug's threaded WSGI server, Flask's own way,
+  ``request.files["f"].save(path)`` (hypercorn's WSGI mode reads the whole body into memory
+  before the app starts, so it cannot stream);
+- ``flask-ours``: the same Flask app and server, ``store.save_request(fields=["f"])`` through
+  the sync API.
 """
 
 from __future__ import annotations
@@ -79,8 +84,32 @@ def quart_app(folder: str, variant: str) -> Any:
     return app
 
 
+def flask_app(folder: str, variant: str) -> Any:
+    import flask
+
+    app = flask.Flask(__name__)
+    app.config["STORE_MAX_CONTENT_LENGTH"] = None  # no body limit: Flask's own default
+    app.config["STORE_PATH"] = folder
+    store = Store(app)
+
+    @app.post("/up")
+    def up() -> str:
+        if variant == "flask-naive":
+            flask.request.files["f"].save(os.path.join(folder, uuid.uuid4().hex))
+        else:
+            store.save_request(fields=["f"])
+        return "ok"
+
+    return app
+
+
 def main() -> None:
     variant, port, folder = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    if variant.startswith("flask-"):
+        from werkzeug.serving import make_server
+
+        make_server("127.0.0.1", port, flask_app(folder, variant), threaded=True).serve_forever()
+        return
     apps = {"raw": raw_app, "bare": bare_app}
     app = apps[variant](folder) if variant in apps else quart_app(folder, variant)
     config = Config()

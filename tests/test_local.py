@@ -466,3 +466,68 @@ async def test_lane_never_swallows_a_native_cancellation() -> None:
     release.set()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+def test_shim_saves_from_many_threads_all_survive(store_path: Path, publish: str) -> None:
+    # A Flask view's local save runs in the view's own thread (a private loop per thread at a
+    # time, no handoff to the shim's loop): sixteen request threads saving one name at once
+    # still get sixteen files, whole, under sixteen names, and the shim's loop never starts.
+    from async_store import Store
+    from tests.conftest import make_app
+
+    app = make_app("flask", store_path)
+    store = Store(app)
+    sent = [os.urandom(1000 + i) for i in range(16)]
+    names: list[str] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(sent))
+
+    def view(data: bytes) -> None:
+        try:
+            with app.app_context():
+                start.wait()
+                for _ in range(5):
+                    provider = store.Provider(data, "inbox", filename="same.bin")
+                    provider.save()
+                    names.append(provider.filename)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=view, args=(data,)) for data in sent]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert errors == []
+        assert len(set(names)) == len(names) == 5 * len(sent) and "same.bin" in names
+        stored = sorted((store_path / "inbox" / name).read_bytes() for name in names)
+        assert stored == sorted(sent * 5)
+        assert leftovers(store_path) == []
+        assert not [t for t in threading.enumerate() if t.name == "async_store"]
+    finally:
+        store.close()
+
+
+def test_shim_close_waits_for_calls_in_flight(store_path: Path) -> None:
+    # store.close() from one thread while another thread's call runs on the shim's loop: the
+    # call finishes and returns its result, as it did when the portal's task group held it.
+    from async_store import Store
+    from tests.conftest import make_app
+
+    store = Store(make_app("flask", store_path))
+    owner = store._portal
+    running = threading.Event()
+    results: list[str] = []
+
+    async def slow() -> str:
+        running.set()
+        await anyio.sleep(0.3)
+        return "done"
+
+    caller = threading.Thread(target=lambda: results.append(owner.call(slow)))
+    caller.start()
+    assert running.wait(10)
+    store.close()
+    caller.join(10)
+    assert results == ["done"]

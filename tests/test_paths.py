@@ -339,3 +339,45 @@ def test_generated_names_round_trip_through_store_and_route() -> None:
         finally:
             store.close()
         assert [n for n in os.listdir(tmp) if n != "store"] == []
+
+
+# The characters clean_filename's ASCII fast path accepts, and pieces that make the slow path
+# work hard on them: runs of dots and underscores, devices, compound and over-long extensions.
+PLAIN_TOKENS = [
+    *[".", "..", "_", "__", "-", "~", "+", "=", "@", ",", "(", ")", "[", "]", "a", "Z", "0", "9"],
+    *["CON", "con", "Com1", "LPT9", "aux", "NUL", ".tar", ".gz", ".TAR.GZ", ".tar.zst", ".jpg"],
+    *["x" * 40, "." + "e" * 33, "IMG_0042", "photo", "_.", "._", "-."],
+]
+plain_names = st.one_of(
+    st.text(st.sampled_from("abcXYZ0129-_.+=@,()[]~"), min_size=1, max_size=300),
+    st.lists(st.sampled_from(PLAIN_TOKENS), min_size=1, max_size=30).map("".join),
+)
+
+
+@quick
+@given(plain_names, st.sampled_from(["file", "upload"]))
+@example("a" * 250 + ".tar.gz", "file")
+@example("x_.tar_.gz", "file")
+@example("...", "upload")
+@example("CON.a.b", "file")
+def test_ascii_fast_path_gives_what_the_full_cleaning_gives(name: str, default: str) -> None:
+    # clean_filename skips NFKC and the per-character pass for plain ASCII names: byte for byte
+    # the same result as the full path, and still everything a cleaned name promises.
+    from async_store._paths import _clean_any
+
+    assert clean_filename(name, default) == _clean_any(name, default)
+    assert clean_filename(name.encode(), default) == _clean_any(name, default)
+    assert_safe_name(clean_filename(name, default))
+
+
+@quick
+@given(plain_names | hostile_text)
+def test_urls_are_quoted_the_same_with_or_without_the_fast_path(name: str) -> None:
+    # relative_url skips quote() for paths it would not change: the same URL either way.
+    from urllib.parse import quote
+
+    from async_store.providers.base import _URL_PLAIN
+
+    path = f"docs/{clean_filename(name)}"
+    if _URL_PLAIN.fullmatch(path):
+        assert quote(path, safe="/") == path

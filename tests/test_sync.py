@@ -37,7 +37,9 @@ def test_sync_file_is_a_real_binary_file(flask_store: Store) -> None:
 
 
 def test_one_loop_thread_serves_every_call(flask_store: Store) -> None:
-    flask_store.Provider(b"x", filename="warmup").save()
+    warmup = flask_store.Provider(b"x", filename="warmup")
+    warmup.save()  # a local save runs in this thread (Provider.loop_bound)...
+    assert warmup.exists()  # ...exists() starts the loop thread
     before = threading.active_count()
     for i in range(50):
         provider = flask_store.Provider(b"x", filename=f"{i}.txt")

@@ -13,7 +13,9 @@ get two bound classes, each with its own paths.
 from __future__ import annotations
 
 import contextlib
+import re
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 from urllib.parse import quote
 
@@ -23,8 +25,9 @@ from .._sources import AsyncReadable, Source, SourceFailure, to_source
 from ..exceptions import NotConfiguredError, NotFoundError, ProviderError, StoreError
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Collection, Iterator
+    from collections.abc import AsyncGenerator, AsyncIterator, Collection, Iterator
     from contextlib import AbstractAsyncContextManager
+    from datetime import datetime
 
     from flask.sansio.app import App
 
@@ -32,15 +35,39 @@ if TYPE_CHECKING:
     from .._ingest import StoredForm
     from ..config import StoreConfig
 
-__all__ = ["Provider"]
+__all__ = ["Provider", "StoredFile"]
 
 #: How many collision names a save tries before giving up (each has 128 random bits).
 _MAX_ATTEMPTS = 16
+#: Paths that ``quote(path, safe="/")`` returns unchanged: skip it for them.
+_URL_PLAIN = re.compile(r"[A-Za-z0-9_.\-~/]*")
 
 
 def url_join(*parts: str) -> str:
     """Join URL path parts with single slashes, always starting with ``/``."""
     return "/" + "/".join(p.strip("/") for p in parts if p.strip("/"))
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """One stored file, as :meth:`Provider.files` lists it."""
+
+    #: The relative path: what ``Provider(path)`` takes and a ``StoreType`` column holds.
+    path: str
+    #: The size in bytes.
+    size: int
+    #: When it was last written (timezone-aware, UTC).
+    modified: datetime
+
+
+def clean_prefix(prefix: str) -> str:
+    """Check a listing prefix (``'avatars/'``, ``'avatars/2024'``, ``''``) like a stored path.
+
+    :raises UnsafePathError: for ``..``, hidden segments, backslashes and the like.
+    """
+    prefix = prefix.lstrip("/")
+    stem = prefix.rstrip("/")
+    return clean_key(stem) + prefix[len(stem) :][:1] if stem else ""
 
 
 class Provider(ABC):
@@ -68,6 +95,10 @@ class Provider(ABC):
     REQUIRED_CONFIGURATION: ClassVar[tuple[str, ...]] = ()
     #: Whether the extension registers the file-serving route for this provider.
     register_route: ClassVar[bool] = False
+    #: Whether saving needs the long-lived event loop the provider's clients live in (an S3
+    #: session does). A provider without such clients sets it False: the sync shim then runs
+    #: its saves in the calling thread, with no handoff to the shim's loop thread.
+    loop_bound: ClassVar[bool] = True
     #: The app's ``STORE_*`` config; set on the per-app subclass :meth:`bind` makes.
     config: ClassVar[StoreConfig]
     #: Background uploads of the app, when ``STORE_BACKGROUND`` is on.
@@ -164,6 +195,28 @@ class Provider(ABC):
             max_field_size=max_field_size,
         )
 
+    @classmethod
+    async def files(cls, prefix: str = "") -> AsyncGenerator[StoredFile, None]:
+        """Every stored file whose relative path starts with ``prefix``, in path order::
+
+            async for file in store.Provider.files("avatars/"):
+                print(file.path, file.size, file.modified)
+
+        Temp files of saves in progress and hidden files are never listed.
+
+        :param prefix: a path prefix below ``STORE_PATH``, as in S3 (``'avatars/'`` is the
+            folder, ``'avatars'`` also matches ``avatars.txt``); ``''`` lists everything.
+        :raises UnsafePathError: if ``prefix`` would leave the store.
+        :raises ProviderError: if the backend fails.
+        """
+        prefix = clean_prefix(prefix)
+        # Error mapping is per instance (it names a file); this one names no file, only the
+        # prefix, and never touches its own path.
+        mapper = cls.__new__(cls)
+        with mapper._map_errors(prefix or "/"):
+            async for file in cls._list(prefix):
+                yield file
+
     # --- instances ------------------------------------------------------------------------------
 
     def __init__(
@@ -212,7 +265,9 @@ class Provider(ABC):
     @property
     def relative_url(self) -> str:
         """The URL without the domain: ``/uploads/avatars/me.jpg``."""
-        return url_join(self._url_base(), quote(self.relative_path, safe="/"))
+        path = self.relative_path
+        plain = _URL_PLAIN.fullmatch(path)
+        return url_join(self._url_base(), path if plain else quote(path, safe="/"))
 
     @property
     def absolute_url(self) -> str:
@@ -331,6 +386,11 @@ class Provider(ABC):
         """A URL to fetch the file; providers with private storage may sign it for ``expires``."""
         return self.absolute_url
 
+    @property
+    def _saves_on_any_loop(self) -> bool:
+        """Whether :meth:`save` may run on any event loop (background uploads live in one)."""
+        return not self.loop_bound and self._background is None
+
     def _require_saved(self) -> None:
         if not self._saved:
             raise StoreError(f"{self!r} is not stored yet: await save() first")
@@ -364,12 +424,22 @@ class Provider(ABC):
     @abstractmethod
     async def _exists(self, key: str) -> bool: ...
 
+    def _is_outage(self, exc: Exception) -> bool:
+        """Whether a backend call's ``exc`` means the backend is down or failing for now
+        (background uploads then spool anyway), rather than refusing for good."""
+        return False
+
     @abstractmethod
     def _open(self, key: str) -> AbstractAsyncContextManager[AsyncReadable]: ...
 
     @abstractmethod
     async def _delete(self, key: str) -> None:
         """Delete ``key``; raise :class:`NotFoundError` when it is not there."""
+
+    @classmethod
+    def _list(cls, prefix: str) -> AsyncIterator[StoredFile]:
+        """The stored files below ``prefix`` (already checked), in path order; optional."""
+        raise StoreError(f"{cls.__name__} cannot list its files (it has no _list method)")
 
 
 class NoFreeName(ProviderError):

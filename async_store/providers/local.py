@@ -27,6 +27,7 @@ import errno
 import os
 import random
 import stat
+from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, cast
 
 import aiofiles
@@ -37,7 +38,7 @@ from .. import _rename
 from .._paths import safe_join
 from .._sources import write_source
 from ..exceptions import NotConfiguredError, NotFoundError, ProviderError
-from .base import Provider, no_free_name
+from .base import Provider, StoredFile, no_free_name
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -130,6 +131,28 @@ def _plain_folders(root: str, location: str) -> bool:
     return True
 
 
+def _scan(root: str, folder: str) -> list[tuple[str, bool, int, float]]:
+    """The visible entries of one store folder: (name, is a folder, size, mtime), in key order.
+
+    Hidden and temp entries and symlinks are left out, and so is a folder that is a link.
+    """
+    if not _plain_folders(root, folder):
+        return []
+    found = []
+    with os.scandir(safe_join(root, folder) if folder else root) as entries:
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                found.append((entry.name, True, 0, 0.0))
+            elif entry.is_file(follow_symlinks=False):
+                st = entry.stat(follow_symlinks=False)
+                found.append((entry.name, False, st.st_size, st.st_mtime))
+    # The order S3 lists keys in: 'a/b' sorts as 'a' + '/' + 'b'.
+    found.sort(key=lambda e: e[0] + "/" if e[1] else e[0])
+    return found
+
+
 def _remove(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
@@ -178,6 +201,7 @@ class LocalProvider(Provider):
     """
 
     register_route = True
+    loop_bound = False  # only files and worker threads: a save runs on any event loop
 
     @classmethod
     def app_defaults(cls, app: App) -> None:
@@ -273,6 +297,7 @@ class LocalProvider(Provider):
     async def _save(self, location: str, names: Iterator[str], source: Source) -> str:
         temp = ""
         directory = ""
+        published = ""
 
         def open_temp() -> IO[bytes]:
             nonlocal temp, directory
@@ -281,10 +306,16 @@ class LocalProvider(Provider):
             return f
 
         def finish(f: IO[bytes]) -> str:
+            nonlocal published
             self._finish(f)
-            return self._publish(temp, directory, names, location)  # temp is gone if it returns
+            published = self._publish(temp, directory, names, location)  # temp is gone now
+            return published
 
         def cleanup() -> None:
+            # After a publish only when the caller was cancelled during it: it never got the
+            # name, so the file would be an orphan.
+            if published:
+                _remove(os.path.join(directory, published))
             if temp:
                 _remove(temp)
 
@@ -300,8 +331,14 @@ class LocalProvider(Provider):
     @contextlib.asynccontextmanager
     async def _open(self, key: str) -> AsyncIterator[AsyncReadable]:
         path, _ = await anyio.to_thread.run_sync(resolve_file, self.config.path, key)
-        async with aiofiles.open(path, "rb") as f:
+        f = await aiofiles.open(path, "rb")
+        try:
             yield f
+        finally:
+            # Shielded: a cancelled reader (a client gone, a cancelled migrate) would otherwise
+            # cancel the close itself and leak the descriptor.
+            with anyio.CancelScope(shield=True):
+                await f.close()
 
     def _delete_blocking(self, key: str) -> None:
         resolve_file(self.config.path, key)  # refuses what the store would not serve
@@ -309,3 +346,20 @@ class LocalProvider(Provider):
 
     async def _delete(self, key: str) -> None:
         await anyio.to_thread.run_sync(self._delete_blocking, key)
+
+    @classmethod
+    def _list(cls, prefix: str) -> AsyncIterator[StoredFile]:
+        return cls._walk(prefix.rpartition("/")[0], prefix)
+
+    @classmethod
+    async def _walk(cls, folder: str, prefix: str) -> AsyncIterator[StoredFile]:
+        # One worker-thread hop per folder; folders are entered in key order as they come.
+        for name, is_dir, size, mtime in await anyio.to_thread.run_sync(
+            _scan, cls.config.path, folder
+        ):
+            path = f"{folder}/{name}" if folder else name
+            if is_dir and (path + "/").startswith(prefix[: len(path) + 1]):
+                async for file in cls._walk(path, prefix):
+                    yield file
+            elif not is_dir and path.startswith(prefix):
+                yield StoredFile(path, size, datetime.fromtimestamp(mtime, UTC))
