@@ -22,13 +22,13 @@ from collections.abc import AsyncIterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-import anyio
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser
 from werkzeug.datastructures import MultiDict
+from werkzeug.exceptions import HTTPException
 from werkzeug.http import parse_options_header
 
-from ._sources import Source, to_source
+from ._sources import Source, SourceFailure, finish_anyway, to_source
 from .exceptions import BadUploadError, StoreError, UploadTooLargeError
 
 if TYPE_CHECKING:
@@ -55,11 +55,13 @@ class StoredForm(Generic[P]):
 
     ``files`` maps each file field to the saved providers (``files['avatar']`` is the first,
     ``files.getlist('photos')`` all of them); ``form`` holds the text fields, as ``request.form``
-    would.
+    would; ``sizes`` maps each stored file's ``relative_path`` to its size in bytes (counted
+    as it streamed: no stat or HEAD afterwards).
     """
 
     files: MultiDict[str, P] = field(default_factory=MultiDict)
     form: MultiDict[str, str] = field(default_factory=MultiDict)
+    sizes: dict[str, int] = field(default_factory=dict)
 
 
 def current_request() -> Any:
@@ -106,6 +108,8 @@ class _Reader:
         self._headers: list[tuple[bytes, bytes]] = []
         self._header_name = self._header_value = b""
         self.size = 0
+        #: Bytes of the last file part read to its end.
+        self.file_size = 0
         self._parser = MultipartParser(
             boundary,
             {
@@ -143,7 +147,10 @@ class _Reader:
 
     async def next(self) -> object:
         while not self._events:
-            chunk = await anext(self._chunks, None)
+            try:
+                chunk = await anext(self._chunks, None)
+            except SourceFailure as failure:
+                raise self._body_error(failure.error) from failure.error
             if chunk is None:
                 raise BadUploadError(
                     "the request body ended before the multipart form did: the client stopped "
@@ -162,6 +169,22 @@ class _Reader:
                 raise BadUploadError(f"malformed multipart body: {exc}") from exc
         return self._events.popleft()
 
+    def _body_error(self, error: Exception) -> Exception:
+        """What reading the request body raised, as the client's error (a 4xx, never a 500).
+
+        Werkzeug's request stream raises ``RequestEntityTooLarge`` past MAX_CONTENT_LENGTH on a
+        body without Content-Length, ``ClientDisconnected`` when the client goes away, and
+        the server's socket raises ``TimeoutError`` when the client stops sending.
+        """
+        if isinstance(error, HTTPException) and error.code == 413:
+            return UploadTooLargeError("the request body is over the app's MAX_CONTENT_LENGTH")
+        if isinstance(error, (HTTPException, OSError)):
+            return BadUploadError(
+                f"the request body could not be read to its end ({error}): the client went "
+                f"away or stopped sending"
+            )
+        return error
+
     async def peek(self) -> object:
         event = await self.next()
         self._events.appendleft(event)
@@ -179,6 +202,7 @@ class _Reader:
                     f"{self._limits.file:,} bytes (save_request(max_file_size=...))"
                 )
             yield event
+        self.file_size = size
 
     async def text(self, part: _Part) -> str:
         value = bytearray()
@@ -316,12 +340,17 @@ async def _save_parts(
             await provider.save()
             saved.append(provider)
             result.files.add(part.name, provider)
+            result.sizes[provider.relative_path] = reader.file_size
     except BaseException:
-        with anyio.CancelScope(shield=True):
-            for provider in saved:
-                try:
-                    await provider.delete(missing_ok=True)
-                except StoreError:  # the original error is the one to raise
-                    log.exception("save_request: could not delete %r after a failure", provider)
+        # Even when cancelled again meanwhile (a client gone: Quart and hypercorn both cancel).
+        await finish_anyway(lambda: _delete_all(saved))
         raise
     return result
+
+
+async def _delete_all(saved: list[ProviderT]) -> None:
+    for provider in saved:
+        try:
+            await provider.delete(missing_ok=True)
+        except StoreError:  # the original error is the one to raise
+            log.exception("save_request: could not delete %r after a failure", provider)

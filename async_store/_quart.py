@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from quart.asgi import ASGIHTTPConnection
 from quart.wrappers.request import Body
+from werkzeug.exceptions import RequestEntityTooLarge
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -36,6 +37,7 @@ class FlowControlledBody(Body):
     """Quart's request body, which can also be taken as a stream with backpressure."""
 
     _queue: asyncio.Queue[bytes | None] | None = None
+    _received = 0
 
     @contextlib.contextmanager
     def streaming(self) -> Iterator[AsyncIterator[bytes]]:
@@ -45,27 +47,43 @@ class FlowControlledBody(Body):
         being buffered here.
         """
         self._queue = asyncio.Queue(QUEUE_MESSAGES)
+        # Complete now: all of it is in ``_data``. Otherwise the rest, and its end (None), come
+        # through the queue: completion seen later must not stop the stream before the queue
+        # is drained (that lost the tail of bodies that ended while the head was consumed).
+        complete = self._complete.is_set()
         try:
-            yield self._stream(self._queue)
+            yield self._stream(self._queue, complete)
         finally:
             queue, self._queue = self._queue, None
             while not queue.empty():  # free a reader blocked on a full queue
                 queue.get_nowait()
 
-    async def _stream(self, queue: asyncio.Queue[bytes | None]) -> AsyncIterator[bytes]:
+    async def _stream(
+        self, queue: asyncio.Queue[bytes | None], complete: bool
+    ) -> AsyncIterator[bytes]:
         if self._must_raise is not None:
             raise self._must_raise
         if self._data:
             early = bytes(self._data)
             self._data.clear()
             yield early
-        if self._complete.is_set():
+        if complete:
             return
         while (chunk := await queue.get()) is not None:
             yield chunk
 
     async def feed(self, data: bytes, more: bool) -> None:
         """Take one ASGI body message: into the stream's queue, or Quart's buffer."""
+        # Quart checks MAX_CONTENT_LENGTH against what is buffered, and its form parser empties
+        # the buffer as it goes: a body without Content-Length (chunked) passed any size. Count
+        # all of it. (save_request counts for itself, against its own max_size.)
+        self._received += len(data)
+        limit = self._max_content_length
+        if self._queue is None and limit is not None and self._received > limit:
+            if self._must_raise is None:
+                self._must_raise = RequestEntityTooLarge()
+                self.set_complete()
+            return
         if self._queue is None:
             self.append(data)
         elif data:

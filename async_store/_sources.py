@@ -11,10 +11,19 @@ spooled file, so it is read like Werkzeug's.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+import threading
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+)
 from inspect import iscoroutinefunction
 from tempfile import SpooledTemporaryFile
 from typing import IO, Any, Protocol, TypeVar, Union, runtime_checkable
@@ -232,49 +241,93 @@ async def write_source(
     small-jobs lane (batched handoffs, see ``_threads``) when the content is in memory and fits
     in one chunk, else through ``to_thread``, so big files never hold up the lane. Async
     sources take a hop per ``chunk_size`` written. On any failure or cancellation
-    ``cleanup()`` runs (in a thread, shielded) before the error propagates. All three callables
-    block.
+    ``cleanup()`` runs (in a thread, to its end even if cancelled again) before the error
+    propagates; it undoes whatever ``open_file`` and ``finish`` did, a published file included
+    (a caller cancelled during ``finish`` never learns the name). All three callables block.
     """
-    if source.is_blocking:
+    guard = _Guard(cleanup)
+    try:
+        if source.is_blocking:
 
-        def everything() -> T:
-            try:
+            def everything() -> T:
                 with open_file() as f:
                     for chunk in source.blocking_chunks(chunk_size):
                         f.write(chunk)
                     return finish(f)
-            except BaseException:
-                cleanup()
-                raise
 
-        size = source.size
-        if size is not None and size <= chunk_size:
-            return await run_small(everything)
-        return await anyio.to_thread.run_sync(everything)
-    opened: list[IO[bytes]] = []
-
-    def open_kept() -> IO[bytes]:
-        # Kept where the cleanup finds it: a caller cancelled while the thread opens the file
-        # never gets it back, and it must still be closed.
-        f = open_file()
-        opened.append(f)
-        return f
-
-    def close_and_clean() -> None:
-        for f in opened:
-            with contextlib.suppress(OSError):
-                f.close()
-        cleanup()
-
-    try:
-        f = await anyio.to_thread.run_sync(open_kept)
+            size = source.size
+            if size is not None and size <= chunk_size:
+                return await run_small(lambda: guard.run(everything))
+            return await anyio.to_thread.run_sync(guard.run, everything)
+        f = await anyio.to_thread.run_sync(guard.open, open_file)
         with f:
             await _write_pipelined(source.chunks(chunk_size), f, chunk_size)
-            return await anyio.to_thread.run_sync(finish, f)
+            return await anyio.to_thread.run_sync(guard.run, finish, f)
     except BaseException:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(close_and_clean)
+        await finish_anyway(lambda: anyio.to_thread.run_sync(guard.clean))
         raise
+
+
+class _Guard:
+    """Orders one save's blocking steps against its cleanup.
+
+    A natively cancelled caller (``Task.cancel()``: Quart and hypercorn cancel a request whose
+    client has gone) stops waiting for its worker thread, which may still be running a step, or
+    not have started it yet, when the cleanup runs. Steps and the cleanup take one lock, and no
+    step starts once the cleanup has run: so a file is never opened, written or published after
+    its cleanup, and the cleanup sees, and undoes, whatever the steps did (a published file
+    included: the caller never learnt its name).
+    """
+
+    def __init__(self, cleanup: Callable[[], None]) -> None:
+        self._cleanup = cleanup
+        self._lock = threading.Lock()
+        self._cleaned = False
+        self._opened: list[IO[bytes]] = []
+
+    def run(self, step: Callable[..., T], *args: Any) -> T:
+        with self._lock:
+            if self._cleaned:
+                raise RuntimeError("the save was cancelled before this step started")
+            return step(*args)
+
+    def open(self, open_file: Callable[[], IO[bytes]]) -> IO[bytes]:
+        # Kept where the cleanup finds it: a caller cancelled while the thread opens the file
+        # never gets it back, and it must still be closed.
+        f = self.run(open_file)
+        self._opened.append(f)
+        return f
+
+    def clean(self) -> None:
+        with self._lock:
+            self._cleaned = True
+            for f in self._opened:
+                with contextlib.suppress(OSError):
+                    f.close()
+            self._cleanup()
+
+
+# Cleanups still running after their task was cancelled again: asyncio keeps only weak
+# references to tasks.
+_finishing: set[asyncio.Task[Any]] = set()
+
+
+async def finish_anyway(func: Callable[[], Awaitable[T]]) -> T:
+    """Run ``func()`` to its end even if this task is cancelled while it runs.
+
+    ``anyio.CancelScope(shield=True)`` holds against anyio's cancel scopes, not against a native
+    ``Task.cancel()``: Quart cancels a request's task when its client goes away, and hypercorn
+    cancels it again when the connection closes. A second cancel during a shielded
+    ``to_thread.run_sync`` drops the job before its thread starts (a temp file left behind).
+    Here the work runs in a task of its own that no cancel reaches; a cancelled caller raises at
+    once and the cleanup finishes a moment later.
+    """
+    task = asyncio.ensure_future(func())
+    _finishing.add(task)
+    task.add_done_callback(_finishing.discard)
+    with anyio.CancelScope(shield=True):
+        result = await asyncio.shield(task)
+    return result
 
 
 async def _write_pipelined(chunks: AsyncIterator[bytes], f: IO[bytes], chunk_size: int) -> None:

@@ -11,7 +11,7 @@ Safety first, then HTTP:
   ``Content-Security-Policy: sandbox``, so an upload cannot run script on the app's origin;
 * ``X-Content-Type-Options: nosniff`` is on every response of the route, 404s included;
 * GET and HEAD, ``Range`` (206/416), ``ETag``/``Last-Modified`` and 304 come from the framework's
-  own conditional-response code.
+  own conditional-response code, after :func:`usable_range` has set aside what it gets wrong.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from urllib.parse import quote
 
 import anyio.to_thread
 from werkzeug.exceptions import HTTPException
+from werkzeug.http import parse_range_header
 
 from ._paths import content_type
 from .exceptions import StoreError
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 
     from .extension import StoreState
 
-__all__ = ["ENDPOINT", "content_policy", "register_route"]
+__all__ = ["ENDPOINT", "content_policy", "register_route", "usable_range"]
 
 #: The endpoint name, for ``url_for(ENDPOINT, filename=provider.relative_path)``.
 ENDPOINT = "store_file"
@@ -62,6 +63,30 @@ def _secure(response: Any, attachment: bool) -> Any:
     return response
 
 
+def usable_range(header: str | None, size: int) -> str | None:
+    """The ``Range`` header to answer, or ``None`` to send the whole file with a 200.
+
+    Werkzeug and Quart answer 416 where RFC 9110 (section 14) says otherwise: a suffix range
+    longer than the file (``bytes=-500`` of 10 bytes) selects the whole file, a 206 ``0-9``; a
+    unit other than bytes must be ignored. Several ranges, which neither framework can send
+    (``multipart/byteranges``), are ignored too, as the RFC allows: a 200, never a 416 for a
+    request that overlaps the file, and no work multiplied by a long list of ranges.
+    """
+    if header is None:
+        return None
+    parsed = parse_range_header(header)
+    if parsed is None:
+        # werkzeug refuses some valid lists ("bytes=-5, -3"); anything else it cannot parse
+        # (a reversed or non-numeric range) stays a 416.
+        return None if "," in header else header
+    if parsed.units != "bytes" or len(parsed.ranges) != 1:
+        return None
+    begin, end = parsed.ranges[0]
+    if begin < 0 and end is None and -begin > size:
+        return "bytes=0-"
+    return header
+
+
 def _find(root: str, filename: str) -> tuple[str, os.stat_result] | None:
     if len(filename) > _MAX_URL_PATH or "\x00" in filename:
         return None
@@ -81,6 +106,13 @@ def _flask_view(state: StoreState) -> Any:
             return _secure(flask.Response("Not Found", 404, mimetype="text/plain"), False)
         path, st = found
         mimetype, attachment = content_policy(path)
+        # send_file reads the Range header from the WSGI environ.
+        environ = flask.request.environ
+        usable = usable_range(environ.get("HTTP_RANGE"), st.st_size)
+        if usable is None:
+            environ.pop("HTTP_RANGE", None)
+        else:
+            environ["HTTP_RANGE"] = usable
         try:
             response = flask.send_file(
                 path,
@@ -135,6 +167,14 @@ def _quart_view(state: StoreState) -> Any:
             return _secure(response_class("Not Found", 404, mimetype="text/plain"), False)
         path, st, body = found
         mimetype, attachment = content_policy(path)
+        request = quart.request
+        if "Range" in request.headers:
+            usable = usable_range(request.headers["Range"], st.st_size)
+            if usable is None:
+                del request.headers["Range"]
+            else:
+                request.headers["Range"] = usable
+            request.__dict__.pop("range", None)  # werkzeug caches the parsed header
         response = response_class(body, mimetype=mimetype)
         response.content_length = st.st_size
         response.last_modified = datetime.fromtimestamp(st.st_mtime, UTC)
@@ -145,13 +185,11 @@ def _quart_view(state: StoreState) -> Any:
         value, names = _disposition(os.path.basename(path), attachment)
         response.headers.set("Content-Disposition", value, **names)
         try:
-            await response.make_conditional(
-                quart.request, accept_ranges=True, complete_length=st.st_size
-            )
+            await response.make_conditional(request, accept_ranges=True, complete_length=st.st_size)
         except HTTPException as exc:  # 416: werkzeug's exception, answered the Quart way
             response = response_class(exc.description or "", exc.code or 416)
             response.headers["Content-Range"] = f"bytes */{st.st_size}"
-        if quart.request.method == "HEAD":
+        if request.method == "HEAD":
             # Quart would read the whole file for the server to throw away; the headers
             # (Content-Length included) stay as they are for GET.
             response.response = response.data_body_class(b"")
@@ -160,9 +198,31 @@ def _quart_view(state: StoreState) -> Any:
     return serve_stored_file
 
 
+def _nosniff_below(prefix: str, is_async: bool) -> Any:
+    """An ``after_request`` hook: ``nosniff`` on every response below ``prefix``.
+
+    The route's own answers have it already; this covers what never reaches the view, such as
+    the app's 404 for ``/uploads//x`` or ``/uploads/`` and the 405 for a POST.
+    """
+    module: Any
+    if is_async:
+        import quart as module
+    else:
+        import flask as module
+
+    def add_nosniff(response: Any) -> Any:
+        path = module.request.path
+        if path == prefix or path.startswith(prefix + "/"):
+            response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+
+    return add_nosniff
+
+
 def register_route(app: App, state: StoreState) -> None:
     """Add ``{STORE_URL_PREFIX}/<path:filename>`` (GET and HEAD) to ``app``."""
     view = _quart_view(state) if state.is_async else _flask_view(state)
+    app.after_request(_nosniff_below(state.config.url_prefix, state.is_async))
     app.add_url_rule(
         f"{state.config.url_prefix}/<path:filename>",
         endpoint=ENDPOINT,

@@ -67,6 +67,7 @@ class Client:
                 },
                 "form": stored.form.to_dict(flat=False),
                 "sync": type(next(iter(stored.files.values()), None)).__name__,
+                "sizes": stored.sizes,
             }
 
         if kind == "quart":
@@ -153,6 +154,8 @@ async def test_stores_every_file_and_collects_the_text_fields(
         "me.png": b"\x89PNG",
     }
     assert inventory.leftovers() == []
+    # Each file's size, counted as it streamed.
+    assert result["sizes"] == {"report.pdf": 14, docs[1]: len(big), "me.png": 4}
     # The Flask view got sync providers, the async views async ones.
     expected = "SyncLocalProvider" if client.kind == "flask" else "LocalProvider"
     if inventory.backend == "s3":

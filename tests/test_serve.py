@@ -133,6 +133,9 @@ async def test_quart_head_does_not_read_the_file(
         ("bytes=-5", "bytes 5-9/10", b"56789"),
         ("bytes=-1", "bytes 9-9/10", b"9"),
         ("bytes=8-100", "bytes 8-9/10", b"89"),
+        # RFC 9110 14.1.3: a suffix longer than the representation selects all of it.
+        ("bytes=-20", "bytes 0-9/10", DATA),
+        ("bytes=-10", "bytes 0-9/10", DATA),
     ],
 )
 async def test_range_gives_206_with_those_bytes(
@@ -157,6 +160,20 @@ async def test_unsatisfiable_range_gives_416(
     assert reply.headers["Content-Range"] == "bytes */10"
     assert reply.headers["X-Content-Type-Options"] == "nosniff"
     assert DATA not in reply.body
+
+
+@pytest.mark.parametrize(
+    "range_", ["bytes=0-1,3-4", "bytes=-5, -3", "bytes=0-0,0-0,0-0,0-0", "items=0-5", "pages=1-"]
+)
+async def test_several_ranges_or_other_units_give_the_whole_file(
+    app: Any, store: Store, store_path: Path, range_: str
+) -> None:
+    """Neither framework sends multipart/byteranges: ignoring the header (RFC 9110 14.2) beats a
+    416 for a request that overlaps the file; other units must be ignored."""
+    put(store_path, "a.bin")
+    reply = await fetch(app, "/uploads/a.bin", headers={"Range": range_})
+    assert (reply.status, reply.body) == (200, DATA)
+    assert "Content-Range" not in reply.headers
 
 
 async def test_if_none_match_with_the_etag_gives_304(
@@ -189,6 +206,21 @@ async def test_if_modified_since_gives_304_until_the_file_changes(
 async def test_missing_file_is_404_with_nosniff(app: Any, store: Store) -> None:
     reply = await fetch(app, "/uploads/nothing-here.txt")
     assert_not_found(reply)
+
+
+@pytest.mark.parametrize("path", ["/uploads", "/uploads/", "/uploads//a.txt"])
+async def test_paths_no_route_matches_below_the_prefix_get_nosniff(
+    app: Any, store: Store, store_path: Path, path: str
+) -> None:
+    """The app's own 404 (no route matched) is a response of the store's URL space too."""
+    put(store_path, "a.txt")
+    assert_not_found(await fetch(app, path))
+    post = await fetch(app, "/uploads/a.txt", method="POST")
+    assert post.status == 405
+    assert post.headers["X-Content-Type-Options"] == "nosniff"
+    elsewhere = await fetch(app, "/elsewhere")
+    assert elsewhere.status == 404
+    assert "X-Content-Type-Options" not in elsewhere.headers
 
 
 # --- what a browser may show inline ----------------------------------------------------------

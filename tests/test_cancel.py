@@ -1,0 +1,73 @@
+"""A save cancelled while its file is being published leaves no file behind.
+
+Quart cancels a request's task when its client goes away, and hypercorn cancels it again when
+the connection closes: native ``Task.cancel()`` calls, which anyio's shields do not hold. A
+caller cancelled that way stops waiting for the worker thread that publishes its file; the
+thread goes on and publishes it under a name the caller never learns. The save must then take
+it back: the upload failed, and an orphan nobody can refer to is a file lost to its owner and
+kept from the store's cleanup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import quart
+
+from async_store import Store
+
+
+async def _chunks() -> AsyncIterator[bytes]:
+    yield b"a" * 100_000
+    yield b"b" * 100_000
+
+
+@pytest.mark.parametrize("content", ["bytes", "file", "async"])
+async def test_a_save_cancelled_while_publishing_leaves_no_file(
+    tmp_path: Path, content: str
+) -> None:
+    app = quart.Quart(__name__)
+    app.config["STORE_PATH"] = str(tmp_path)
+    store = Store(app)
+    publishing = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    async with app.app_context():
+
+        class SlowPublish(store.AsyncProvider):  # type: ignore[misc,valid-type]
+            """The local provider, its publishing step stretched to hit it with a cancel."""
+
+            def _publish(self, *args: Any) -> str:
+                loop.call_soon_threadsafe(publishing.set)
+                time.sleep(0.3)
+                return str(super()._publish(*args))
+
+        source: Any = {
+            "bytes": b"x" * 1000,  # the small-jobs lane
+            "file": (tmp_path.parent / "big.bin"),  # a blocking source through to_thread
+            "async": _chunks(),  # the pipelined path
+        }[content]
+        if content == "file":
+            source.write_bytes(b"y" * 3_000_000)
+        task = asyncio.ensure_future(SlowPublish(source, filename="report.txt").save())
+        await asyncio.wait_for(publishing.wait(), 5)
+        for _ in range(2):  # as Quart, then hypercorn
+            task.cancel()
+            await asyncio.sleep(0)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    deadline = time.monotonic() + 3
+    while os.listdir(tmp_path) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert os.listdir(tmp_path) == []
+    # Nothing is held up for the saves that follow: the same name is free again.
+    async with app.app_context():
+        provider = store.AsyncProvider(b"again", filename="report.txt")
+        await provider.save()
+        assert provider.filename == "report.txt"
+    store.close()
