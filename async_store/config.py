@@ -8,6 +8,7 @@ failing on the first upload.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -15,9 +16,9 @@ from urllib.parse import urlsplit
 from .exceptions import NotConfiguredError
 
 if TYPE_CHECKING:
-    from collections.abc import MutableMapping
+    from collections.abc import Mapping, MutableMapping
 
-__all__ = ["DEFAULTS", "StoreConfig", "read_config"]
+__all__ = ["DEFAULTS", "StoreConfig", "config_from_env", "parse_value", "read_config"]
 
 #: Defaults shared by every provider; a provider adds its own in ``app_defaults``.
 DEFAULTS: dict[str, Any] = {
@@ -125,3 +126,33 @@ def read_config(app_config: MutableMapping[str, Any], root_path: str = "") -> St
         )
     config["STORE_PATH"] = os.fspath(path)
     return config
+
+
+# Keys whose values are names, paths or secrets: never parsed as JSON ("0123" stays a string).
+_TEXT_SUFFIXES = ("_KEY", "_TOKEN", "_BUCKET", "_PATH", "_URL", "_DOMAIN", "_PREFIX", "_REGION")
+
+
+def parse_value(key: str, text: str) -> Any:
+    """A ``STORE_*`` value given as text (environment, ``KEY=VALUE``) as a config value.
+
+    JSON where it parses (``1048576``, ``true``, ``null``, ``{"CacheControl": "max-age=60"}``),
+    else the string; names, paths, URLs and secrets (``STORE_PATH``, ``STORE_S3_BUCKET``,
+    ``STORE_S3_SECRET_KEY``, …) and ``STORE_PROVIDER`` always stay strings.
+    """
+    if key.endswith(_TEXT_SUFFIXES) or key == "STORE_PROVIDER":
+        return text
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def config_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The non-empty ``STORE_*`` variables of ``environ`` (default ``os.environ``) as config::
+
+        app.config.update(config_from_env())   # STORE_PROVIDER=s3 STORE_S3_BUCKET=… in the env
+
+    Values go through :func:`parse_value`.
+    """
+    environ = os.environ if environ is None else environ
+    return {k: parse_value(k, v) for k, v in environ.items() if k.startswith("STORE_") and v}

@@ -1,0 +1,35 @@
+"""``store ls [PREFIX]``: the stored files, with size and date."""
+
+from __future__ import annotations
+
+import click
+
+from ..exceptions import StoreError
+from ._app import human_size, load_state, run
+
+
+@click.command()
+@click.argument("prefix", default="")
+@click.option("-h", "--human", is_flag=True, help="Sizes in KiB, MiB, … instead of bytes.")
+@click.pass_context
+def ls(ctx: click.Context, prefix: str, human: bool) -> None:
+    """List stored files whose path starts with PREFIX ('avatars/' for a folder).
+
+    One line per file: size, modification time (UTC) and the relative path, which is what
+    store.Provider(path) takes and a StoreType column holds. A last line counts them.
+    """
+    provider = load_state(ctx).provider_class
+
+    async def listing() -> tuple[int, int]:
+        count = total = 0
+        async for file in provider.files(prefix):
+            size = human_size(file.size) if human else str(file.size)
+            click.echo(f"{size:>12}  {file.modified:%Y-%m-%d %H:%M:%S}  {file.path}")
+            count, total = count + 1, total + file.size
+        return count, total
+
+    try:
+        count, total = run([provider], listing)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{count} file{'' if count == 1 else 's'}, {human_size(total)}")
