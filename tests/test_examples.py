@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from itertools import count
 from pathlib import Path
 from types import ModuleType
@@ -28,6 +28,8 @@ from quart.datastructures import FileStorage
 
 # Aliased: pytest would try to collect a class named Test* at module level.
 from quart.typing import TestClientProtocol as Client
+
+from async_store.config import config_from_env
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 _serial = count()
@@ -154,6 +156,7 @@ async def test_quart_upload_download_list_delete(
     page_text = await page.get_data(as_text=True)
     assert 'name="afile" multiple' in page_text
     assert "Nothing yet" in page_text
+    assert f"Files are stored on the local disk, in <code>{root}</code>." in page_text
 
     content = b"hello from quart\n" * 1000
     response = await client.post("/upload", files={"afile": upload(content, "x.txt")})
@@ -162,7 +165,7 @@ async def test_quart_upload_download_list_delete(
     url = (await response.get_data(as_text=True)).strip()
     assert url == "http://localhost/uploads/demo/x.txt"
     assert await read(store_dir / "demo" / "x.txt") == content
-    # The row holds the file's path below STORE_PATH, and the size of what was sent.
+    # The row holds the file's path below STORE_PATH, and the size save_request counted.
     assert await rows(database) == [(1, "x.txt", len(content), "demo/x.txt")]
 
     download = await client.get("/uploads/demo/x.txt")
@@ -174,15 +177,18 @@ async def test_quart_upload_download_list_delete(
     second = (await response.get_data(as_text=True)).strip()
     assert second.startswith("http://localhost/uploads/demo/x_") and second.endswith(".txt")
     second_path = second.removeprefix("http://localhost/uploads/")
+    second_name = second_path.removeprefix("demo/")
     assert await read(store_dir / "demo" / "x.txt") == content
-    assert (await rows(database))[1] == (2, "x.txt", 6, second_path)
+    assert (await rows(database))[1] == (2, second_name, 6, second_path)
 
     page_text = await (await client.get("/")).get_data(as_text=True)
-    first_link = '<a href="/uploads/demo/x.txt">x.txt</a>'
-    second_link = f'<a href="/uploads/{second_path}">x.txt</a>'
+    first_link = '<a class="name" href="/uploads/demo/x.txt" title="x.txt">x.txt</a>'
+    second_link = f'href="/uploads/{second_path}" title="{second_name}">{second_name}</a>'
     assert page_text.index(second_link) < page_text.index(first_link)  # newest first
-    assert "17,000 bytes" in page_text
-    assert f"stored as {second_path.rsplit('/', 1)[1]}" in page_text
+    assert '<span title="17,000 bytes">16.6 KiB</span>' in page_text
+    assert '<span title="6 bytes">6 bytes</span>' in page_text
+    assert '<span class="count" id="count">2 files</span>' in page_text
+    assert 'action="/delete/1"' in page_text
 
     response = await client.post("/delete/1")
     assert response.status_code == 200
@@ -191,6 +197,50 @@ async def test_quart_upload_download_list_delete(
     assert await stored(store_dir) == [second_path]
     assert (await client.get("/uploads/demo/x.txt")).status_code == 404
     assert (await client.post("/delete/1")).status_code == 404
+
+
+async def test_quart_page_script_gets_cards_and_text_errors(
+    client: Client, store_dir: Path, database: Path
+) -> None:
+    # The page's script posts each file alone and puts the answer into the gallery.
+    script = {"X-Requested-With": "XMLHttpRequest", "Accept": "*/*"}
+    png = b"\x89PNG\r\n\x1a\n" + bytes(100)
+    response = await client.post("/upload", **several(("cat.png", png), **script))
+    assert response.status_code == 200
+    cards = await response.get_data(as_text=True)
+    assert cards.count('<li class="card"') == 1
+    assert '<li class="card" id="upload-1">' in cards
+    assert '<img src="/uploads/demo/cat.png" alt=""' in cards  # a thumbnail
+    assert '<span title="108 bytes">108 bytes</span>' in cards
+
+    response = await client.post("/upload", **several(("notes.txt", b"n"), **script))
+    cards = await response.get_data(as_text=True)
+    assert "<img" not in cards and '<span class="kind">TXT</span>' in cards  # an icon
+
+    # SVG may hold script: the store sends it as an attachment, so no <img> of it either.
+    response = await client.post("/upload", **several(("logo.svg", b"<svg/>"), **script))
+    assert '<span class="kind">SVG</span>' in await response.get_data(as_text=True)
+
+    # Errors come back as one line the script shows next to the file's progress bar.
+    # (what a browser sends for an empty file input: a part with no name and no data)
+    response = await client.post("/upload", **several(("", b""), **script))
+    assert response.status_code == 400
+    assert await response.get_data(as_text=True) == (
+        "400 Bad Request: no file in the 'afile' field\n"
+    )
+    body = httpx.Request("POST", "http://x/", files={"other": ("x.txt", b"x")})
+    response = await client.post(
+        "/upload",
+        data=body.read(),
+        headers={**script, "Content-Type": body.headers["Content-Type"]},
+    )
+    assert response.status_code == 400
+    assert "unexpected file field 'other'" in await response.get_data(as_text=True)
+    assert await stored(store_dir) == ["demo/cat.png", "demo/logo.svg", "demo/notes.txt"]
+
+    response = await client.post("/delete/2", headers=script)
+    assert response.status_code == 200
+    assert [row[1] for row in await rows(database)] == ["cat.png", "logo.svg"]
 
 
 async def test_quart_browser_form_redirects(
@@ -229,9 +279,9 @@ async def test_quart_index_escapes_names(client: Client, store_dir: Path, databa
         "/upload", files={"afile": upload(b"x", "<script>alert(1)</script>.html")}
     )
     assert "<" not in (await response.get_data(as_text=True))
-    # ...but the row keeps the name the client sent, and the page must escape it.
-    assert (await rows(database))[0][1] == "<script>alert(1)</script>.html"
-    # A row written by other means may hold a path with characters a URL must quote.
+    assert "<" not in (await rows(database))[0][1]
+    # ...but a row written by other means may hold a name and a path with characters that
+    # HTML must escape and a URL must quote.
     hostile = '<img src=x onerror="alert(1)">&.txt'
     await write(store_dir / "demo" / hostile, b"y")
     await async_query(
@@ -243,9 +293,8 @@ async def test_quart_index_escapes_names(client: Client, store_dir: Path, databa
     )
 
     page = await (await client.get("/")).get_data(as_text=True)
-    assert "<script>" not in page
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;.html</a>" in page
-    assert "<img" not in page
+    assert "alert(1)</script>" not in page
+    assert "<img src=x" not in page
     assert "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;&amp;.txt</a>" in page
     quoted = "/uploads/demo/%3Cimg%20src%3Dx%20onerror%3D%22alert%281%29%22%3E%26.txt"
     assert f'href="{quoted}"' in page
@@ -263,7 +312,7 @@ async def test_quart_delete_takes_only_row_ids(client: Client, store_dir: Path) 
 async def test_quart_failed_commit_leaves_no_file(
     client: Client, store_dir: Path, database: Path
 ) -> None:
-    # A real database error at the second row's INSERT, after the flush stored both files.
+    # A real database error at the second row's INSERT, after save_request stored both files.
     await async_query(
         database,
         "CREATE TRIGGER refuse BEFORE INSERT ON uploads WHEN NEW.name = 'bad.txt' "
@@ -299,6 +348,37 @@ async def test_quart_tables_are_created_without_the_serving_hooks(
         await quart_demo.engine.dispose()
     assert sorted(row[1] for row in await rows(database)) == ["a.txt", "b.txt", "c.txt"]
     assert await stored(store_dir) == ["demo/a.txt", "demo/b.txt", "demo/c.txt"]
+
+
+def test_quart_store_config_from_environment(
+    load_example: Loader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    demo = load_example("quart_app")
+    environ = {
+        "STORE_PROVIDER": "s3",
+        "STORE_S3_BUCKET": "2024",  # names, paths, URLs and keys stay text
+        "STORE_S3_SECRET_KEY": "1e10",
+        "STORE_PATH": "123",
+        "STORE_S3_CONDITIONAL_WRITES": "false",
+        "STORE_S3_MAX_CONCURRENCY": "8",
+        "STORE_S3_OBJECT_PARAMS": '{"CacheControl": "max-age=60"}',
+        "STORE_DOMAIN": "",  # empty: unset
+        "DATABASE_URL": "sqlite://",
+    }
+    assert config_from_env(environ) == {
+        "STORE_PROVIDER": "s3",
+        "STORE_S3_BUCKET": "2024",
+        "STORE_S3_SECRET_KEY": "1e10",
+        "STORE_PATH": "123",
+        "STORE_S3_CONDITIONAL_WRITES": False,
+        "STORE_S3_MAX_CONCURRENCY": 8,
+        "STORE_S3_OBJECT_PARAMS": {"CacheControl": "max-age=60"},
+    }
+    monkeypatch.setenv("STORE_URL_PREFIX", "/files")
+    monkeypatch.setenv("STORE_FSYNC", "true")
+    demo = load_example("quart_app")
+    assert demo.app.config["STORE_URL_PREFIX"] == "/files"
+    assert demo.app.config["STORE_FSYNC"] is True
 
 
 @pytest.mark.parametrize("name", ["quart_app", "flask_app"])
@@ -367,57 +447,34 @@ def test_flask_store_domain_from_environment(
 # --- a real server -------------------------------------------------------------------------------
 
 
-def test_quart_demo_under_hypercorn(store_dir: Path, database: Path, free_tcp_port: int) -> None:
-    """What ``make demo`` does: hypercorn serving examples/quart_app.py on 127.0.0.1."""
-    base = f"http://127.0.0.1:{free_tcp_port}"
-    env = {
-        **os.environ,
-        "STORE_PATH": str(store_dir),
-        "DATABASE_URL": f"sqlite+aiosqlite:///{database}",
-    }
-    env.pop("STORE_DOMAIN", None)
+@contextmanager
+def demo_server(port: int, environ: dict[str, str]) -> Iterator[str]:
+    """What ``make demo`` does: hypercorn serving examples/quart_app.py on 127.0.0.1, with
+    ``environ`` (STORE_*, DATABASE_URL) added to the environment. Yields the base URL."""
+    env = {**os.environ, **environ}
+    if "STORE_DOMAIN" not in environ:
+        env.pop("STORE_DOMAIN", None)
     command = [
         *(sys.executable, "-m", "hypercorn"),
-        *("--bind", f"127.0.0.1:{free_tcp_port}"),
+        *("--bind", f"127.0.0.1:{port}"),
         str(EXAMPLES / "quart_app.py") + ":app",
     ]
     server = subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
     )
+    base = f"http://127.0.0.1:{port}"
     try:
-        with httpx.Client(base_url=base, timeout=5) as client:
-            deadline = time.monotonic() + 15
-            while True:
-                assert server.poll() is None, server.stdout.read().decode()  # type: ignore[union-attr]
-                try:
-                    if client.get("/").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "hypercorn did not start within 15 s"
-                time.sleep(0.1)
-
-            big = os.urandom(3 * 1024 * 1024)
-            response = client.post(
-                "/upload",
-                files=[("afile", ("big.bin", big)), ("afile", ("small.txt", b"small"))],
-            )
-            assert response.status_code == 200, response.text
-            urls = response.text.split()
-            assert urls == [f"{base}/uploads/demo/big.bin", f"{base}/uploads/demo/small.txt"]
-            assert client.get(urls[0]).content == big
-            small = client.get(urls[1])
-            assert small.content == b"small"
-            assert small.headers["x-content-type-options"] == "nosniff"
-            assert query(database, "SELECT id, name, size, file FROM uploads ORDER BY id") == [
-                (1, "big.bin", len(big), "demo/big.bin"),
-                (2, "small.txt", 5, "demo/small.txt"),
-            ]
-            assert '<a href="/uploads/demo/small.txt">small.txt</a>' in client.get("/").text
-
-            assert client.post("/delete/1").text == "deleted demo/big.bin\n"
-            assert client.get(urls[0]).status_code == 404
-            assert sorted(p.name for p in (store_dir / "demo").iterdir()) == ["small.txt"]
+        deadline = time.monotonic() + 15
+        while True:
+            assert server.poll() is None, server.stdout.read().decode()  # type: ignore[union-attr]
+            try:
+                if httpx.get(base + "/", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "hypercorn did not start within 15 s"
+            time.sleep(0.1)
+        yield base
     finally:
         server.terminate()
         try:
@@ -427,3 +484,37 @@ def test_quart_demo_under_hypercorn(store_dir: Path, database: Path, free_tcp_po
             server.wait()
         assert server.stdout is not None
         server.stdout.close()
+
+
+def test_quart_demo_under_hypercorn(store_dir: Path, database: Path, free_tcp_port: int) -> None:
+    environ = {"STORE_PATH": str(store_dir), "DATABASE_URL": f"sqlite+aiosqlite:///{database}"}
+    with demo_server(free_tcp_port, environ) as base, httpx.Client(base_url=base) as client:
+        page = client.get("/").text
+        for asset in ("/static/demo.css", "/static/demo.js"):
+            assert f'href="{asset}"' in page or f'src="{asset}"' in page
+            assert client.get(asset).status_code == 200
+
+        big = os.urandom(3 * 1024 * 1024)
+        response = client.post(
+            "/upload",
+            files=[("afile", ("big.bin", big)), ("afile", ("small.txt", b"small"))],
+        )
+        assert response.status_code == 200, response.text
+        urls = response.text.split()
+        assert urls == [f"{base}/uploads/demo/big.bin", f"{base}/uploads/demo/small.txt"]
+        assert client.get(urls[0]).content == big
+        small = client.get(urls[1])
+        assert small.content == b"small"
+        assert small.headers["x-content-type-options"] == "nosniff"
+        assert query(database, "SELECT id, name, size, file FROM uploads ORDER BY id") == [
+            (1, "big.bin", len(big), "demo/big.bin"),
+            (2, "small.txt", 5, "demo/small.txt"),
+        ]
+        assert (
+            '<a class="name" href="/uploads/demo/small.txt" title="small.txt">small.txt</a>'
+            in client.get("/").text
+        )
+
+        assert client.post("/delete/1").text == "deleted demo/big.bin\n"
+        assert client.get(urls[0]).status_code == 404
+        assert sorted(p.name for p in (store_dir / "demo").iterdir()) == ["small.txt"]

@@ -1,0 +1,305 @@
+"""The demo page in a real headless Chromium (Debian's ``chromium`` and ``chromium-driver``,
+driven by selenium: nothing is downloaded), served by hypercorn as ``make demo`` serves it, once
+with local storage and once switched to S3 (SeaweedFS) by environment variables.
+
+The screenshot lands in the test's tmp folder; set ``DEMO_SCREENSHOT=docs/img/demo.png`` to
+refresh the one the docs show.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import os
+import re
+import shutil
+import struct
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import s3_client, s3_config, unavailable
+from tests.test_examples import demo_server, query
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+WAIT = 15  # seconds for anything the page does: uploads are a few KiB on loopback
+
+
+def png(width: int, height: int, pixel: Any) -> bytes:
+    """A PNG drawn by ``pixel(x, y) -> (r, g, b)``; no imaging library needed."""
+    rows = b"".join(
+        b"\x00" + bytes(c for x in range(width) for c in pixel(x, y)) for y in range(height)
+    )
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"".join(
+        [
+            b"\x89PNG\r\n\x1a\n",
+            chunk(b"IHDR", header),
+            chunk(b"IDAT", zlib.compress(rows, 6)),
+            chunk(b"IEND", b""),
+        ]
+    )
+
+
+def sunset(x: int, y: int) -> tuple[int, int, int]:
+    t = y / 300
+    if (x - 200) ** 2 + (y - 190) ** 2 < 55**2:
+        return 255, 214, 120
+    if y > 230:  # the sea, with a reflection
+        glow = max(0.0, 1 - abs(x - 200) / 90) * (0.5 + 0.5 * math.sin(y * 0.9))
+        return int(40 + 150 * glow), int(50 + 90 * glow), int(110 + 40 * glow)
+    return int(255 - 60 * t), int(140 - 90 * t), int(90 + 60 * t)
+
+
+def waves(x: int, y: int) -> tuple[int, int, int]:
+    wave = 0.5 + 0.5 * math.sin(x / 23 + 3 * math.sin(y / 41)) * math.cos(y / 17)
+    return int(20 + 60 * wave), int(110 + 100 * wave), int(170 + 70 * wave)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
+        unavailable(f"{CHROMIUM} or {CHROMEDRIVER} is missing (apt-get install chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1200,1060",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    driver.set_page_load_timeout(WAIT)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+class Backend:
+    """Where the demo stores files, and a look at them behind its back."""
+
+    def __init__(self, kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+        self.kind = kind
+        self.database = tmp_path / "demo.sqlite"
+        self.environ = {"DATABASE_URL": f"sqlite+aiosqlite:///{self.database}"}
+        self.store = tmp_path / "store"
+        if kind == "local":
+            self.environ["STORE_PATH"] = str(self.store)
+        else:
+            server = request.getfixturevalue("s3_server")
+            self.bucket = request.getfixturevalue("bucket")
+            self.client = s3_client(server)
+            # Strings, as a shell would set them; the demo reads them into its config.
+            config = s3_config(server, self.bucket)
+            self.environ.update({key: str(value) for key, value in config.items()})
+
+    def files(self) -> dict[str, bytes]:
+        if self.kind == "local":
+            paths = (p for p in self.store.rglob("*") if p.is_file())
+            return {p.relative_to(self.store).as_posix(): p.read_bytes() for p in paths}
+        listing = self.client.list_objects_v2(Bucket=self.bucket).get("Contents", [])
+        return {
+            item["Key"]: self.client.get_object(Bucket=self.bucket, Key=item["Key"])["Body"].read()
+            for item in listing
+        }
+
+    def rows(self) -> list[tuple[Any, ...]]:
+        return query(self.database, "SELECT name, size, file FROM uploads ORDER BY id")
+
+
+@pytest.fixture(params=["local", "s3"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    backend = Backend(request.param, tmp_path, request)
+    yield backend
+    if backend.kind == "s3":  # the bucket fixture deletes the bucket, not what is in it
+        for key in backend.files():
+            backend.client.delete_object(Bucket=backend.bucket, Key=key)
+        backend.client.close()
+
+
+# Runs in the page: files made from base64, dropped on the zone or pasted, as the OS would hand
+# them over.
+HAND_OVER = """
+const [how, names, contents] = arguments;
+const data = new DataTransfer();
+names.forEach((name, i) => {
+  const bytes = Uint8Array.from(atob(contents[i]), (c) => c.charCodeAt(0));
+  data.items.add(new File([bytes], name));
+});
+const options = {bubbles: true, cancelable: true};
+if (how === "paste") {
+  document.body.dispatchEvent(new ClipboardEvent("paste", {...options, clipboardData: data}));
+} else {
+  const zone = document.getElementById("drop");
+  for (const type of ["dragenter", "dragover", "drop"]) {
+    zone.dispatchEvent(new DragEvent(type, {...options, dataTransfer: data}));
+  }
+}
+"""
+
+# Runs in the page: every text the upload rows show, in order ("42 % of 3.0 MiB", "stored").
+WATCH_QUEUE = """
+window.queueTexts = [];
+new MutationObserver(() => {
+  for (const state of document.querySelectorAll("#queue .qstate")) {
+    window.queueTexts.push(state.textContent);
+  }
+}).observe(document.getElementById("queue"), {subtree: true, childList: true,
+                                                characterData: true});
+"""
+
+
+def test_demo_page_in_chromium(
+    browser: Any, backend: Backend, free_tcp_port: int, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def wait_for(check: Any, what: str) -> Any:
+        return WebDriverWait(browser, WAIT, 0.05).until(lambda _: check(), message=what)
+
+    def percent(text: str) -> int:
+        """The percentage a queue row shows (``'42 % of 4.0 MiB'``), or -1."""
+        match = re.fullmatch(r"(\d+) % of .*", text)
+        return int(match[1]) if match else -1
+
+    def cards() -> list[str]:
+        # One script call: the page may replace the cards between two WebDriver calls.
+        names = "return [...document.querySelectorAll('#gallery .name')].map(e => e.textContent)"
+        return list(browser.execute_script(names))
+
+    sunset_png, waves_png = png(400, 300, sunset), png(240, 400, waves)  # landscape, portrait
+    notes = b"Shopping list\n- bread\n- milk\n"
+    pdf = b"%PDF-1.4\n% not much of a document\n%%EOF\n"
+    picked = tmp_path / "picked"
+    picked.mkdir()
+    (picked / "sunset.png").write_bytes(sunset_png)
+    (picked / "notes.txt").write_bytes(notes)
+
+    with demo_server(free_tcp_port, backend.environ) as base:
+        browser.get(base + "/")
+        assert browser.title == "async_store demo"
+        assert "Nothing yet" in browser.find_element(By.ID, "empty").text
+        where = browser.find_element(By.CSS_SELECTOR, ".top p").text
+        if backend.kind == "local":
+            assert f"on the local disk, in {backend.store}." in where
+        else:
+            assert f"in the S3 bucket {backend.bucket}." in where
+        assert "js" in browser.find_element(By.TAG_NAME, "html").get_attribute("class")
+        # With the script, the drop zone is the picker and the Upload button is gone.
+        assert not browser.find_element(By.CSS_SELECTOR, "button.submit").is_displayed()
+        browser.execute_script(WATCH_QUEUE)
+
+        # Two files from the picker, one of them an image.
+        picker = browser.find_element(By.ID, "afile")
+        picker.send_keys(f"{picked / 'sunset.png'}\n{picked / 'notes.txt'}")
+        wait_for(lambda: sorted(cards()) == ["notes.txt", "sunset.png"], "two cards")
+        # One more dropped on the zone, one pasted.
+        for how, name, data in (("drop", "waves.png", waves_png), ("paste", "report.pdf", pdf)):
+            browser.execute_script(HAND_OVER, how, [name], [base64.b64encode(data).decode()])
+        wait_for(lambda: len(cards()) == 4, "four cards")
+
+        # A progress bar per file, each driven by its upload's progress events to 100 %.
+        rows = browser.find_elements(By.CSS_SELECTOR, "#queue li")
+        names = sorted(row.find_element(By.CLASS_NAME, "qname").text for row in rows)
+        assert names == ["notes.txt", "report.pdf", "sunset.png", "waves.png"]
+        for row in rows:
+            assert "done" in row.get_attribute("class")
+            assert row.find_element(By.TAG_NAME, "progress").get_attribute("value") == "100"
+            assert row.find_element(By.CLASS_NAME, "qstate").text.startswith("stored · ")
+        texts = browser.execute_script("return window.queueTexts")
+        assert any(text.startswith("100 % of ") for text in texts), texts
+
+        # Stored, each as a row; thumbnails for the images (loaded from the store), icons else.
+        stored = backend.files()
+        assert stored == {
+            "demo/sunset.png": sunset_png,
+            "demo/notes.txt": notes,
+            "demo/waves.png": waves_png,
+            "demo/report.pdf": pdf,
+        }
+        assert sorted(backend.rows()) == sorted(
+            (key.removeprefix("demo/"), len(data), key) for key, data in stored.items()
+        )
+        thumbs = "#gallery .thumb img"
+        loaded = f"return [...document.querySelectorAll('{thumbs}')].map(i => i.naturalWidth)"
+        wait_for(lambda: sorted(browser.execute_script(loaded)) == [240, 400], "two thumbnails")
+        # Every thumbnail 4:3, whatever the shape of its picture.
+        boxes = (
+            "return [...document.querySelectorAll('#gallery .thumb')]"
+            ".map(e => [e.offsetWidth, e.offsetHeight])"
+        )
+        for width, height in browser.execute_script(boxes):
+            assert abs(height - width * 3 / 4) <= 1, (width, height)
+        icons = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#gallery .kind")]
+        assert sorted(icons) == ["PDF", "TXT"]
+        assert browser.find_element(By.ID, "count").text == "4 files"
+        browser.execute_script("window.scrollTo(0, 0)")
+        browser.save_screenshot(str(tmp_path / "demo.png"))
+        if backend.kind == "local" and os.environ.get("DEMO_SCREENSHOT"):
+            shutil.copy(tmp_path / "demo.png", os.environ["DEMO_SCREENSHOT"])
+
+        # Open one: the text file, served by the store's route (or presigned, from the bucket).
+        browser.find_element(By.LINK_TEXT, "notes.txt").click()
+        wait_for(lambda: "Shopping list" in browser.page_source, "the text file")
+        assert browser.find_element(By.TAG_NAME, "body").text == notes.decode().strip()
+        opened = browser.current_url
+        if backend.kind == "local":
+            assert opened == f"{base}/uploads/demo/notes.txt"
+        else:
+            assert opened.startswith(f"{backend.environ['STORE_S3_ENDPOINT_URL']}/")
+            assert "Signature=" in opened  # the bucket is private: a presigned link
+        browser.back()
+        wait_for(lambda: len(cards()) == 4, "the page again")
+
+        # Delete one, without a reload: the card, the row and the file are gone.
+        browser.find_element(By.CSS_SELECTOR, "button[title='Delete notes.txt']").click()
+        wait_for(lambda: "notes.txt" not in cards(), "the card to go")
+        assert browser.find_element(By.ID, "count").text == "3 files"
+        assert "notes.txt" not in {row[0] for row in backend.rows()}
+        assert sorted(backend.files()) == ["demo/report.pdf", "demo/sunset.png", "demo/waves.png"]
+        browser.refresh()
+        assert sorted(cards()) == ["report.pdf", "sunset.png", "waves.png"]
+
+        # Cancel one halfway (uploads throttled, so it is seen moving): nothing of it is kept.
+        big = picked / "big.bin"
+        big.write_bytes(os.urandom(4 * 1024 * 1024))
+        throttle = {"offline": False, "latency": 0, "downloadThroughput": -1}
+        browser.execute_cdp_cmd("Network.enable", {})
+        browser.execute_cdp_cmd(
+            "Network.emulateNetworkConditions", {**throttle, "uploadThroughput": 512 * 1024}
+        )
+        try:
+            browser.find_element(By.ID, "afile").send_keys(str(big))
+            state = browser.find_element(By.CSS_SELECTOR, "#queue li .qstate")
+            wait_for(lambda: 0 < percent(state.text) < 100, "progress under way")
+            browser.find_element(By.CSS_SELECTOR, "button[aria-label='Cancel big.bin']").click()
+            wait_for(lambda: state.text == "cancelled", "the upload to stop")
+        finally:
+            browser.execute_cdp_cmd(
+                "Network.emulateNetworkConditions", {**throttle, "uploadThroughput": -1}
+            )
+        stored_now = ["demo/report.pdf", "demo/sunset.png", "demo/waves.png"]
+        wait_for(lambda: sorted(backend.files()) == stored_now, "no part of big.bin")
+        assert len(backend.rows()) == 3
+        assert sorted(cards()) == ["report.pdf", "sunset.png", "waves.png"]
