@@ -10,13 +10,14 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: help install system-deps demo test bench lint format clean
+.PHONY: help install system-deps demo test bench docs lint format clean
 
 help:
 	@echo "make demo     run the Quart example on http://$(HOST):$(PORT) (upload form, local storage)"
 	@echo "make test     ruff check, ruff format --check, mypy --strict and pytest"
 	@echo "make lint     the same without pytest"
 	@echo "make bench    benchmarks: bench/results/latest.md and latest.png"
+	@echo "make docs     build the documentation site into site/ (mkdocs build --strict)"
 	@echo "make format   ruff format and ruff check --fix"
 	@echo "make clean    remove .venv and the caches"
 
@@ -29,19 +30,23 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-# PostgreSQL for the database tests (the suite starts its own server on a loopback port).
+# PostgreSQL for the database tests (the suite starts its own server on a loopback port), Chromium
+# and its WebDriver for the demo's browser test (tests/test_demo_browser.py).
 system-deps:
-	@if ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then :; \
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || missing="$$missing chromium chromium-driver"; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ]; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	elif command -v sudo >/dev/null 2>&1; then \
-		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	else \
-		echo "note: PostgreSQL is not installed; its tests will say so and skip (apt-get install postgresql)"; \
+		echo "note:$$missing not installed; their tests will say so and skip (apt-get install$$missing)"; \
 	fi
 
 demo: $(STAMP)
-	@echo "async_store demo on http://$(HOST):$(PORT) (SQLite and files in examples/instance unless DATABASE_URL / STORE_PATH are set)"
+	@echo "async_store demo on http://$(HOST):$(PORT) (SQLite and files in examples/instance unless DATABASE_URL / STORE_* are set)"
 	$(BIN)/hypercorn --bind $(HOST):$(PORT) examples/quart_app.py:app
 
 lint: $(STAMP)
@@ -57,10 +62,15 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python -m bench.run
 
+# The site in site/ (open site/index.html); tests/test_docs.py builds it too, in make test.
+docs: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[docs]'
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist *.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist site *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
