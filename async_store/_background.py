@@ -12,7 +12,9 @@ The seed's gevent greenlets, rebuilt so that no upload is ever lost:
   several workers sharing one spool never deliver a job twice, and claims only the name
   reserved for it. If that name is already taken by the same content (a crash after the upload,
   before the spool was cleared) the job counts as delivered: exactly once. Failures are retried
-  with exponential backoff; a job that still fails stays spooled.
+  with exponential backoff; a job that still fails stays spooled, and the uploader looks at the
+  spool again every ``STORE_BACKGROUND_MAX_BACKOFF`` seconds, so an S3 outage longer than every
+  retry is delivered once it ends, without a restart.
 * **Shutdown.** Draining waits ``STORE_BACKGROUND_DRAIN_TIMEOUT`` for running deliveries, then
   cancels them; whatever was not delivered stays spooled and the next start delivers it.
 
@@ -109,7 +111,7 @@ class BackgroundUpload:
     async def wait(self) -> None:
         """Wait until the file is delivered (bound it with ``anyio.fail_after``).
 
-        :raises UploadError: if delivery failed (the file stays spooled for the next start).
+        :raises UploadError: if delivery failed (the file stays spooled and is retried).
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
@@ -218,7 +220,8 @@ class _Spool:
         shutil.rmtree(finished, ignore_errors=True)
 
     def sweep(self) -> None:
-        """Remove what crashes leave: finished jobs, and spooling that never completed."""
+        """Remove what crashes leave: finished jobs, spooling that never completed, and the
+        names such spooling reserved (stale, and held by no job)."""
         now = time.time()
         for name in os.listdir(self.path):
             path = os.path.join(self.path, name)
@@ -226,6 +229,16 @@ class _Spool:
                 name.startswith(".tmp-") and now - os.path.getmtime(path) > _STALE_SECONDS
             ):
                 shutil.rmtree(path, ignore_errors=True)
+        held = set()
+        for job_id in self.job_ids():
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                job = self.load(job_id)
+                held.add(os.path.basename(self._reservation(job.target, job.key)))
+        for name in os.listdir(self.names):
+            path = os.path.join(self.names, name)
+            with contextlib.suppress(FileNotFoundError):
+                if name not in held and now - os.path.getmtime(path) > _STALE_SECONDS:
+                    os.unlink(path)
 
 
 class Uploader:
@@ -237,11 +250,26 @@ class Uploader:
         self._send, self._receive = anyio.create_memory_object_stream[str](math.inf)
         self._limiter = anyio.CapacityLimiter(background.concurrency)
         self._task: asyncio.Task[None] | None = None
+        self._rescanner: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         # Its own task, not a task group entered in a startup hook: the host task of such a
         # group (Quart's lifespan task) would be cancelled by any failure inside it.
         self._task = self._loop.create_task(self._run(), name="async_store uploads")
+        self._rescanner = self._loop.create_task(self._rescan(), name="async_store spool scan")
+
+    async def _rescan(self) -> None:
+        """Queue again what is still spooled (failed for now, or left by a dead worker)."""
+        background = self._background
+        while True:
+            await anyio.sleep(max(background.max_backoff, 0.05))
+            try:
+                job_ids = await anyio.to_thread.run_sync(background.spool.job_ids)
+            except OSError as exc:  # pragma: no cover - the spool folder went away
+                log.warning("cannot list the spool %r: %s", background.spool.path, exc)
+                continue
+            for job_id in job_ids:
+                background._schedule(job_id, self)
 
     async def _run(self) -> None:
         async with anyio.create_task_group() as tg, self._receive:
@@ -269,6 +297,10 @@ class Uploader:
     async def drain(self, seconds: float) -> None:
         """Deliver what is queued within ``seconds``, then cancel the rest (it stays spooled)."""
         self._send.close()
+        if self._rescanner is not None:
+            self._rescanner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._rescanner
         task = self._task
         if task is None:
             return
@@ -408,9 +440,24 @@ class Background:
         return job
 
     async def _reserve(self, provider: Provider, location: str, candidates: list[str]) -> str:
-        for name in candidates:
+        reachable = True
+        for index, name in enumerate(candidates):
             key = f"{location}/{name}" if location else name
-            if await provider._exists(key):
+            if reachable:
+                try:
+                    if await provider._exists(key):
+                        continue
+                except Exception as exc:
+                    if not provider._is_outage(exc):
+                        raise  # refused for good (access denied): tell the caller now
+                    # The backend is down: the upload is spooled all the same, which is what
+                    # background mode is for. Unchecked, the client's name may be taken
+                    # there: take a collision-proof ``{root}_{shortuuid}`` one.
+                    log.warning(
+                        "name check for %r failed, spooling under a unique name: %s", key, exc
+                    )
+                    reachable = False
+            if not reachable and index == 0:
                 continue
             # Shielded (the thread runs to its end anyway): a reservation made is reported, so
             # a cancelled save releases it.
@@ -494,7 +541,8 @@ class Background:
                     await anyio.sleep(min(self.max_backoff, self.backoff * 2**attempt))
         error = UploadError(
             f"could not deliver {job.key!r} after {self.retries} attempts "
-            f"({job.last_error}); it stays spooled and the next start retries it"
+            f"({job.last_error}); it stays spooled and is retried every "
+            f"{self.max_backoff:g} s (STORE_BACKGROUND_MAX_BACKOFF) and at the next start"
         )
         handle._finish("failed", error)
 

@@ -2,7 +2,9 @@
 
 It runs its own event loop in a thread, so it serves sync and async code alike. Faults are set
 per test: answer some requests with a status (5xx, 403), reset the connection after some bytes
-of a request body, or pass everything through. Loopback only, and it stops with the test.
+of a request body, hold requests for a while before passing them on, stop listening altogether
+(:meth:`FaultProxy.down`: S3 is down, connections are refused) and come back, or pass everything
+through. Loopback only, and it stops with the test.
 """
 
 from __future__ import annotations
@@ -43,19 +45,54 @@ class FaultProxy:
     requests: list[Recorded] = field(default_factory=list)
     #: (predicate, status): answer matching requests with an S3-style error.
     fail_with: tuple[Callable[[Recorded], bool], int] | None = None
+    #: The S3 error code of those answers (default: from the status); for InvalidAccessKeyId and
+    #: SignatureDoesNotMatch the body echoes the request's access key id, as AWS does.
+    fail_code: str | None = None
     #: How many times to fail before passing again (None: always).
     fail_times: int | None = None
     #: Reset the connection after this many bytes of a matching request body.
     reset_after: tuple[Callable[[Recorded], bool], int] | None = None
+    #: (predicate, seconds): hold matching requests that long before passing them on.
+    delay: tuple[Callable[[Recorded], bool], float] | None = None
     port: int = 0
+    _loop: asyncio.AbstractEventLoop | None = None
+    _runner: web.AppRunner | None = None
+    _site: web.TCPSite | None = None
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def clear(self) -> None:
-        self.fail_with = self.reset_after = None
+        self.fail_with = self.reset_after = self.delay = self.fail_code = None
         self.fail_times = None
+
+    def _call(self, coroutine: Any) -> None:
+        assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(10)
+
+    def down(self) -> None:
+        """Stop listening: S3 is down (connections are refused) until :meth:`up`."""
+        assert self._site is not None and self._runner is not None
+        site, server = self._site, self._runner.server
+
+        async def stop() -> None:
+            await site.stop()
+            # Kept-alive connections too: a server that is down answers nobody.
+            for handler in list(server.connections if server else ()):
+                handler.force_close()
+
+        self._call(stop())
+
+    def up(self) -> None:
+        """Listen again, on the same port."""
+
+        async def start() -> None:
+            assert self._runner is not None
+            self._site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
+            await self._site.start()
+
+        self._call(start())
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         seen = Recorded(
@@ -65,6 +102,8 @@ class FaultProxy:
             {k.lower(): v for k, v in request.headers.items()},
         )
         self.requests.append(seen)
+        if self.delay and self.delay[0](seen):
+            await asyncio.sleep(self.delay[1])
         if self.reset_after and self.reset_after[0](seen):
             received = 0
             async for chunk in request.content.iter_any():
@@ -79,12 +118,19 @@ class FaultProxy:
                 self.fail_times -= 1
             await request.read()
             status = self.fail_with[1]
-            code = {403: "AccessDenied", 500: "InternalError", 503: "SlowDown"}.get(
-                status, "InternalError"
-            )
+            code = self.fail_code or {
+                403: "AccessDenied",
+                500: "InternalError",
+                503: "SlowDown",
+            }.get(status, "InternalError")
+            echo = ""
+            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                auth = seen.headers.get("authorization", "")
+                key = auth.partition("Credential=")[2].partition("/")[0]
+                echo = f"<AWSAccessKeyId>{key}</AWSAccessKeyId>"
             body = (
                 f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code>"
-                f"<Message>injected by the fault proxy</Message></Error>"
+                f"<Message>injected by the fault proxy</Message>{echo}</Error>"
             )
             return web.Response(status=status, text=body, content_type="application/xml")
         body = await request.read()
@@ -127,6 +173,7 @@ def fault_proxy(upstream: str) -> Iterator[FaultProxy]:
         assert server is not None
         proxy.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         runner["runner"] = app_runner
+        proxy._loop, proxy._runner, proxy._site = loop, app_runner, site
 
     def run() -> None:
         asyncio.set_event_loop(loop)

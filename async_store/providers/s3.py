@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import weakref
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import anyio
@@ -35,13 +36,19 @@ from ..exceptions import NotConfiguredError, NotFoundError, ProviderError, Store
 try:
     import aioboto3
     from aiobotocore.config import AioConfig
-    from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        EndpointConnectionError,
+        HTTPClientError,
+    )
+    from botocore.exceptions import ConnectionError as BotoConnectionError
 except ImportError as exc:  # pragma: no cover - depends on the extra
     raise ImportError(
         f"the S3 provider needs aioboto3 ({exc}): pip install 'async_store[s3]'"
     ) from exc
 
-from .base import Provider, no_free_name
+from .base import Provider, StoredFile, no_free_name
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -117,6 +124,68 @@ def _guard_logs(secrets: list[str]) -> None:
                 logger.addFilter(_scrub)
 
 
+class _Budget:
+    """Bytes of upload content that one event loop's saves hold in memory (parts being read or
+    sent): at most ``STORE_S3_MAX_MEMORY``, whatever the number of concurrent uploads.
+
+    A save takes bytes as it reads them and waits while the budget is spent, so its client is
+    slowed down (TCP backpressure) instead of memory growing with concurrency. The oldest save
+    may always go on, past the limit if it must: every waiting save holds bytes, so otherwise
+    they could all wait for each other. Memory stays under the limit plus one save's worth.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._holders: dict[int, int] = {}  # ticket: bytes held, oldest first
+        self._tickets = itertools.count()
+        self._changed = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def charge(self) -> AsyncIterator[_Charge]:
+        """One save's account; what it still holds is given back when the block ends."""
+        ticket = next(self._tickets)
+        self._holders[ticket] = 0
+        try:
+            yield _Charge(self, ticket)
+        finally:
+            self.used -= self._holders.pop(ticket)
+            self._wake()
+
+    async def take(self, ticket: int, size: int) -> None:
+        while self.used + size > self.limit and next(iter(self._holders)) != ticket:
+            await self._changed.wait()
+        self.used += size
+        self._holders[ticket] += size
+
+    def give(self, ticket: int, size: int) -> None:
+        size = min(size, self._holders[ticket])
+        self.used -= size
+        self._holders[ticket] -= size
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+
+class _Charge:
+    def __init__(self, budget: _Budget, ticket: int) -> None:
+        self._budget, self._ticket = budget, ticket
+
+    async def take(self, size: int) -> None:
+        await self._budget.take(self._ticket, size)
+
+    def give(self, size: int) -> None:
+        self._budget.give(self._ticket, size)
+
+    async def chunks(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """``chunks``, each taken from the budget once read."""
+        async for chunk in chunks:
+            await self.take(len(chunk))
+            yield chunk
+
+
 class _NameTaken(Exception):
     """The conditional write found the key taken (412): try the next name."""
 
@@ -149,6 +218,18 @@ class _Clients:
         self._long_lived: set[asyncio.AbstractEventLoop] = set()
         self._locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
         self._claims: dict[tuple[asyncio.AbstractEventLoop, str], tuple[asyncio.Lock, int]] = {}
+        self._max_memory = int(config["STORE_S3_MAX_MEMORY"])
+        self._budgets: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Budget] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def budget(self) -> _Budget:
+        """This loop's memory budget for uploads."""
+        loop = asyncio.get_running_loop()
+        budget = self._budgets.get(loop)
+        if budget is None:
+            budget = self._budgets[loop] = _Budget(self._max_memory)
+        return budget
 
     @contextlib.asynccontextmanager
     async def claiming(self, key: str) -> AsyncIterator[None]:
@@ -261,6 +342,8 @@ class S3Provider(Provider):
             "STORE_S3_MULTIPART_THRESHOLD": 8 * MIB,
             "STORE_S3_PART_SIZE": 8 * MIB,
             "STORE_S3_MAX_CONCURRENCY": 4,
+            # Upload content held in memory by all saves of an event loop together.
+            "STORE_S3_MAX_MEMORY": 128 * MIB,
             # One client serves every request of a process (botocore's 10 is sized for
             # s3transfer's 10 threads; aiohttp's own default is 100).
             "STORE_S3_MAX_POOL_CONNECTIONS": 50,
@@ -290,7 +373,11 @@ class S3Provider(Provider):
             raise NotConfiguredError(
                 f"STORE_S3_MULTIPART_THRESHOLD must be an int of at least 5 MiB, not {threshold!r}."
             )
-        for key in ("STORE_S3_MAX_CONCURRENCY", "STORE_S3_MAX_POOL_CONNECTIONS"):
+        for key in (
+            "STORE_S3_MAX_CONCURRENCY",
+            "STORE_S3_MAX_POOL_CONNECTIONS",
+            "STORE_S3_MAX_MEMORY",
+        ):
             value = config[key]
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise NotConfiguredError(f"{key} must be a positive int, not {value!r}.")
@@ -402,8 +489,12 @@ class S3Provider(Provider):
             message = self._scrub(str(error.get("Message", "")))
             raise ProviderError(f"S3 error for {where}: {code} {status} {message}") from exc
         except EndpointConnectionError as exc:
+            # aiobotocore raises this for a refused connection and for one reset mid-request
+            # alike: the underlying error tells them apart.
+            cause = exc.kwargs.get("error") or exc.__context__
+            why = f" ({type(cause).__name__}: {self._scrub(str(cause))})" if cause else ""
             raise ProviderError(
-                f"cannot reach the S3 endpoint for {where}: check STORE_S3_ENDPOINT_URL "
+                f"cannot reach the S3 endpoint for {where}{why}: check STORE_S3_ENDPOINT_URL "
                 f"({self.config['STORE_S3_ENDPOINT_URL'] or 'AWS'}) and the network"
             ) from exc
         except BotoCoreError as exc:
@@ -436,8 +527,8 @@ class S3Provider(Provider):
     async def _save(self, location: str, names: Iterator[str], source: Source) -> str:
         conditional = bool(self.config["STORE_S3_CONDITIONAL_WRITES"])
         extra = {"IfNoneMatch": "*"} if conditional else {}
-        async with self._clients.client() as s3:
-            head, rest = await self._read_head(source)
+        async with self._clients.client() as s3, self._clients.budget().charge() as charge:
+            head, rest = await self._read_head(source, charge)
             for name in names:
                 relative = f"{location}/{name}" if location else name
                 key = self._key(relative)
@@ -449,7 +540,7 @@ class S3Provider(Provider):
                     if rest is None:
                         await self._put(s3, key, name, b"".join(head), extra)
                     else:
-                        await self._multipart(s3, key, name, head, rest, extra)
+                        await self._multipart(s3, key, name, head, rest, extra, charge)
                 except _NameTaken:
                     if rest is None:
                         continue  # the bytes are still here: try the next name
@@ -459,14 +550,17 @@ class S3Provider(Provider):
                             f"another upload claimed {relative!r} first and this upload's "
                             f"stream cannot be read twice; retry the upload"
                         ) from None
-                    head, rest = await self._read_head(source)
+                    head, rest = await self._read_head(source, charge)
                     continue
                 return name
         raise no_free_name(location)
 
-    async def _read_head(self, source: Source) -> tuple[list[bytes], AsyncIterator[bytes] | None]:
+    async def _read_head(
+        self, source: Source, charge: _Charge
+    ) -> tuple[list[bytes], AsyncIterator[bytes] | None]:
         """Read up to ``STORE_S3_MULTIPART_THRESHOLD``: ``(parts, None)`` when the file ended
-        there (one PUT), ``(first parts, the rest)`` for a multipart upload."""
+        there (one PUT), ``(first parts, the rest)`` for a multipart upload. Every byte read is
+        taken from the loop's memory budget (the caller's ``charge``)."""
         threshold = int(self.config["STORE_S3_MULTIPART_THRESHOLD"])
         part_size = int(self.config["STORE_S3_PART_SIZE"])
         if source.is_blocking:
@@ -474,12 +568,16 @@ class S3Provider(Provider):
             if size is not None and size <= threshold:
                 # In memory, one PUT: reading cannot block, so no worker thread at all (a hop
                 # costs ~1 ms at concurrency 1 on a 2-core VM, an eighth of a 4 KiB PUT).
+                await charge.take(size)
                 return list(source.blocking_chunks(part_size)), None
             # Else the whole head in one hop: not one per chunk plus one more to find the end.
+            reserved = threshold + part_size
+            await charge.take(reserved)
             parts = _cut(source.blocking_chunks(part_size), part_size)
             head, more = await anyio.to_thread.run_sync(_take, parts, threshold)
-            return head, (_in_thread(parts) if more else None)
-        chunks = _acut(source.chunks(part_size), part_size).__aiter__()
+            charge.give(reserved - sum(map(len, head)))
+            return head, (charge.chunks(_in_thread(parts)) if more else None)
+        chunks = _acut(charge.chunks(source.chunks(part_size)), part_size).__aiter__()
         head = []
         size = 0
         async for part in chunks:
@@ -507,6 +605,7 @@ class S3Provider(Provider):
         head: list[bytes],
         rest: AsyncIterator[bytes],
         extra: dict[str, str],
+        charge: _Charge,
     ) -> None:
         created = await s3.create_multipart_upload(
             Bucket=self.bucket, Key=key, **self._object_args(name)
@@ -524,6 +623,7 @@ class S3Provider(Provider):
                 etags[number] = response["ETag"]
             finally:
                 limiter.release()
+                charge.give(len(body))
 
         try:
             try:
@@ -561,8 +661,28 @@ class S3Provider(Provider):
         except BaseException:
             # Failed, cancelled or lost the name: never leave parts behind to be billed.
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                await s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                await self._abort(s3, key, upload_id)
             raise
+
+    async def _abort(self, s3: Any, key: str, upload_id: str) -> None:
+        """Abort a multipart upload, again while parts show up: a part upload still in flight
+        (cancelled here, not at the server) may land after the abort and bring it back, as
+        S3's documentation warns."""
+        for _ in range(3):
+            await s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            await anyio.sleep(0.2)
+            try:
+                listed = await s3.list_parts(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            except ClientError:
+                return  # NoSuchUpload: gone for good
+            if not listed.get("Parts"):
+                return
+
+    def _is_outage(self, exc: Exception) -> bool:
+        if isinstance(exc, ClientError):
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            return int(status) >= 500
+        return isinstance(exc, (BotoConnectionError, HTTPClientError, TimeoutError, OSError))
 
     async def _exists(self, key: str) -> bool:
         async with self._clients.client() as s3:
@@ -577,6 +697,21 @@ class S3Provider(Provider):
                 yield _Body(body)
             finally:
                 body.close()  # releases the connection, read to the end or not
+
+    @classmethod
+    async def _list(cls, prefix: str) -> AsyncIterator[StoredFile]:
+        base = cls.config.path + "/" if cls.config.path else ""
+        bucket = str(cls.config["STORE_S3_BUCKET"])
+        async with cls._clients.client() as s3:
+            pages = s3.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=base + prefix
+            )
+            async for page in pages:
+                for obj in page.get("Contents", ()):
+                    path = obj["Key"][len(base) :]
+                    # Folder markers and hidden keys are not files of the store.
+                    if path and not path.endswith("/") and "/." not in f"/{path}":
+                        yield StoredFile(path, int(obj["Size"]), obj["LastModified"])
 
     async def _delete(self, key: str) -> None:
         async with self._clients.client() as s3:
