@@ -22,6 +22,7 @@ import quart
 
 from async_store import Store
 from async_store.sync import SyncProvider
+from tests.faultproxy import FaultProxy, fault_proxy
 from tests.seaweed import SeaweedFS, find_weed
 
 S3_CREDENTIALS = {"STORE_S3_ACCESS_KEY": "test-access-key", "STORE_S3_SECRET_KEY": "test-secret"}
@@ -86,6 +87,13 @@ def s3_client(server: SeaweedFS) -> Any:
         aws_secret_access_key=S3_CREDENTIALS["STORE_S3_SECRET_KEY"],
         config=Config(s3={"addressing_style": "path"}),
     )
+
+
+@pytest.fixture
+def proxy(s3_server: SeaweedFS) -> Iterator[FaultProxy]:
+    """A fault-injecting proxy in front of the shared SeaweedFS (see tests/faultproxy.py)."""
+    with fault_proxy(s3_server.endpoint) as proxy:
+        yield proxy
 
 
 @pytest.fixture

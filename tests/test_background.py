@@ -15,16 +15,10 @@ import quart
 
 from async_store import NotConfiguredError, ProviderError, Store, UploadError
 from tests.conftest import s3_client, s3_config
-from tests.faultproxy import FaultProxy, fault_proxy
+from tests.faultproxy import FaultProxy
 from tests.seaweed import SeaweedFS
 
 FAST = {"STORE_BACKGROUND_BACKOFF": 0.05, "STORE_BACKGROUND_MAX_BACKOFF": 0.1}
-
-
-@pytest.fixture
-def proxy(s3_server: SeaweedFS) -> Any:
-    with fault_proxy(s3_server.endpoint) as proxy:
-        yield proxy
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import quart
 
 from async_store import ProviderError, Store
 from tests.conftest import s3_client, s3_config, unavailable
-from tests.faultproxy import FaultProxy, fault_proxy
+from tests.faultproxy import FaultProxy
 from tests.seaweed import SeaweedFS
 
 MIB = 1024 * 1024
@@ -172,12 +172,6 @@ def test_permission_denied_names_the_path(open_tmp: Path, where: str) -> None:
 
 
 # --- S3: down, reset, 5xx, 403; direct and background ---------------------------------------
-
-
-@pytest.fixture
-def proxy(s3_server: SeaweedFS) -> Any:
-    with fault_proxy(s3_server.endpoint) as proxy:
-        yield proxy
 
 
 def s3_app(server: SeaweedFS, bucket: str, proxy: FaultProxy, **config: Any) -> quart.Quart:

@@ -11,7 +11,6 @@ import logging
 import os
 import tracemalloc
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import quart
 
 from async_store import NotConfiguredError, ProviderError, Store
 from tests.conftest import S3_CREDENTIALS, s3_client, s3_config
-from tests.faultproxy import FaultProxy, fault_proxy
+from tests.faultproxy import FaultProxy
 from tests.seaweed import SeaweedFS, free_port
 
 MIB = 1024 * 1024
@@ -34,12 +33,6 @@ def quart_store(server: SeaweedFS, bucket: str, **config: Any) -> tuple[quart.Qu
     app = quart.Quart(__name__)
     app.config.update(s3_config(server, bucket, STORE_PATH="media", **config))
     return app, Store(app)
-
-
-@pytest.fixture
-def proxy(s3_server: SeaweedFS) -> Iterator[FaultProxy]:
-    with fault_proxy(s3_server.endpoint) as proxy:
-        yield proxy
 
 
 async def agen(data: bytes, size: int = 1 * MIB) -> Any:

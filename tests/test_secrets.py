@@ -22,7 +22,7 @@ import quart
 
 from async_store import ProviderError, Store
 from tests.conftest import s3_config
-from tests.faultproxy import FaultProxy, fault_proxy
+from tests.faultproxy import FaultProxy
 from tests.seaweed import SeaweedFS, free_port
 
 MIB = 1024 * 1024
@@ -59,12 +59,6 @@ def logs() -> Iterator[Everything]:
     finally:
         root.removeHandler(handler)
         root.setLevel(level)
-
-
-@pytest.fixture
-def proxy(s3_server: SeaweedFS) -> Iterator[FaultProxy]:
-    with fault_proxy(s3_server.endpoint) as proxy:
-        yield proxy
 
 
 def app_for(server: SeaweedFS, bucket: str, endpoint: str, **config: Any) -> quart.Quart:
