@@ -41,7 +41,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 import anyio
 import anyio.to_thread
 
-from ._sources import Source, write_source
+from ._sources import Guard, Source, finish_anyway, write_source
 from .exceptions import NotConfiguredError, UploadError
 
 if TYPE_CHECKING:
@@ -405,11 +405,16 @@ class Background:
             self.spool._sync(data)
             job.size = data.tell()
 
+        published = os.path.join(self.spool.path, job_id)
+
         def publish() -> None:
             self.spool.write_job(temp, job)
-            os.rename(temp, os.path.join(self.spool.path, job_id))  # now a job
+            os.rename(temp, published)  # now a job
 
         def discard() -> None:
+            # A job only when the caller was cancelled natively (Quart, hypercorn) while it was
+            # published: it got no answer, so the upload must not happen behind its back.
+            shutil.rmtree(published, ignore_errors=True)
             shutil.rmtree(temp, ignore_errors=True)
             if reserved:
                 self.spool.release(self.target, job.key)
@@ -418,6 +423,7 @@ class Background:
             job.name = await self._reserve(provider, location, candidates)
             reserved.append(job.name)
 
+        guard = Guard(discard)
         try:
             try:
                 async with anyio.create_task_group() as tg:
@@ -427,12 +433,11 @@ class Background:
                 # One of the two failed (a taken name, an unreadable upload): raise it as itself.
                 error = _first_error(group)
                 raise error from error.__cause__
-            # Shielded: once the job is published, save() must not fail (it would be delivered).
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(publish)
+            # Runs to its end whatever cancels this task; a cancel that interrupts the wait for
+            # it still fails save(), and the guard makes the discard below take the job back.
+            await finish_anyway(lambda: anyio.to_thread.run_sync(guard.run, publish))
         except BaseException:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(discard)
+            await finish_anyway(lambda: anyio.to_thread.run_sync(guard.clean))
             raise
         handle = self._handles[job_id] = BackgroundUpload(job_id, job.key)
         provider._background_upload = handle

@@ -36,9 +36,11 @@ from ._threads import run_small
 __all__ = [
     "AsyncReadable",
     "FileLike",
+    "Guard",
     "Source",
     "SourceFailure",
     "SourceInput",
+    "finish_anyway",
     "to_source",
     "write_source",
 ]
@@ -245,7 +247,7 @@ async def write_source(
     propagates; it undoes whatever ``open_file`` and ``finish`` did, a published file included
     (a caller cancelled during ``finish`` never learns the name). All three callables block.
     """
-    guard = _Guard(cleanup)
+    guard = Guard(cleanup)
     try:
         if source.is_blocking:
 
@@ -268,7 +270,7 @@ async def write_source(
         raise
 
 
-class _Guard:
+class Guard:
     """Orders one save's blocking steps against its cleanup.
 
     A natively cancelled caller (``Task.cancel()``: Quart and hypercorn cancel a request whose

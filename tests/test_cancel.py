@@ -71,3 +71,49 @@ async def test_a_save_cancelled_while_publishing_leaves_no_file(
         await provider.save()
         assert provider.filename == "report.txt"
     store.close()
+
+
+async def test_a_background_save_cancelled_while_its_job_is_published_uploads_nothing(
+    tmp_path: Path,
+) -> None:
+    """The same for background mode: a job published for a caller that got no answer would be
+    delivered behind its back, an orphan in the bucket."""
+    app = quart.Quart(__name__)
+    store_path = tmp_path / "store"
+    app.config.update(
+        STORE_PATH=str(store_path),
+        STORE_BACKGROUND=True,
+        STORE_SPOOL_PATH=str(tmp_path / "spool"),
+    )
+    store = Store(app)
+    publishing = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    async with app.app_context():
+        spool = store.AsyncProvider._background.spool
+        write_job = spool.write_job
+
+        def slow_write_job(*args: Any) -> None:
+            loop.call_soon_threadsafe(publishing.set)
+            time.sleep(0.3)
+            write_job(*args)
+
+        spool.write_job = slow_write_job
+        task = asyncio.ensure_future(store.AsyncProvider(b"x" * 5000, filename="a.txt").save())
+        await asyncio.wait_for(publishing.wait(), 5)
+        for _ in range(2):
+            task.cancel()
+            await asyncio.sleep(0)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        spool.write_job = write_job
+        # A save after it is delivered as usual: the cancelled one never appears.
+        await store.AsyncProvider(b"kept", filename="b.txt").save()
+        spooled = store.AsyncProvider._background.spool.job_ids
+        deadline = time.monotonic() + 5
+        while (spooled() or not store_path.exists()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # time for a wrongly kept job to be delivered too
+    assert sorted(os.listdir(store_path)) == ["b.txt"]
+    assert spooled() == []
+    assert os.listdir(tmp_path / "spool" / "names") == []
+    store.close()
