@@ -42,7 +42,7 @@ import anyio
 import anyio.to_thread
 
 from ._sources import Guard, Source, finish_anyway, write_source
-from .exceptions import NotConfiguredError, UploadError
+from .exceptions import NotConfiguredError, UploadError, first_error
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -431,7 +431,7 @@ class Background:
                     await write_source(source, open_data, finish, discard, self.chunk_size)
             except BaseExceptionGroup as group:
                 # One of the two failed (a taken name, an unreadable upload): raise it as itself.
-                error = _first_error(group)
+                error = first_error(group)
                 raise error from error.__cause__
             # Runs to its end whatever cancels this task; a cancel that interrupts the wait for
             # it still fails save(), and the guard makes the discard below take the job back.
@@ -572,13 +572,6 @@ class Background:
         except Exception:
             return False
         return stored.hexdigest() == spooled
-
-
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    leaf: BaseException = group
-    while isinstance(leaf, BaseExceptionGroup):
-        leaf = leaf.exceptions[0]
-    return leaf
 
 
 def _sha256(path: str) -> str:

@@ -67,3 +67,11 @@ class ProviderError(StoreError):
 
 class UploadError(ProviderError):
     """A background upload could not be delivered."""
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first leaf of a task group's exception group: the failure to raise as itself."""
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return leaf

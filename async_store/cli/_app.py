@@ -20,7 +20,7 @@ import anyio
 import click
 
 from ..config import config_from_env
-from ..exceptions import NotConfiguredError
+from ..exceptions import NotConfiguredError, first_error
 from ..extension import EXTENSION_KEY, Store, StoreState
 
 if TYPE_CHECKING:
@@ -167,9 +167,7 @@ async def _cancelled_by_sigterm(func: Callable[[], Awaitable[T]]) -> T:
             tg.start_soon(on_sigterm)
             tg.start_soon(work)
     except BaseExceptionGroup as group:
-        error = group.exceptions[0]  # func's own error, as itself
-        while isinstance(error, BaseExceptionGroup):
-            error = error.exceptions[0]
+        error = first_error(group)  # func's own error, as itself
         raise error from error.__cause__
     if not result:  # cancelled by SIGTERM
         raise KeyboardInterrupt

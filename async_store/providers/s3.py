@@ -31,7 +31,7 @@ import anyio
 import anyio.to_thread
 
 from .._paths import content_type
-from ..exceptions import NotConfiguredError, NotFoundError, ProviderError, StoreError
+from ..exceptions import NotConfiguredError, NotFoundError, ProviderError, StoreError, first_error
 
 try:
     import aioboto3
@@ -644,7 +644,7 @@ class S3Provider(Provider):
                         del body
             except BaseExceptionGroup as group:
                 # One failure (a part upload, or the upload's own stream): raise it as itself.
-                raise _first_error(group) from None
+                raise first_error(group) from None
             parts = [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
             try:
                 async with self._clients.claiming(key):
@@ -719,13 +719,6 @@ class S3Provider(Provider):
             if not await self._head(s3, self._key(key)):
                 raise NotFoundError(f"no stored file {key!r} in bucket {self.bucket!r}")
             await s3.delete_object(Bucket=self.bucket, Key=self._key(key))
-
-
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    leaf: BaseException = group
-    while isinstance(leaf, BaseExceptionGroup):
-        leaf = leaf.exceptions[0]
-    return leaf
 
 
 class _Cutter:
