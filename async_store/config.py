@@ -38,6 +38,9 @@ DEFAULTS: dict[str, Any] = {
     "STORE_BACKGROUND_MAX_BACKOFF": 30.0,
     "STORE_BACKGROUND_CONCURRENCY": 4,
     "STORE_BACKGROUND_DRAIN_TIMEOUT": 30.0,
+    # The body limit a Flask app without MAX_CONTENT_LENGTH gets (Quart's own default); None
+    # keeps Flask's unlimited one. See Store.init_app.
+    "STORE_MAX_CONTENT_LENGTH": 16 * 1024 * 1024,
 }
 
 
@@ -117,6 +120,12 @@ def read_config(app_config: MutableMapping[str, Any], root_path: str = "") -> St
     if not isinstance(chunk, int) or chunk < 4096:
         raise NotConfiguredError(
             f"STORE_CHUNK_SIZE must be an int of at least 4096, not {chunk!r}."
+        )
+    limit = config["STORE_MAX_CONTENT_LENGTH"]
+    if limit is not None and (type(limit) is not int or limit <= 0):
+        raise NotConfiguredError(
+            f"STORE_MAX_CONTENT_LENGTH must be a number of bytes (the request body limit for a "
+            f"Flask app without MAX_CONTENT_LENGTH) or None for no limit, not {limit!r}."
         )
     path = config.get("STORE_PATH")
     if not isinstance(path, (str, os.PathLike)):

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ._background import Background
 from ._paths import load_mimetypes
 from .config import read_config
-from .exceptions import NotConfiguredError, StoreError
+from .exceptions import StoreError
 from .providers import get_provider_class
 from .serve import register_route
 from .sync import PortalOwner
@@ -45,29 +45,6 @@ def _current_app() -> App | None:
         if module is not None and module.has_app_context():
             return module.current_app._get_current_object()  # type: ignore[no-any-return]
     return None
-
-
-#: The body limit ``init_app`` gives a Flask app that has none: Quart's own default, 16 MiB.
-DEFAULT_MAX_CONTENT_LENGTH = 16 * 1024 * 1024
-
-
-def _limit_request_bodies(app: App) -> None:
-    """Give a Flask app without ``MAX_CONTENT_LENGTH`` the ``STORE_MAX_CONTENT_LENGTH`` limit.
-
-    Flask accepts request bodies of any size by default: ``request.files`` spools whatever a
-    client sends to the temp folder, so one request can fill the disk. Quart refuses bodies over
-    16 MiB unless told otherwise; an app with a Store gets the same default in Flask, and
-    ``STORE_MAX_CONTENT_LENGTH = None`` keeps Flask's unlimited one. In Quart, ``None`` can only
-    be the app's own choice, so it is left alone.
-    """
-    limit = app.config.setdefault("STORE_MAX_CONTENT_LENGTH", DEFAULT_MAX_CONTENT_LENGTH)
-    if limit is not None and (type(limit) is not int or limit <= 0):
-        raise NotConfiguredError(
-            f"STORE_MAX_CONTENT_LENGTH must be a number of bytes (the request body limit for a "
-            f"Flask app without MAX_CONTENT_LENGTH) or None for no limit, not {limit!r}."
-        )
-    if not _is_async_app(app) and app.config.get("MAX_CONTENT_LENGTH") is None:
-        app.config["MAX_CONTENT_LENGTH"] = limit
 
 
 @dataclass(eq=False)
@@ -133,7 +110,6 @@ class Store:
                 "use the same Store object everywhere (store.Provider follows the current app)."
             )
         provider_class = self.provider(app)
-        _limit_request_bodies(app)
         load_mimetypes()
         self.set_provider_defaults(app, provider_class)
         app.config.setdefault("STORE_SPOOL_PATH", os.path.join(app.instance_path, "store-spool"))
@@ -152,6 +128,12 @@ class Store:
         )
         app.extensions[EXTENSION_KEY] = state
         self._states.append(state)
+        if not state.is_async and app.config.get("MAX_CONTENT_LENGTH") is None:
+            # Flask accepts bodies of any size by default, and request.files spools whatever a
+            # client sends to the temp folder: one request could fill the disk. Quart refuses
+            # over 16 MiB unless told otherwise; a Flask app gets the same. (In Quart, None can
+            # only be the app's own choice: left alone.)
+            app.config["MAX_CONTENT_LENGTH"] = config["STORE_MAX_CONTENT_LENGTH"]
         if state.is_async:
             from ._quart import install
 

@@ -24,9 +24,11 @@ import pytest
 import quart
 
 from async_store import NotConfiguredError, Store
-from async_store.extension import DEFAULT_MAX_CONTENT_LENGTH
+from async_store.config import DEFAULTS
 
 from .servers import ServerProcess, raw_exchange, server_process, status_of
+
+DEFAULT_MAX_CONTENT_LENGTH = DEFAULTS["STORE_MAX_CONTENT_LENGTH"]
 
 BOUNDARY = "----abuse-2Fq9"
 LIMIT = 1024 * 1024  # MAX_CONTENT_LENGTH of the apps under attack
