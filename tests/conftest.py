@@ -118,6 +118,13 @@ def s3_config(server: SeaweedFS, bucket: str, **config: Any) -> dict[str, Any]:
     }
 
 
+def s3_app(server: SeaweedFS, bucket: str, **config: Any) -> quart.Quart:
+    """A Quart app storing in ``bucket`` under ``media/``; ``config`` adds or overrides keys."""
+    app = quart.Quart(__name__)
+    app.config.update(s3_config(server, bucket, **{"STORE_PATH": "media", **config}))
+    return app
+
+
 @pytest.fixture
 def backend() -> str:
     """Where files go; test modules that run for S3 too parametrise this."""

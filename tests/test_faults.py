@@ -22,7 +22,7 @@ import pytest
 import quart
 
 from async_store import ProviderError, Store
-from tests.conftest import s3_client, s3_config, unavailable
+from tests.conftest import s3_app, s3_client, unavailable
 from tests.faultproxy import FaultProxy
 from tests.seaweed import SeaweedFS
 
@@ -174,21 +174,16 @@ def test_permission_denied_names_the_path(open_tmp: Path, where: str) -> None:
 # --- S3: down, reset, 5xx, 403; direct and background ---------------------------------------
 
 
-def s3_app(server: SeaweedFS, bucket: str, proxy: FaultProxy, **config: Any) -> quart.Quart:
-    app = quart.Quart(__name__)
-    app.config.update(
-        s3_config(
-            server,
-            bucket,
-            STORE_PATH="media",
-            STORE_S3_ENDPOINT_URL=proxy.endpoint,
-            STORE_S3_MAX_ATTEMPTS=2,
-            STORE_S3_CONNECT_TIMEOUT=2,
-            **SMALL_PARTS,
-            **config,
-        )
+def proxied_app(server: SeaweedFS, bucket: str, proxy: FaultProxy, **config: Any) -> quart.Quart:
+    return s3_app(
+        server,
+        bucket,
+        STORE_S3_ENDPOINT_URL=proxy.endpoint,
+        STORE_S3_MAX_ATTEMPTS=2,
+        STORE_S3_CONNECT_TIMEOUT=2,
+        **SMALL_PARTS,
+        **config,
     )
-    return app
 
 
 def bucket_state(server: SeaweedFS, bucket: str) -> tuple[dict[str, bytes], list[str]]:
@@ -239,7 +234,7 @@ def heal(proxy: FaultProxy, fault: str) -> None:
 async def test_s3_fault_gives_a_clear_error_and_leaves_nothing(
     s3_server: SeaweedFS, bucket: str, proxy: FaultProxy, fault: str, size: int
 ) -> None:
-    app = s3_app(s3_server, bucket, proxy)
+    app = proxied_app(s3_server, bucket, proxy)
     store = Store(app)
     async with app.test_app(), app.app_context():
         await store.Provider(b"first", filename="ok.txt").save()
@@ -262,7 +257,7 @@ async def test_background_uploads_wait_out_an_outage_and_arrive_once(
     """S3 fails for longer than every retry: the uploads stay spooled, and once it is back the
     running server delivers them, each once, without a restart."""
     spool = tmp_path / "spool"
-    app = s3_app(
+    app = proxied_app(
         s3_server,
         bucket,
         proxy,

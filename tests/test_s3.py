@@ -20,7 +20,7 @@ import pytest
 import quart
 
 from async_store import NotConfiguredError, ProviderError, Store
-from tests.conftest import S3_CREDENTIALS, s3_client, s3_config
+from tests.conftest import S3_CREDENTIALS, s3_app, s3_client, s3_config
 from tests.faultproxy import FaultProxy
 from tests.seaweed import SeaweedFS, free_port
 
@@ -30,8 +30,7 @@ SMALL_PARTS = {"STORE_S3_PART_SIZE": 5 * MIB, "STORE_S3_MULTIPART_THRESHOLD": 5 
 
 
 def quart_store(server: SeaweedFS, bucket: str, **config: Any) -> tuple[quart.Quart, Store]:
-    app = quart.Quart(__name__)
-    app.config.update(s3_config(server, bucket, STORE_PATH="media", **config))
+    app = s3_app(server, bucket, **config)
     return app, Store(app)
 
 

@@ -21,7 +21,7 @@ import pytest
 import quart
 
 from async_store import ProviderError, Store
-from tests.conftest import s3_config
+from tests.conftest import s3_app
 from tests.faultproxy import FaultProxy
 from tests.seaweed import SeaweedFS, free_port
 
@@ -62,22 +62,17 @@ def logs() -> Iterator[Everything]:
 
 
 def app_for(server: SeaweedFS, bucket: str, endpoint: str, **config: Any) -> quart.Quart:
-    app = quart.Quart(__name__)
-    app.config.update(
-        s3_config(
-            server,
-            bucket,
-            STORE_PATH="media",
-            STORE_S3_ENDPOINT_URL=endpoint,
-            STORE_S3_MAX_ATTEMPTS=1,
-            STORE_S3_CONNECT_TIMEOUT=2,
-            STORE_S3_MULTIPART_THRESHOLD=5 * MIB,
-            STORE_S3_PART_SIZE=5 * MIB,
-            **SECRETS,
-            **config,
-        )
+    return s3_app(
+        server,
+        bucket,
+        STORE_S3_ENDPOINT_URL=endpoint,
+        STORE_S3_MAX_ATTEMPTS=1,
+        STORE_S3_CONNECT_TIMEOUT=2,
+        STORE_S3_MULTIPART_THRESHOLD=5 * MIB,
+        STORE_S3_PART_SIZE=5 * MIB,
+        **SECRETS,
+        **config,
     )
-    return app
 
 
 def error_texts(exc: BaseException) -> list[str]:
