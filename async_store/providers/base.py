@@ -424,6 +424,12 @@ class Provider(ABC):
     @abstractmethod
     async def _exists(self, key: str) -> bool: ...
 
+    async def _exists_now(self, key: str) -> bool:
+        """:meth:`_exists` for a caller that must not wait: background mode's name check, which
+        spools anyway when the backend is down. A backend with retries or long timeouts answers
+        with one attempt and a short connect timeout here; the default is :meth:`_exists`."""
+        return await self._exists(key)
+
     def _is_outage(self, exc: Exception) -> bool:
         """Whether a backend call's ``exc`` means the backend is down or failing for now
         (background uploads then spool anyway), rather than refusing for good."""
