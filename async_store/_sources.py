@@ -16,6 +16,7 @@ import contextlib
 import io
 import os
 import threading
+import weakref
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
@@ -32,6 +33,7 @@ import anyio
 import anyio.to_thread
 
 from ._threads import run_small
+from .exceptions import StoreError
 
 __all__ = [
     "AsyncReadable",
@@ -85,6 +87,33 @@ SourceInput = Union[
 ]
 
 
+# The caller's upload objects (a FileStorage's stream, a file, an iterator) that a save has
+# read, with where their content began. The same upload given to two saves (assigned to two
+# rows, passed to two Providers) would otherwise store an empty file the second time: a seekable
+# one is read again from its start, a one-shot stream is refused. Objects without weak
+# references (a list iterator) are known by id while the Source that read them lives.
+_read: weakref.WeakKeyDictionary[object, int | None] = weakref.WeakKeyDictionary()
+_read_by_id: weakref.WeakValueDictionary[int, Source] = weakref.WeakValueDictionary()
+_read_lock = threading.Lock()
+
+
+def _first_read(origin: object, source: Source) -> tuple[bool, int | None]:
+    """Record that ``source`` reads ``origin``: ``(True, start)`` if another Source read it
+    before, and where its content began then."""
+    with _read_lock:
+        try:
+            if origin in _read:
+                return True, _read[origin]
+            _read[origin] = source._start
+            return False, None
+        except TypeError:  # no weak references to it
+            earlier = _read_by_id.get(id(origin))
+            if earlier is not None and earlier._origin is origin:
+                return True, earlier._start
+            _read_by_id[id(origin)] = source
+            return False, None
+
+
 class Source:
     """A normalised upload: a name and its content as chunks, read at most once."""
 
@@ -96,13 +125,17 @@ class Source:
         file: IO[bytes] | None = None,
         path: str | None = None,
         chunks: AsyncIterable[bytes] | None = None,
+        origin: object = None,
     ) -> None:
         self.filename = filename
         self._file = file
         self._path = path
         self._iterable = blocking
         self._chunks = chunks
+        #: The caller's object whose content this is, when reading it uses it up.
+        self._origin = origin
         self.used = False
+        self._rewound = False
         self._start: int | None = None
         if file is not None:
             try:
@@ -117,6 +150,7 @@ class Source:
         if self._file is not None and self._start is not None:
             self._file.seek(self._start)
         self.used = False
+        self._rewound = True  # read again by its own save (a lost name race), not another
         return True
 
     @property
@@ -145,6 +179,21 @@ class Source:
         if self.used:
             raise RuntimeError("an upload source can be read only once")
         self.used = True
+        origin = self._origin
+        if origin is None or self._rewound:
+            return
+        again, start = _first_read(origin, self)
+        if not again:
+            return
+        if self._file is None or start is None:
+            raise StoreError(
+                f"the upload {self.filename or type(origin).__name__!r} was already read by "
+                f"another save (the same upload stored twice?) and cannot be read again: save "
+                f"it once and reuse that provider (or its relative_path), or pass bytes, a path "
+                f"or a seekable file"
+            )
+        self._file.seek(start)  # the same upload saved again: all of it, not what is left
+        self._start = start
 
     def blocking_chunks(self, size: int) -> Iterator[bytes]:
         """Yield the content; call it from a worker thread, it blocks."""
@@ -202,7 +251,7 @@ def to_source(fp: Any, filename: str | None = None, chunk_size: int = 1024 * 102
     """
     stream = getattr(fp, "stream", None)
     if stream is not None and hasattr(fp, "filename"):  # Werkzeug's or Quart's FileStorage
-        return Source(filename or fp.filename, file=stream)
+        return Source(filename or fp.filename, file=stream, origin=stream)
     if isinstance(fp, os.PathLike):
         path = os.fspath(fp)
         return Source(filename or os.path.basename(path), path=path)
@@ -212,12 +261,13 @@ def to_source(fp: Any, filename: str | None = None, chunk_size: int = 1024 * 102
     if read is not None:
         name = filename or _name_of(fp)
         if iscoroutinefunction(read):
-            return Source(name, chunks=_read_all(fp, chunk_size))
-        return Source(name, file=fp)
+            return Source(name, chunks=_read_all(fp, chunk_size), origin=fp)
+        return Source(name, file=fp, origin=fp)
     if isinstance(fp, AsyncIterable):
-        return Source(filename, chunks=fp)
+        # An async iterator is used up by reading; an iterable that makes new ones is not.
+        return Source(filename, chunks=fp, origin=fp if isinstance(fp, AsyncIterator) else None)
     if isinstance(fp, Iterable) and not isinstance(fp, (str, dict)):
-        return Source(filename, blocking=fp)
+        return Source(filename, blocking=fp, origin=fp if isinstance(fp, Iterator) else None)
     if fp is None:
         raise TypeError(
             "Provider() got None instead of a file: was the upload field missing from the form? "

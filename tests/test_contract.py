@@ -100,6 +100,37 @@ async def test_save_accepts_every_input(
         fp.close()
 
 
+@pytest.mark.parametrize("kind", ["werkzeug", "quart", "binary file"])
+async def test_one_upload_saved_twice_is_stored_whole_twice(
+    driver: Any, tmp_path: Path, inventory: Any, kind: str
+) -> None:
+    # The same FileStorage given to two providers (two rows, two columns): the second save
+    # used to find the stream at its end and store an empty file.
+    fp, kw, name = make_source(kind, tmp_path)
+    first, second = driver.make(fp, **kw), driver.make(fp, **kw)
+    await driver.save(first)
+    await driver.save(second)
+    assert first.relative_path != second.relative_path
+    assert inventory.files() == {
+        first.relative_path: b"0123456789",
+        second.relative_path: b"0123456789",
+    }
+    fp.close()
+
+
+@pytest.mark.parametrize("kind", ["iterator", "async iterator"])
+async def test_one_shot_stream_saved_twice_is_refused(
+    driver: Any, tmp_path: Path, inventory: Any, kind: str
+) -> None:
+    fp, kw, name = make_source(kind, tmp_path)
+    first = driver.make(fp, **kw)  # kept, as a row keeps it
+    await driver.save(first)
+    with pytest.raises(StoreError, match="already read by another save"):
+        await driver.save(driver.make(fp, **kw))
+    assert inventory.files() == {name: b"0123456789"}  # never an empty second file
+    assert inventory.leftovers() == []
+
+
 async def test_paths_and_urls(driver: Any, store_path: Path, backend: str, inventory: Any) -> None:
     provider = driver.make(b"x", "avatars/2024", filename="my photo.jpg")
     assert provider.filename == "my_photo.jpg"
