@@ -95,6 +95,7 @@ SourceInput = Union[
 _read: weakref.WeakKeyDictionary[object, int | None] = weakref.WeakKeyDictionary()
 _read_by_id: weakref.WeakValueDictionary[int, Source] = weakref.WeakValueDictionary()
 _read_lock = threading.Lock()
+_TEXT_CHUNK = "the upload yields str, not bytes: yield text.encode() (files are stored as bytes)"
 
 
 def _first_read(origin: object, source: Source) -> tuple[bool, int | None]:
@@ -211,7 +212,11 @@ class Source:
             yield from iter(lambda: self._file.read(size), b"")  # type: ignore[union-attr]
         else:
             assert self._iterable is not None
-            yield from (bytes(c) for c in self._iterable if c)
+            for chunk in self._iterable:
+                if isinstance(chunk, str):
+                    raise TypeError(_TEXT_CHUNK)
+                if chunk:
+                    yield bytes(chunk)
 
     async def chunks(self, size: int) -> AsyncIterator[bytes]:
         """Yield the content on the event loop (blocking sources cost a thread hop a chunk)."""
@@ -219,6 +224,8 @@ class Source:
             self._take()
             try:
                 async for chunk in self._chunks:
+                    if isinstance(chunk, str):
+                        raise TypeError(_TEXT_CHUNK)
                     if chunk:
                         yield bytes(chunk)
             except Exception as exc:
@@ -257,6 +264,11 @@ def to_source(fp: Any, filename: str | None = None, chunk_size: int = 1024 * 102
         return Source(filename or os.path.basename(path), path=path)
     if isinstance(fp, (bytes, bytearray, memoryview)):
         return Source(filename, file=io.BytesIO(fp))
+    if isinstance(fp, io.TextIOBase):
+        raise TypeError(
+            f"Provider() got a file opened in text mode ({_name_of(fp) or type(fp).__name__}): "
+            f"open it with 'rb'; files are stored byte for byte"
+        )
     read = getattr(fp, "read", None)
     if read is not None:
         name = filename or _name_of(fp)

@@ -201,7 +201,7 @@ async def test_stored_path_refers_to_existing_file(driver: Any) -> None:
     assert await driver.read_all(stored) == b"hello"
     same = driver.make("a.txt", "docs")
     assert same.relative_path == "docs/a.txt"
-    with pytest.raises(StoreError, match="already stored"):
+    with pytest.raises(StoreError, match=r"a str names a file stored before.*pathlib\.Path"):
         await driver.save(stored)
 
 
@@ -256,11 +256,38 @@ async def test_open_streams_in_chunks(driver: Any) -> None:
 
 async def test_open_and_delete_need_a_stored_file(driver: Any) -> None:
     provider = driver.make(b"x", filename="a.txt")
-    with pytest.raises(StoreError, match="not stored yet"):
+    with pytest.raises(StoreError, match="not saved yet: await save"):
         async with driver.open(provider):
             pass
-    with pytest.raises(StoreError, match="not stored yet"):
+    with pytest.raises(StoreError, match="not saved yet: await save"):
         await driver.delete(provider)
+
+
+async def test_urls_of_an_unsaved_provider_raise(driver: Any) -> None:
+    # A forgotten await: the URL of the name it *would* get named another, stored file.
+    await driver.save(driver.make(b"old", filename="a.txt"))
+    unsaved = driver.make(b"new", filename="a.txt")
+    for attribute in ("absolute_url", "relative_url", "absolute_path"):
+        with pytest.raises(StoreError, match="not saved yet: await save"):
+            getattr(unsaved, attribute)
+    await driver.save(unsaved)
+    assert unsaved.absolute_url.endswith(f"/{unsaved.filename}") and unsaved.filename != "a.txt"
+
+
+def test_a_text_mode_file_is_refused_by_name(driver: Any, tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("hello")
+    with open(path) as text, pytest.raises(TypeError, match="text mode.*open it with 'rb'"):
+        driver.make(text)
+    with pytest.raises(TypeError, match="text mode"):
+        driver.make(io.StringIO("hello"))
+
+
+async def test_str_chunks_are_refused_by_name(driver: Any, inventory: Any) -> None:
+    with pytest.raises(TypeError, match=r"yields str.*encode\(\)"):
+        await driver.save(driver.make(iter(["text"]), filename="a.txt"))
+    assert inventory.files() == {}
+    assert inventory.leftovers() == []
 
 
 async def test_delete(driver: Any, inventory: Any) -> None:

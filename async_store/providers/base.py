@@ -229,7 +229,7 @@ class Provider(ABC):
             )
         self._source: Source | None = None
         self._background_upload: BackgroundUpload | None = None
-        self._saved = isinstance(fp, str)
+        self._saved = self._from_path = isinstance(fp, str)
         if isinstance(fp, str):
             key = clean_key("/".join(p for p in (clean_location(location), fp) if p))
             self._location, _, self._filename = key.rpartition("/")
@@ -259,19 +259,31 @@ class Provider(ABC):
 
     @property
     def absolute_path(self) -> str:
-        """The full path on disk, or the full key in a bucket."""
+        """The full path on disk, or the full key in a bucket.
+
+        :raises StoreError: before :meth:`save`: until then the name is not final, and another
+            file may be stored under it.
+        """
+        self._require_saved()
         return self._absolute_path(self.relative_path)
 
     @property
     def relative_url(self) -> str:
-        """The URL without the domain: ``/uploads/avatars/me.jpg``."""
+        """The URL without the domain: ``/uploads/avatars/me.jpg``.
+
+        :raises StoreError: before :meth:`save` (a forgotten ``await``), as :attr:`absolute_path`.
+        """
+        self._require_saved()
         path = self.relative_path
         plain = _URL_PLAIN.fullmatch(path)
         return url_join(self._url_base(), path if plain else quote(path, safe="/"))
 
     @property
     def absolute_url(self) -> str:
-        """``STORE_DOMAIN`` + :attr:`relative_url`; just the relative URL without a domain."""
+        """``STORE_DOMAIN`` + :attr:`relative_url`; just the relative URL without a domain.
+
+        :raises StoreError: before :meth:`save` (a forgotten ``await``), as :attr:`absolute_path`.
+        """
         domain = self.config.domain or self._default_domain()
         return f"{domain}{self.relative_url}" if domain else self.relative_url
 
@@ -303,8 +315,14 @@ class Provider(ABC):
         :raises StoreError: if this provider has no new file (already saved, or made from a path).
         :raises ProviderError: if the backend fails (disk full, permission denied, …).
         """
+        if self._from_path:
+            raise StoreError(
+                f"{self!r} has nothing to save: a str names a file stored before (its "
+                f"relative_path), it is not content. To store a file from disk pass "
+                f"pathlib.Path({self.relative_path!r}); to store text pass bytes (text.encode())."
+            )
         if self._saved:
-            raise StoreError(f"{self!r} has nothing to save: it is already stored")
+            raise StoreError(f"{self!r} has nothing to save: save() stored it already")
         source = self._source
         if source is None or source.used:
             raise StoreError(f"{self!r}: an earlier save failed after reading the upload")
@@ -393,7 +411,10 @@ class Provider(ABC):
 
     def _require_saved(self) -> None:
         if not self._saved:
-            raise StoreError(f"{self!r} is not stored yet: await save() first")
+            raise StoreError(
+                f"{self!r} is not saved yet: await save() first (its name is final only then, "
+                f"and another file may be stored under {self.relative_path!r})"
+            )
 
     # --- the backend's half -------------------------------------------------------------------
 
