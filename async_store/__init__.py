@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 from ._ingest import StoredForm
+from .config import StoreConfigWarning
 from .exceptions import (
     BadUploadError,
     NotConfiguredError,
@@ -37,6 +38,7 @@ __all__ = [
     "Provider",
     "ProviderError",
     "Store",
+    "StoreConfigWarning",
     "StoreError",
     "StoreState",
     "StoredForm",

@@ -1,57 +1,354 @@
-"""The ``STORE_*`` configuration keys, their defaults and their checks.
+"""The ``STORE_*`` configuration keys: one table of names, defaults, checks and doc lines.
 
-The seed Flask-Store's keys keep their names and meaning. New keys follow the same pattern. All of
-them are read once, at ``init_app``; a missing or wrong value raises
-:class:`~async_store.exceptions.NotConfiguredError` there, naming the key and the fix, instead of
-failing on the first upload.
+The seed Flask-Store's keys keep their names and meaning; new keys follow the same pattern. Every
+key is listed once, in :data:`SETTINGS`. ``Store.init_app``, ``Store.check_config``, the CLI's
+environment reader (:func:`config_from_env`) and the docs read that table: a key is checked at
+``init_app`` with a message naming it, its value and what is allowed, instead of failing on the
+first upload; an unknown ``STORE_*`` key is a :class:`StoreConfigWarning` naming the closest
+known one.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
+import warnings
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from .exceptions import NotConfiguredError
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, MutableMapping
+    from collections.abc import Callable, Collection, Mapping
 
-__all__ = ["DEFAULTS", "StoreConfig", "config_from_env", "parse_value", "read_config"]
+__all__ = [
+    "DEFAULTS",
+    "SETTINGS",
+    "Setting",
+    "StoreConfig",
+    "StoreConfigWarning",
+    "config_from_env",
+    "parse_value",
+    "read_config",
+]
 
-#: Defaults shared by every provider; a provider adds its own in ``app_defaults``.
-DEFAULTS: dict[str, Any] = {
-    "STORE_PROVIDER": "local",
-    "STORE_DOMAIN": None,
-    "STORE_URL_PREFIX": "/uploads",
-    # Register the route that serves local files under STORE_URL_PREFIX.
-    "STORE_SERVE_FILES": True,
-    # fsync a file before publishing it: survives power loss, costs a disk flush per file.
-    "STORE_FSYNC": False,
-    # Chunk size for streaming copies.
-    "STORE_CHUNK_SIZE": 1024 * 1024,
-    # Background uploads: save() returns once spooled (STORE_SPOOL_PATH), a task delivers.
-    "STORE_BACKGROUND": False,
-    "STORE_BACKGROUND_RETRIES": 5,
-    "STORE_BACKGROUND_BACKOFF": 0.5,
-    "STORE_BACKGROUND_MAX_BACKOFF": 30.0,
-    "STORE_BACKGROUND_CONCURRENCY": 4,
-    "STORE_BACKGROUND_DRAIN_TIMEOUT": 30.0,
+MIB = 1024 * 1024
+
+#: Backends a key belongs to: ``None`` for every backend.
+Backend = str | None
+
+
+class StoreConfigWarning(UserWarning):
+    """A ``STORE_*`` key that async_store does not know (a typo, most likely)."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One config key: its default, its check, the backend it belongs to, a doc line."""
+
+    key: str
+    #: The default value, or a function of the app's folders (``Folders``) that returns it.
+    default: Any
+    #: ``check(key, value)`` returns the value to use (normalised) or raises NotConfiguredError.
+    check: Callable[[str, Any], Any]
+    doc: str
+    backend: Backend = None
+    #: Names, paths, URLs and secrets: given as text (environment), never parsed as JSON.
+    text: bool = False
+
+
+@dataclass(frozen=True)
+class Folders:
+    """What defaults may depend on: the app's folders and the provider's backend."""
+
+    root_path: str
+    instance_path: str
+    #: ``"local"``, ``"s3"``, or None for a provider of its own (only the shared keys apply).
+    backend: str | None
+
+
+# --- checks: (key, value) -> value, or NotConfiguredError naming key, value and what is allowed
+
+
+def _refuse(key: str, value: Any, allowed: str) -> NotConfiguredError:
+    return NotConfiguredError(f"{key} must be {allowed}, not {value!r}.")
+
+
+def _bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower() if isinstance(value, (str, int)) else None
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise _refuse(key, value, "True or False")
+
+
+def _integer(minimum: int, unit: str = "") -> Callable[[str, Any], int]:
+    def check(key: str, value: Any) -> int:
+        number = value
+        if isinstance(value, str):
+            try:
+                number = int(value.strip().replace("_", ""))
+            except ValueError:
+                number = None
+        if isinstance(number, bool) or not isinstance(number, int) or number < minimum:
+            raise _refuse(key, value, f"a whole number of at least {minimum:,}{unit}")
+        return number
+
+    return check
+
+
+def _seconds(*, zero: bool) -> Callable[[str, Any], float]:
+    def check(key: str, value: Any) -> float:
+        number = value
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                number = None
+        if (
+            isinstance(number, bool)
+            or not isinstance(number, (int, float))
+            or number != number  # NaN
+            or number < 0
+            or (number == 0 and not zero)
+            or number == float("inf")
+        ):
+            what = "zero or more" if zero else "more than zero"
+            raise _refuse(key, value, f"a number of seconds, {what}")
+        return float(number)
+
+    return check
+
+
+def _optional(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+    def optional(key: str, value: Any) -> Any:
+        return None if value is None else check(key, value)
+
+    return optional
+
+
+def _text(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _refuse(key, value, "a non-empty string")
+    return value
+
+
+def _choice(*choices: str) -> Callable[[str, Any], str]:
+    def check(key: str, value: Any) -> str:
+        if value not in choices:
+            raise _refuse(key, value, "one of " + ", ".join(map(repr, choices)))
+        return str(value)
+
+    return check
+
+
+def _path(key: str, value: Any) -> str:
+    if not isinstance(value, (str, os.PathLike)):
+        raise NotConfiguredError(
+            f"{key} must be set to a path (a folder on disk for the local provider, a key "
+            f"prefix for S3), not {value!r}."
+        )
+    return os.fspath(value)
+
+
+def _server_url(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+        raise _refuse(key, value, "a URL such as 'http://127.0.0.1:8333'")
+    return value
+
+
+def _domain(key: str, value: Any) -> str:
+    parts = urlsplit(value) if isinstance(value, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        raise NotConfiguredError(
+            f"STORE_DOMAIN must be a base URL such as 'https://cdn.example.org' (or None for "
+            f"relative URLs), not {value!r}."
+        )
+    return str(value)
+
+
+def _url_prefix(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith("/") or "://" in value:
+        raise NotConfiguredError(
+            f"STORE_URL_PREFIX must be a URL path starting with '/' such as '/uploads', "
+            f"not {value!r}; put the scheme and host in STORE_DOMAIN instead."
+        )
+    if any(part in (".", "..") for part in value.split("/")):
+        raise NotConfiguredError(f"STORE_URL_PREFIX {value!r} must not contain '.' or '..'.")
+    return value
+
+
+def _provider(key: str, value: Any) -> Any:
+    return value  # resolved (and checked) by providers.get_provider_class, before the table
+
+
+_CANNED_ACLS = (
+    "private",
+    "public-read",
+    "public-read-write",
+    "authenticated-read",
+    "aws-exec-read",
+    "bucket-owner-read",
+    "bucket-owner-full-control",
+)
+#: What STORE_S3_OBJECT_PARAMS may set (PutObject / CreateMultipartUpload parameter names).
+OBJECT_PARAMS = frozenset(
+    {
+        "CacheControl",
+        "ContentDisposition",
+        "ContentEncoding",
+        "ContentLanguage",
+        "ContentType",
+        "Expires",
+        "Metadata",
+        "ServerSideEncryption",
+        "SSEKMSKeyId",
+        "StorageClass",
+        "Tagging",
+    }
+)
+
+
+def _acl(key: str, value: Any) -> str | None:
+    if value is not None and value not in _CANNED_ACLS:
+        raise NotConfiguredError(
+            f"STORE_S3_ACL must be a canned ACL ({', '.join(sorted(_CANNED_ACLS))}) or None "
+            f"to send none (R2 and buckets with ACLs disabled), not {value!r}."
+        )
+    return None if value is None else str(value)
+
+
+def _object_params(key: str, value: Any) -> dict[str, Any]:
+    value = {} if value is None else value
+    unknown = set(value) - OBJECT_PARAMS if isinstance(value, dict) else set()
+    if not isinstance(value, dict) or unknown:
+        raise NotConfiguredError(
+            f"STORE_S3_OBJECT_PARAMS takes a dict of {', '.join(sorted(OBJECT_PARAMS))}; "
+            f"unknown: {', '.join(sorted(unknown)) or repr(value)}."
+        )
+    return value
+
+
+def _part(key: str, value: Any) -> int:
+    return _integer(5 * MIB, " bytes (5 MiB, S3's smallest part)")(key, value)
+
+
+def _unset_if_empty(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+    # ``os.environ.get("S3_REGION", "")`` and the like: an empty string means not set.
+    def optional(key: str, value: Any) -> Any:
+        return None if value is None or value == "" else check(key, value)
+
+    return optional
+
+
+_positive = _integer(1)
+_optional_text = _unset_if_empty(_text)
+
+
+def _default_path(folders: Folders) -> str | None:
+    # Never the current directory (the seed's default): the route would publish the app's code.
+    if folders.backend == "local":
+        return os.path.join(folders.instance_path, "uploads")
+    if folders.backend == "s3":
+        return ""  # the top of the bucket
+    return None  # a provider of its own: its app_defaults, or the app, must set it
+
+
+def _default_spool(folders: Folders) -> str:
+    return os.path.join(folders.instance_path, "store-spool")
+
+
+S = Setting
+#: Every key, once. The README's configuration tables and the docs list the same keys.
+SETTINGS: tuple[Setting, ...] = (
+    S("STORE_PROVIDER", "local", _provider, "'local', 's3', a dotted path or a Provider class"),
+    S("STORE_PATH", _default_path, _path, "local: the folder; S3: the key prefix", text=True),
+    S("STORE_DOMAIN", None, _unset_if_empty(_domain), "the base URL of absolute_url", text=True),
+    S("STORE_URL_PREFIX", "/uploads", _url_prefix, "the URL path of local files", text=True),
+    S("STORE_SERVE_FILES", True, _bool, "register the route that serves local files"),
+    S("STORE_FSYNC", False, _bool, "flush each file and its folder to disk before publishing"),
+    S("STORE_CHUNK_SIZE", MIB, _integer(4096, " bytes"), "chunk size for streaming copies"),
     # The body limit a Flask app without MAX_CONTENT_LENGTH gets (Quart's own default); None
     # keeps Flask's unlimited one. See Store.init_app.
-    "STORE_MAX_CONTENT_LENGTH": 16 * 1024 * 1024,
-}
+    S(
+        "STORE_MAX_CONTENT_LENGTH",
+        16 * MIB,
+        _optional(_integer(1, " bytes")),
+        "Flask only: MAX_CONTENT_LENGTH for an app without one",
+    ),
+    S("STORE_BACKGROUND", False, _bool, "save() returns once the file is spooled"),
+    S("STORE_SPOOL_PATH", _default_spool, _path, "where background uploads wait", text=True),
+    S("STORE_BACKGROUND_RETRIES", 5, _positive, "delivery attempts per upload"),
+    S("STORE_BACKGROUND_BACKOFF", 0.5, _seconds(zero=True), "seconds before the 2nd attempt"),
+    S("STORE_BACKGROUND_MAX_BACKOFF", 30.0, _seconds(zero=False), "longest wait between tries"),
+    S("STORE_BACKGROUND_CONCURRENCY", 4, _positive, "deliveries at once, per event loop"),
+    S("STORE_BACKGROUND_DRAIN_TIMEOUT", 30.0, _seconds(zero=True), "shutdown's wait, seconds"),
+    # S3
+    S("STORE_S3_BUCKET", None, _optional_text, "the bucket (required)", "s3", text=True),
+    S("STORE_S3_REGION", None, _optional_text, "the bucket's region", "s3", text=True),
+    S("STORE_S3_ACCESS_KEY", None, _optional_text, "static credentials", "s3", text=True),
+    S("STORE_S3_SECRET_KEY", None, _optional_text, "static credentials", "s3", text=True),
+    S("STORE_S3_SESSION_TOKEN", None, _optional_text, "temporary credentials", "s3", text=True),
+    S(
+        "STORE_S3_ENDPOINT_URL",
+        None,
+        _unset_if_empty(_server_url),
+        "an S3-compatible server",
+        "s3",
+        text=True,
+    ),
+    S(
+        "STORE_S3_PUBLIC_ENDPOINT_URL",
+        None,
+        _unset_if_empty(_server_url),
+        "that server as browsers reach it",
+        "s3",
+        text=True,
+    ),
+    S(
+        "STORE_S3_ADDRESSING_STYLE",
+        None,
+        _optional(_choice("path", "virtual", "auto")),
+        "botocore's addressing style",
+        "s3",
+    ),
+    S("STORE_S3_ACL", "private", _acl, "a canned ACL sent with each upload, or None", "s3"),
+    S("STORE_S3_OBJECT_PARAMS", {}, _object_params, "parameters sent with every upload", "s3"),
+    S("STORE_S3_CONDITIONAL_WRITES", True, _bool, "claim names with If-None-Match", "s3"),
+    S("STORE_S3_MULTIPART_THRESHOLD", 8 * MIB, _part, "multipart from this size", "s3"),
+    S("STORE_S3_PART_SIZE", 8 * MIB, _part, "the size of each part", "s3"),
+    S("STORE_S3_MAX_CONCURRENCY", 4, _positive, "parts of one upload in flight", "s3"),
+    # Upload content held in memory by all saves of an event loop together.
+    S("STORE_S3_MAX_MEMORY", 128 * MIB, _positive, "upload bytes in memory per loop", "s3"),
+    # One client serves every request of a process (botocore's 10 is sized for s3transfer's 10
+    # threads; aiohttp's own default is 100).
+    S("STORE_S3_MAX_POOL_CONNECTIONS", 50, _positive, "HTTP connections per loop", "s3"),
+    S("STORE_S3_MAX_ATTEMPTS", 5, _positive, "attempts per request, the first included", "s3"),
+    S("STORE_S3_CONNECT_TIMEOUT", 10, _seconds(zero=False), "seconds to connect", "s3"),
+    S("STORE_S3_READ_TIMEOUT", 60, _seconds(zero=False), "seconds to wait for data", "s3"),
+)
+del S
+_BY_KEY = {setting.key: setting for setting in SETTINGS}
+
+#: Defaults that do not depend on the app (a plain mapping, for reading them in code).
+DEFAULTS: dict[str, Any] = {s.key: s.default for s in SETTINGS if not callable(s.default)}
 
 
 class StoreConfig(dict[str, Any]):
-    """The ``STORE_*`` keys of one app, as they were at ``init_app``.
+    """The ``STORE_*`` keys of one app, checked and normalised at ``init_app``.
 
     A plain mapping, so providers can read keys of their own (``config['STORE_S3_BUCKET']``).
-    ``root_path`` is the app's root folder, against which relative paths are resolved.
+    ``root_path`` is the app's root folder, against which relative paths are resolved, and
+    ``instance_path`` its instance folder.
     """
 
     root_path: str = ""
+    instance_path: str = ""
 
     def __repr__(self) -> str:
         shown = {k: ("***" if _is_secret(k) and v else v) for k, v in self.items()}
@@ -83,62 +380,60 @@ def _is_secret(key: str) -> bool:
     return any(word in key for word in ("SECRET", "ACCESS_KEY", "TOKEN", "PASSWORD"))
 
 
-def _check_prefix(value: Any) -> None:
-    if not isinstance(value, str) or not value.startswith("/") or "://" in value:
-        raise NotConfiguredError(
-            f"STORE_URL_PREFIX must be a URL path starting with '/' such as '/uploads', "
-            f"not {value!r}; put the scheme and host in STORE_DOMAIN instead."
-        )
-    if any(part in (".", "..") for part in value.split("/")):
-        raise NotConfiguredError(f"STORE_URL_PREFIX {value!r} must not contain '.' or '..'.")
+def defaults(folders: Folders) -> dict[str, Any]:
+    """Every key's default for one app (the backend's keys and the shared ones)."""
+    return {
+        s.key: s.default(folders) if callable(s.default) else s.default
+        for s in SETTINGS
+        if s.backend in (None, folders.backend)
+    }
 
 
-def _check_domain(value: Any) -> None:
-    if value is None:
-        return
-    parts = urlsplit(value) if isinstance(value, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
-        raise NotConfiguredError(
-            f"STORE_DOMAIN must be a base URL such as 'https://cdn.example.org' (or None for "
-            f"relative URLs), not {value!r}."
-        )
+def read_config(
+    app_config: Mapping[str, Any], folders: Folders, extra_keys: Collection[str] = ()
+) -> StoreConfig:
+    """The checked ``STORE_*`` config of one app; changes nothing (no folder, no app.config).
 
+    Every key of the app's backend is present (its default where the app sets none), each
+    checked and normalised by its :class:`Setting`.
 
-def read_config(app_config: MutableMapping[str, Any], root_path: str = "") -> StoreConfig:
-    """Collect and check the ``STORE_*`` keys of one app.
-
-    Defaults are written back into ``app_config`` with ``setdefault`` (so the app shows what is in
-    force), then the shared keys are checked.
+    :param extra_keys: keys a custom provider reads (its ``REQUIRED_CONFIGURATION``): known.
+    :raises NotConfiguredError: naming the first wrong key, its value and what is allowed.
     """
-    for key, value in DEFAULTS.items():
-        app_config.setdefault(key, value)
-    config = StoreConfig({k: v for k, v in app_config.items() if k.startswith("STORE_")})
-    config.root_path = root_path
-    _check_prefix(config["STORE_URL_PREFIX"])
-    _check_domain(config["STORE_DOMAIN"])
-    chunk = config["STORE_CHUNK_SIZE"]
-    if not isinstance(chunk, int) or chunk < 4096:
-        raise NotConfiguredError(
-            f"STORE_CHUNK_SIZE must be an int of at least 4096, not {chunk!r}."
-        )
-    limit = config["STORE_MAX_CONTENT_LENGTH"]
-    if limit is not None and (type(limit) is not int or limit <= 0):
-        raise NotConfiguredError(
-            f"STORE_MAX_CONTENT_LENGTH must be a number of bytes (the request body limit for a "
-            f"Flask app without MAX_CONTENT_LENGTH) or None for no limit, not {limit!r}."
-        )
-    path = config.get("STORE_PATH")
-    if not isinstance(path, (str, os.PathLike)):
-        raise NotConfiguredError(
-            f"STORE_PATH must be set to a path (a folder on disk for the local provider, a key "
-            f"prefix for S3), not {path!r}."
-        )
-    config["STORE_PATH"] = os.fspath(path)
+    warn_unknown(app_config, extra_keys)
+    given = {k: v for k, v in app_config.items() if k.startswith("STORE_")}
+    merged = {**defaults(folders), **given}
+    config = StoreConfig()
+    for key, value in merged.items():
+        setting = _BY_KEY.get(key)
+        in_scope = setting is not None and setting.backend in (None, folders.backend)
+        config[key] = setting.check(key, value) if in_scope and setting else value
+    config.root_path = folders.root_path
+    config.instance_path = folders.instance_path
     return config
 
 
-# Keys whose values are names, paths or secrets: never parsed as JSON ("0123" stays a string).
-_TEXT_SUFFIXES = ("_KEY", "_TOKEN", "_BUCKET", "_PATH", "_URL", "_DOMAIN", "_PREFIX", "_REGION")
+def warn_unknown(app_config: Mapping[str, Any], extra_keys: Collection[str] = ()) -> None:
+    """Warn about each ``STORE_*`` key no setting (nor the provider) knows, naming the closest."""
+    known = [*_BY_KEY, *extra_keys]
+    for key in app_config:
+        if key.startswith("STORE_") and key not in _BY_KEY and key not in extra_keys:
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            hint = f": did you mean {close[0]}?" if close else " (ignored)"
+            warnings.warn(
+                f"unknown config key {key}{hint}", StoreConfigWarning, stacklevel=find_caller()
+            )
+
+
+def find_caller() -> int:
+    """The stack level of the first frame outside async_store (where init_app was called)."""
+    import sys
+
+    frame, level = sys._getframe(1), 1
+    package = os.path.dirname(__file__)
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
+    return level
 
 
 def parse_value(key: str, text: str) -> Any:
@@ -148,12 +443,19 @@ def parse_value(key: str, text: str) -> Any:
     else the string; names, paths, URLs and secrets (``STORE_PATH``, ``STORE_S3_BUCKET``,
     ``STORE_S3_SECRET_KEY``, …) and ``STORE_PROVIDER`` always stay strings.
     """
-    if key.endswith(_TEXT_SUFFIXES) or key == "STORE_PROVIDER":
+    setting = _BY_KEY.get(key)
+    if key == "STORE_PROVIDER" or (setting.text if setting else _looks_like_text(key)):
         return text
     try:
         return json.loads(text)
     except ValueError:
         return text
+
+
+def _looks_like_text(key: str) -> bool:
+    # A custom provider's keys: names, paths, URLs and secrets by their suffix.
+    suffixes = ("_KEY", "_TOKEN", "_BUCKET", "_PATH", "_URL", "_DOMAIN", "_PREFIX", "_REGION")
+    return key.endswith(suffixes)
 
 
 def config_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:

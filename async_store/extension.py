@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._background import Background
 from ._paths import load_mimetypes
-from .config import read_config
+from .config import Folders, defaults, read_config
 from .exceptions import StoreError
 from .providers import get_provider_class
 from .serve import register_route
@@ -109,12 +109,10 @@ class Store:
                 "A Store is already registered on this app: call init_app once per app, and "
                 "use the same Store object everywhere (store.Provider follows the current app)."
             )
-        provider_class = self.provider(app)
+        provider_class, config, given = self._read_config(app)
         load_mimetypes()
-        self.set_provider_defaults(app, provider_class)
-        app.config.setdefault("STORE_SPOOL_PATH", os.path.join(app.instance_path, "store-spool"))
-        config = read_config(app.config, app.root_path)
-        provider_class.check_config(config)
+        for key, value in given.items():  # the app shows what is in force
+            app.config.setdefault(key, value)
         bound = provider_class.bind(config)
         if config["STORE_BACKGROUND"]:
             config["STORE_SPOOL_PATH"] = os.path.join(app.root_path, config["STORE_SPOOL_PATH"])
@@ -155,9 +153,25 @@ class Store:
     # --- the seed's helpers, kept ---------------------------------------------------------------
 
     def check_config(self, app: App) -> None:
-        """Check the app's config without registering anything (the seed's helper)."""
+        """Check the app's config exactly as :meth:`init_app` does, changing nothing: no key
+        written, no folder created (the seed's helper).
+
+        :raises NotConfiguredError: naming the key, its value and what is allowed.
+        """
+        self._read_config(app)
+
+    def _read_config(self, app: App) -> tuple[type[_Provider], StoreConfig, dict[str, Any]]:
+        """The provider class, the checked config, and the config with every default filled
+        in (what init_app writes back); no side effects."""
         provider_class = self.provider(app)
-        provider_class.check_config(read_config(dict(app.config), app.root_path))
+        folders = Folders(app.root_path, app.instance_path, provider_class.config_backend)
+        scratch = _Scratch(app, dict(app.config))
+        provider_class.app_defaults(scratch)  # type: ignore[arg-type]  # its defaults first
+        given = {**defaults(folders), **scratch.config}
+        extra = (*provider_class.REQUIRED_CONFIGURATION, *provider_class.config_keys)
+        config = read_config(given, folders, extra)
+        provider_class.check_config(config)
+        return provider_class, config, given
 
     def provider(self, app: App) -> type[_Provider]:
         """The (unbound) provider class ``STORE_PROVIDER`` names for ``app``."""
@@ -166,8 +180,12 @@ class Store:
     def set_provider_defaults(
         self, app: App, provider_class: type[_Provider] | None = None
     ) -> None:
-        """Let the provider set its config defaults on ``app`` (the seed's helper)."""
-        (provider_class or self.provider(app)).app_defaults(app)
+        """Write the provider's config defaults into ``app.config`` (the seed's helper)."""
+        provider_class = provider_class or self.provider(app)
+        folders = Folders(app.root_path, app.instance_path, provider_class.config_backend)
+        for key, value in defaults(folders).items():
+            app.config.setdefault(key, value)
+        provider_class.app_defaults(app)
 
     # --- per-app lookups --------------------------------------------------------------------------
 
@@ -221,6 +239,16 @@ class Store:
     def close(self) -> None:
         """Stop the sync shim's event-loop thread (it also stops at interpreter exit)."""
         self._portal.close()
+
+
+class _Scratch:
+    """An app's folders and a copy of its config, for provider hooks that set defaults
+    (``app_defaults``) without touching the app itself."""
+
+    def __init__(self, app: App, config: dict[str, Any]) -> None:
+        self.config = config
+        self.root_path = app.root_path
+        self.instance_path = app.instance_path
 
 
 def current_state(who: str) -> StoreState:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from ..exceptions import StoreError
@@ -18,7 +20,15 @@ def ls(ctx: click.Context, prefix: str, human: bool) -> None:
     One line per file: size, modification time (UTC) and the relative path, which is what
     store.Provider(path) takes and a StoreType column holds. A last line counts them.
     """
-    provider = load_state(ctx).provider_class
+    state = load_state(ctx)
+    provider = state.provider_class
+    if provider.config_backend == "local" and not os.path.isdir(state.config.path):
+        # A local store is created by its first save: a missing folder is a store that has
+        # never stored anything, or a mistyped STORE_PATH. Say which path, create nothing.
+        raise click.ClickException(
+            f"STORE_PATH {state.config.path!r} does not exist: nothing has been stored there "
+            f"yet, or STORE_PATH is mistyped"
+        )
 
     async def listing() -> tuple[int, int]:
         count = total = 0

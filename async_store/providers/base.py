@@ -93,6 +93,11 @@ class Provider(ABC):
 
     #: Config keys that must be set (not None, not empty) for ``init_app`` to succeed.
     REQUIRED_CONFIGURATION: ClassVar[tuple[str, ...]] = ()
+    #: Which keys of the config table (``async_store.config.SETTINGS``) apply besides the
+    #: shared ones: ``"local"``, ``"s3"``, or None for a provider with keys of its own.
+    config_backend: ClassVar[str | None] = None
+    #: Other ``STORE_*`` keys this provider reads (not warned about as unknown).
+    config_keys: ClassVar[tuple[str, ...]] = ()
     #: Whether the extension registers the file-serving route for this provider.
     register_route: ClassVar[bool] = False
     #: Whether saving needs the long-lived event loop the provider's clients live in (an S3
@@ -116,7 +121,8 @@ class Provider(ABC):
         """Check the app's config; raise :class:`NotConfiguredError` naming the key and the fix.
 
         The base checks :attr:`REQUIRED_CONFIGURATION`; subclasses add their own checks and may
-        normalise values (the local provider makes ``STORE_PATH`` absolute).
+        normalise values (the local provider makes ``STORE_PATH`` absolute). Checks only:
+        ``Store.check_config`` runs it too, so it creates no folder and opens no connection.
         """
         for key in cls.REQUIRED_CONFIGURATION:
             if config.get(key) in (None, ""):

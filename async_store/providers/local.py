@@ -43,8 +43,6 @@ from .base import Provider, StoredFile, no_free_name
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
 
-    from flask.sansio.app import App
-
     from .._sources import AsyncReadable, Source
     from ..config import StoreConfig
 
@@ -158,6 +156,46 @@ def _remove(path: str) -> None:
         os.unlink(path)
 
 
+def _check_folder(path: str) -> None:
+    """STORE_PATH is a writable folder, or one that a save can create (it is made at the first
+    save, so a mistyped path is not created by merely starting the app or listing it)."""
+    existing = path
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        where = "is a file" if existing == path else f"is below the file {existing!r}"
+        raise NotConfiguredError(
+            f"STORE_PATH {path!r} {where}, not a folder: set STORE_PATH to a folder this "
+            f"process can write to."
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "is" if existing == path else f"cannot be created: {existing!r} is"
+        raise NotConfiguredError(
+            f"STORE_PATH {path!r} {what} not writable by this process; fix its permissions or "
+            f"set STORE_PATH to another folder."
+        )
+
+
+def _check_not_published(path: str, config: StoreConfig) -> None:
+    """The serving route publishes STORE_PATH: never the app's own folders."""
+    for name, folder in (
+        ("the app's root folder", config.root_path),
+        ("the app's instance folder", config.instance_path),
+        ("the current directory", os.getcwd()),
+    ):
+        if not folder:
+            continue
+        real = os.path.realpath(folder)
+        if _inside(path, real):
+            relation = "is" if real == path else "holds"
+            raise NotConfiguredError(
+                f"STORE_PATH {path!r} {relation} {name} ({real!r}): the route under "
+                f"STORE_URL_PREFIX would publish the app's own files (its code, its database). "
+                f"Give uploads a folder of their own (the default is <instance folder>/uploads), "
+                f"or set STORE_SERVE_FILES = False and serve them some other way."
+            )
+
+
 class _TempFile:
     """The temp file's descriptor with the little of ``IO[bytes]`` a save uses.
 
@@ -201,32 +239,24 @@ class LocalProvider(Provider):
     """
 
     register_route = True
+    config_backend = "local"
     loop_bound = False  # only files and worker threads: a save runs on any event loop
-
-    @classmethod
-    def app_defaults(cls, app: App) -> None:
-        # Never the current directory (the seed's default): the serving route would publish
-        # the app's own source code.
-        app.config.setdefault("STORE_PATH", os.path.join(app.instance_path, "uploads"))
 
     @classmethod
     def check_config(cls, config: StoreConfig) -> None:
         super().check_config(config)
-        path = os.path.join(config.root_path, os.path.expanduser(config.path))
-        try:
-            os.makedirs(path, exist_ok=True)
-        except OSError as exc:
+        if not config.path.strip():
+            # os.path.join(root, "") is the app's own folder: its code and database, published.
             raise NotConfiguredError(
-                f"STORE_PATH {path!r} does not exist and cannot be created ({exc.strerror}); "
-                f"set STORE_PATH to a folder this process can write to."
-            ) from exc
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise NotConfiguredError(
-                f"STORE_PATH {path!r} is not writable by this process; fix its permissions or "
-                f"set STORE_PATH to another folder."
+                "STORE_PATH is empty: set it to the folder uploads go to (an empty value would "
+                "be the app's own folder), or leave it unset for <instance folder>/uploads."
             )
         # One realpath, once: every containment check compares against it.
-        config["STORE_PATH"] = os.path.realpath(path)
+        path = os.path.realpath(os.path.join(config.root_path, os.path.expanduser(config.path)))
+        _check_folder(path)
+        if config["STORE_SERVE_FILES"] and cls.register_route:
+            _check_not_published(path, config)
+        config["STORE_PATH"] = path
 
     @contextlib.contextmanager
     def _map_errors(self, key: str) -> Iterator[None]:

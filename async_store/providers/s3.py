@@ -61,33 +61,6 @@ if TYPE_CHECKING:
 __all__ = ["S3GeventProvider", "S3Provider"]
 
 MIB = 1024 * 1024
-# Object parameters STORE_S3_OBJECT_PARAMS may set (PutObject / CreateMultipartUpload names).
-_OBJECT_PARAMS = frozenset(
-    {
-        "CacheControl",
-        "ContentDisposition",
-        "ContentEncoding",
-        "ContentLanguage",
-        "ContentType",
-        "Expires",
-        "Metadata",
-        "ServerSideEncryption",
-        "SSEKMSKeyId",
-        "StorageClass",
-        "Tagging",
-    }
-)
-_CANNED_ACLS = frozenset(
-    {
-        "private",
-        "public-read",
-        "public-read-write",
-        "authenticated-read",
-        "aws-exec-read",
-        "bucket-owner-read",
-        "bucket-owner-full-control",
-    }
-)
 _LOGGERS = ("botocore", "aiobotocore", "aioboto3", "boto3", "s3transfer", "urllib3", "aiohttp")
 
 
@@ -322,78 +295,13 @@ class S3Provider(Provider):
     """
 
     REQUIRED_CONFIGURATION: ClassVar[tuple[str, ...]] = ("STORE_S3_BUCKET",)
+    config_backend = "s3"
     _clients: ClassVar[_Clients]
 
     @classmethod
-    def app_defaults(cls, app: App) -> None:
-        defaults: dict[str, Any] = {
-            "STORE_PATH": "",
-            "STORE_S3_BUCKET": None,
-            "STORE_S3_REGION": None,
-            "STORE_S3_ACCESS_KEY": None,
-            "STORE_S3_SECRET_KEY": None,
-            "STORE_S3_SESSION_TOKEN": None,
-            "STORE_S3_ENDPOINT_URL": None,
-            "STORE_S3_PUBLIC_ENDPOINT_URL": None,
-            "STORE_S3_ADDRESSING_STYLE": None,
-            "STORE_S3_ACL": "private",
-            "STORE_S3_OBJECT_PARAMS": {},
-            "STORE_S3_CONDITIONAL_WRITES": True,
-            "STORE_S3_MULTIPART_THRESHOLD": 8 * MIB,
-            "STORE_S3_PART_SIZE": 8 * MIB,
-            "STORE_S3_MAX_CONCURRENCY": 4,
-            # Upload content held in memory by all saves of an event loop together.
-            "STORE_S3_MAX_MEMORY": 128 * MIB,
-            # One client serves every request of a process (botocore's 10 is sized for
-            # s3transfer's 10 threads; aiohttp's own default is 100).
-            "STORE_S3_MAX_POOL_CONNECTIONS": 50,
-            "STORE_S3_MAX_ATTEMPTS": 5,
-            "STORE_S3_CONNECT_TIMEOUT": 10,
-            "STORE_S3_READ_TIMEOUT": 60,
-        }
-        for key, value in defaults.items():
-            app.config.setdefault(key, value)
-
-    @classmethod
     def check_config(cls, config: StoreConfig) -> None:
+        # Each key's own check is in the config table (async_store.config.SETTINGS).
         super().check_config(config)
-        acl = config["STORE_S3_ACL"]
-        if acl is not None and acl not in _CANNED_ACLS:
-            raise NotConfiguredError(
-                f"STORE_S3_ACL must be a canned ACL ({', '.join(sorted(_CANNED_ACLS))}) or None "
-                f"to send none (R2 and buckets with ACLs disabled), not {acl!r}."
-            )
-        part = config["STORE_S3_PART_SIZE"]
-        if not isinstance(part, int) or part < 5 * MIB:
-            raise NotConfiguredError(
-                f"STORE_S3_PART_SIZE must be at least 5 MiB (S3's minimum part), not {part!r}."
-            )
-        threshold = config["STORE_S3_MULTIPART_THRESHOLD"]
-        if not isinstance(threshold, int) or threshold < 5 * MIB:
-            raise NotConfiguredError(
-                f"STORE_S3_MULTIPART_THRESHOLD must be an int of at least 5 MiB, not {threshold!r}."
-            )
-        for key in (
-            "STORE_S3_MAX_CONCURRENCY",
-            "STORE_S3_MAX_POOL_CONNECTIONS",
-            "STORE_S3_MAX_MEMORY",
-        ):
-            value = config[key]
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise NotConfiguredError(f"{key} must be a positive int, not {value!r}.")
-        params = config["STORE_S3_OBJECT_PARAMS"]
-        unknown = set(params or {}) - _OBJECT_PARAMS
-        if not isinstance(params, dict) or unknown:
-            raise NotConfiguredError(
-                f"STORE_S3_OBJECT_PARAMS takes a dict of {', '.join(sorted(_OBJECT_PARAMS))}; "
-                f"unknown: {', '.join(sorted(unknown)) or repr(params)}."
-            )
-        for key in ("STORE_S3_ENDPOINT_URL", "STORE_S3_PUBLIC_ENDPOINT_URL"):
-            value = config[key]
-            if value is not None and not str(value).startswith(("http://", "https://")):
-                raise NotConfiguredError(
-                    f"{key} must be a URL such as 'http://127.0.0.1:8333', not {value!r}."
-                )
         has_key = config["STORE_S3_ACCESS_KEY"] is not None
         if has_key != (config["STORE_S3_SECRET_KEY"] is not None):
             raise NotConfiguredError(
@@ -794,5 +702,4 @@ class S3GeventProvider(S3Provider):
 
     @classmethod
     def app_defaults(cls, app: App) -> None:
-        super().app_defaults(app)
         app.config.setdefault("STORE_BACKGROUND", True)
