@@ -1,10 +1,10 @@
 """The async_store demo: an upload page with drag and drop, a progress bar per file, a gallery
 of the stored files and delete, on Quart and SQLAlchemy.
 
-Run it with ``make demo`` (hypercorn) or ``python examples/quart_app.py`` (Quart's dev server),
-then open http://127.0.0.1:5000. No config is needed: each upload is a row of an SQLite database,
-``examples/instance/demo.sqlite``, whose ``StoreType`` column holds the path of a file in
-``examples/instance/uploads`` (both git-ignored).
+Run it with ``make demo`` (or ``python examples/quart_app.py [--host H] [--port P]``: hypercorn,
+as ``make demo`` runs it), then open http://127.0.0.1:5000. No config is needed: each upload is a
+row of an SQLite database, ``examples/instance/demo.sqlite``, whose ``StoreType`` column holds
+the path of a file in ``examples/instance/uploads`` (both git-ignored).
 
 The environment changes that: ``DATABASE_URL`` (any async SQLAlchemy URL) and every ``STORE_*``
 key, read as JSON when it parses as a number, ``true``/``false`` or an object, else as text
@@ -17,7 +17,12 @@ key, read as JSON when it parses as a number, ``true``/``false`` or an object, e
 Uploads take the library's fastest path, :meth:`Provider.save_request`: each file is parsed out
 of the request body as it arrives and streamed straight into the store (never spooled to a temp
 file first), and a failed commit deletes them again. Local files are served by the store's safe
-route; S3 files through presigned URLs (the bucket stays private).
+route; S3 files through presigned URLs (the bucket stays private). With ``STORE_BACKGROUND=true``
+a card says "uploading" until its file is delivered.
+
+Each row also records which storage holds its file: one database may serve the demo run with
+other ``STORE_*`` settings (local, then S3), and the page shows, opens and deletes only the files
+of the storage it runs with, never another storage's file of the same path.
 
 From a shell::
 
@@ -27,21 +32,26 @@ From a shell::
 
 from __future__ import annotations
 
+import argparse
+import errno
 import os
+import socket
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urljoin
 
 import anyio
 from markupsafe import Markup
 from quart import Quart, Response, abort, redirect, render_template, request, url_for
 from quart.typing import ResponseReturnValue
-from sqlalchemy import DateTime, String, select
-from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+from sqlalchemy import DateTime, String, func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
 
-from async_store import Store
+from async_store import ProviderError, Store, StoreError
 from async_store.config import config_from_env
 from async_store.serve import content_policy
 from async_store.sqla import StoreType
@@ -55,6 +65,21 @@ app = Quart(__name__, instance_path=os.path.join(HERE, "instance"))
 app.config["MAX_CONTENT_LENGTH"] = 1024**3
 app.config.update(config_from_env())  # STORE_* variables, e.g. STORE_PROVIDER=s3
 store = Store(app)  # STORE_PATH defaults to <instance folder>/uploads
+CONFIG = store.state(app).config
+ON_S3 = any(cls.__name__ == "S3Provider" for cls in store.state(app).provider_class.__mro__)
+BACKGROUND = bool(CONFIG["STORE_BACKGROUND"])
+
+
+def storage_name() -> str:
+    """The storage this process stores in, as each row records it: ``local:/srv/uploads``, or
+    ``s3:http://127.0.0.1:8333/my-bucket/media`` (``s3:aws/...`` without an endpoint URL)."""
+    if ON_S3:
+        endpoint = CONFIG.get("STORE_S3_ENDPOINT_URL") or "aws"
+        return f"s3:{endpoint}/{CONFIG['STORE_S3_BUCKET']}/{CONFIG.path.strip('/')}".rstrip("/")
+    return f"local:{CONFIG.path}"
+
+
+STORAGE = storage_name()
 
 
 def default_database_url() -> str:
@@ -73,7 +98,9 @@ class Base(DeclarativeBase):
 
 
 class Upload(Base):
-    __tablename__ = "uploads"
+    # Earlier versions of the demo kept rows in 'uploads', without the storage column: that
+    # table is left alone.
+    __tablename__ = "files"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     # The stored file's name: the client's, cleaned, or renamed when that one was taken.
@@ -82,6 +109,9 @@ class Upload(Base):
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=lambda: datetime.now(UTC)
     )
+    # The STORAGE that holds the file. Two storages may each hold a 'demo/photo.jpg': a row
+    # only ever opens or deletes the file of its own.
+    storage: Mapped[str] = mapped_column(String(1024), index=True)
     # 'demo/photo.jpg' in the database (below STORE_PATH), a provider once loaded.
     file = mapped_column(StoreType(256, location="demo"), nullable=False)
 
@@ -125,21 +155,48 @@ class Card:
     image: bool
     #: The extension, for the icon of the others ("PDF", "TXT").
     kind: str
+    #: False while a background upload is on its way: the URL finds nothing yet.
+    delivered: bool
 
 
-async def card(row: Upload) -> Card:
-    mimetype, attachment = content_policy(row.file.filename)
-    extension = os.path.splitext(row.file.filename)[1].lstrip(".")
+async def is_delivered(file: Any) -> bool:
+    """Whether the file's URL finds it. With ``STORE_BACKGROUND`` on, ``save()`` returns once
+    the file is spooled, and the URL finds nothing until the upload is delivered."""
+    if not BACKGROUND:
+        return True
+    if file.upload is not None:  # saved by this request: its upload knows
+        return bool(file.status == "delivered")
+    try:
+        return bool(await file.exists())
+    except ProviderError:
+        return False  # the backend is down: the file waits in the spool
+
+
+async def card(row: Upload, saved: Any = None) -> Card:
+    """``saved``: the provider that stored the row's file in this request, if any."""
+    file = saved if saved is not None else row.file
+    mimetype, attachment = content_policy(file.filename)
+    extension = os.path.splitext(file.filename)[1].lstrip(".")
     return Card(
         id=row.id,
         name=row.name,
         size=row.size,
         created_at=row.created_at,
         # The store's own route for local files; a presigned GET for a private bucket.
-        url=await row.file.url(LINK_SECONDS),
+        url=await file.url(LINK_SECONDS),
         image=mimetype.startswith("image/") and not attachment,
         kind=extension[:4].upper() or "FILE",
+        delivered=await is_delivered(file),
     )
+
+
+async def find(session: AsyncSession, upload_id: int) -> Upload:
+    """The row ``upload_id`` of this storage; a 404 for a row of another storage, whose path
+    may name a file of this one."""
+    row = await session.get(Upload, upload_id)
+    if row is None or row.storage != STORAGE:
+        abort(404, f"no upload {upload_id} in this storage ({STORAGE})")
+    return row
 
 
 @app.template_filter("filesize")
@@ -167,22 +224,26 @@ def wants_html() -> bool:
 
 def where() -> Markup:
     """Where the files go, for the page's header."""
-    config = store.state().config
-    if config["STORE_PROVIDER"] == "s3":
-        prefix = config.path.strip("/")
-        bucket = Markup("in the S3 bucket <code>{}</code>").format(config["STORE_S3_BUCKET"])
+    if ON_S3:
+        prefix = CONFIG.path.strip("/")
+        bucket = Markup("in the S3 bucket <code>{}</code>").format(CONFIG["STORE_S3_BUCKET"])
         return bucket + Markup(", under <code>{}/</code>").format(prefix) if prefix else bucket
-    return Markup("on the local disk, in <code>{}</code>").format(config.path)
+    return Markup("on the local disk, in <code>{}</code>").format(CONFIG.path)
 
 
 @app.get("/")
 async def index() -> str:
-    newest_first = select(Upload).order_by(Upload.created_at.desc(), Upload.id.desc())
+    mine = select(Upload).where(Upload.storage == STORAGE)
+    newest_first = mine.order_by(Upload.created_at.desc(), Upload.id.desc())
+    others = select(func.count()).select_from(Upload).where(Upload.storage != STORAGE)
     async with Session() as session:
         uploads = (await session.scalars(newest_first)).all()
+        elsewhere = await session.scalar(others) or 0
     cards = [await card(row) for row in uploads]
     limit = filesize(app.config["MAX_CONTENT_LENGTH"])
-    return await render_template("index.html", cards=cards, where=where(), limit=limit)
+    return await render_template(
+        "index.html", cards=cards, where=where(), limit=limit, elsewhere=elsewhere
+    )
 
 
 @app.post("/upload")
@@ -193,7 +254,10 @@ async def upload() -> ResponseReturnValue:
     files = stored.files.getlist("afile")
     if not files:
         abort(400, "no file in the 'afile' field")
-    rows = [Upload(name=f.filename, size=stored.sizes[f.relative_path], file=f) for f in files]
+    rows = [
+        Upload(name=f.filename, size=stored.sizes[f.relative_path], storage=STORAGE, file=f)
+        for f in files
+    ]
     try:
         async with Session.begin() as session:
             session.add_all(rows)
@@ -205,7 +269,7 @@ async def upload() -> ResponseReturnValue:
                 await f.delete(missing_ok=True)
         raise
     if is_script():
-        cards = [await card(row) for row in rows]
+        cards = [await card(row, f) for row, f in zip(rows, files, strict=True)]
         return await render_template("_cards.html", cards=cards)
     if wants_html():
         return redirect(url_for("index"), 303)
@@ -214,12 +278,19 @@ async def upload() -> ResponseReturnValue:
     return Response("".join(url + "\n" for url in urls), mimetype="text/plain")
 
 
+@app.get("/card/<int:upload_id>")
+async def one_card(upload_id: int) -> str:
+    """One card as it is now: the page's script asks again until a background upload is
+    delivered, then shows the thumbnail."""
+    async with Session() as session:
+        row = await find(session, upload_id)
+    return await render_template("_cards.html", cards=[await card(row)])
+
+
 @app.post("/delete/<int:upload_id>")
 async def delete(upload_id: int) -> ResponseReturnValue:
     async with Session.begin() as session:
-        row = await session.get(Upload, upload_id)
-        if row is None:
-            abort(404)
+        row = await find(session, upload_id)
         path = row.file.relative_path
         await session.delete(row)
     # Committed: StoreType has deleted the file too.
@@ -240,5 +311,51 @@ async def plain_errors(error: HTTPException) -> HTTPException | ResponseReturnVa
     )
 
 
+@app.errorhandler(StoreError)
+async def store_errors(error: StoreError) -> HTTPException | ResponseReturnValue:
+    """The library's message, which names the file and the key to check (S3 down, a full
+    disk), instead of a bare "500 Internal Server Error"."""
+    if isinstance(error, HTTPException):  # BadUploadError (400), UploadTooLargeError (413)
+        return await plain_errors(error)
+    app.logger.error("%s", error)
+    if isinstance(error, ProviderError):
+        return await plain_errors(ServiceUnavailable(str(error)))
+    return await plain_errors(InternalServerError(str(error)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``make demo``: serve the demo with hypercorn until Ctrl-C."""
+    import asyncio
+
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config
+
+    parser = argparse.ArgumentParser(description="Serve the async_store demo with hypercorn.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5000)
+    args = parser.parse_args(argv)
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    try:
+        # Bound here and handed to hypercorn: a port in use is one line, not its traceback.
+        listener = socket.create_server((args.host, args.port), family=family)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            why = "is in use (another make demo?)"
+        else:
+            why = f"cannot be listened on ({exc.strerror})"
+        print(
+            f"error: {args.host}:{args.port} {why}: stop what holds it, or pick another port, "
+            f"e.g. make demo PORT={args.port + 1}",
+            file=sys.stderr,
+        )
+        return 1
+    config = Config()
+    config.bind = [f"fd://{listener.detach()}"]
+    print(f"async_store demo on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+    print(f"files {Markup(where()).striptags()}; rows in {engine.url}", flush=True)
+    asyncio.run(serve(app, config))
+    return 0
+
+
 if __name__ == "__main__":
-    app.run(host="127.0.0.1", port=5000)
+    sys.exit(main())

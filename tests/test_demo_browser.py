@@ -1,6 +1,7 @@
 """The demo page in a real headless Chromium (Debian's ``chromium`` and ``chromium-driver``,
 driven by selenium: nothing is downloaded), served by hypercorn as ``make demo`` serves it, once
-with local storage and once switched to S3 (SeaweedFS) by environment variables.
+with local storage and once switched to S3 (SeaweedFS) by environment variables; then with S3
+down (a fault proxy), and with background uploads waiting for S3 to come back.
 
 The screenshot lands in the test's tmp folder; set ``DEMO_SCREENSHOT=docs/img/demo.png`` to
 refresh the one the docs show.
@@ -21,7 +22,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import s3_client, s3_config, unavailable
+from tests.conftest import S3_CREDENTIALS, s3_client, s3_config, unavailable
+from tests.faultproxy import FaultProxy
+from tests.seaweed import SeaweedFS
 from tests.test_examples import demo_server, query
 
 CHROMIUM = "/usr/bin/chromium"
@@ -124,7 +127,7 @@ class Backend:
         }
 
     def rows(self) -> list[tuple[Any, ...]]:
-        return query(self.database, "SELECT name, size, file FROM uploads ORDER BY id")
+        return query(self.database, "SELECT name, size, file FROM files ORDER BY id")
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -303,3 +306,113 @@ def test_demo_page_in_chromium(
         wait_for(lambda: sorted(backend.files()) == stored_now, "no part of big.bin")
         assert len(backend.rows()) == 3
         assert sorted(cards()) == ["report.pdf", "sunset.png", "waves.png"]
+
+
+def s3_environ(tmp_path: Path, endpoint: str, bucket: str, **extra: str) -> dict[str, str]:
+    """The demo on S3 through ``endpoint`` (the fault proxy), as a shell would set it."""
+    return {
+        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'demo.sqlite'}",
+        "STORE_PROVIDER": "s3",
+        "STORE_S3_BUCKET": bucket,
+        "STORE_S3_ENDPOINT_URL": endpoint,
+        "STORE_S3_REGION": "us-east-1",
+        **S3_CREDENTIALS,
+        "STORE_S3_MAX_ATTEMPTS": "1",
+        **extra,
+    }
+
+
+def empty_bucket(server: SeaweedFS, bucket: str) -> None:
+    client = s3_client(server)
+    try:
+        for item in client.list_objects_v2(Bucket=bucket).get("Contents", []):
+            client.delete_object(Bucket=bucket, Key=item["Key"])
+    finally:
+        client.close()
+
+
+def test_demo_s3_down_shows_why_and_keeps_the_name(
+    browser: Any,
+    proxy: FaultProxy,
+    s3_server: SeaweedFS,
+    bucket: str,
+    free_tcp_port: int,
+    tmp_path: Path,
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    picked = tmp_path / "quarterly-report.pdf"
+    picked.write_bytes(b"%PDF-1.4\n%%EOF\n")
+    with demo_server(free_tcp_port, s3_environ(tmp_path, proxy.endpoint, bucket)) as base:
+        browser.get(base + "/")
+        proxy.down()
+        browser.find_element(By.ID, "afile").send_keys(str(picked))
+        row = browser.find_element(By.CSS_SELECTOR, "#queue li")
+        WebDriverWait(browser, WAIT, 0.05).until(
+            lambda _: "failed" in row.get_attribute("class"), message="the upload to fail"
+        )
+        assert row.find_element(By.CLASS_NAME, "qstate").text == "failed"
+        # The library's message, naming the file and the key to check.
+        reason = row.find_element(By.CLASS_NAME, "qreason").text
+        assert reason.startswith("503 Service Unavailable: cannot reach the S3 endpoint for ")
+        assert "quarterly-report.pdf" in reason and "STORE_S3_ENDPOINT_URL" in reason
+        # However long the message, the file's name stays whole on its row.
+        name = row.find_element(By.CLASS_NAME, "qname")
+        assert name.text == "quarterly-report.pdf"
+        fits = "const e = arguments[0]; return e.clientWidth > 0 && e.scrollWidth <= e.clientWidth"
+        assert browser.execute_script(fits, name)
+        assert browser.find_elements(By.CSS_SELECTOR, "#gallery .card") == []
+        proxy.up()
+    empty_bucket(s3_server, bucket)
+
+
+def test_demo_background_card_says_uploading_until_delivered(
+    browser: Any,
+    proxy: FaultProxy,
+    s3_server: SeaweedFS,
+    bucket: str,
+    free_tcp_port: int,
+    tmp_path: Path,
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def wait_for(check: Any, what: str) -> Any:
+        return WebDriverWait(browser, WAIT, 0.05).until(lambda _: check(), message=what)
+
+    picture = png(400, 300, sunset)
+    picked = tmp_path / "sunset.png"
+    picked.write_bytes(picture)
+    background = {
+        "STORE_BACKGROUND": "true",
+        "STORE_BACKGROUND_BACKOFF": "0.05",
+        "STORE_BACKGROUND_MAX_BACKOFF": "0.2",
+    }
+    environ = s3_environ(tmp_path, proxy.endpoint, bucket, **background)
+    with demo_server(free_tcp_port, environ) as base:
+        browser.get(base + "/")
+        browser.execute_script(WATCH_QUEUE)
+        proxy.down()  # delivery waits for S3, the file for delivery
+        browser.find_element(By.ID, "afile").send_keys(str(picked))
+        card = "#gallery .card"
+        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, card), "the card")
+        state = browser.find_element(By.CSS_SELECTOR, "#queue li .qstate")
+        wait_for(lambda: state.text.startswith("uploading · "), "the row to say uploading")
+        shown = browser.find_element(By.CSS_SELECTOR, card)
+        assert shown.get_attribute("data-status") == "uploading"
+        assert "uploading to the store" in shown.text
+        assert shown.find_elements(By.TAG_NAME, "img") == []  # no broken thumbnail
+        assert shown.find_elements(By.TAG_NAME, "a") == []  # no link to a 404
+
+        proxy.up()
+        thumbs = "return [...document.querySelectorAll('#gallery img')].map(i => i.naturalWidth)"
+        wait_for(lambda: browser.execute_script(thumbs) == [400], "the delivered thumbnail")
+        assert browser.find_element(By.CSS_SELECTOR, card).get_attribute("data-status") == "stored"
+        wait_for(lambda: state.text.startswith("stored · "), "the row to say stored")
+        texts = [t.split(" · ")[0] for t in browser.execute_script("return window.queueTexts")]
+        assert texts.index("uploading") < texts.index("stored"), texts
+        # Reloaded, the page says the same: the file is in the bucket.
+        browser.refresh()
+        wait_for(lambda: browser.execute_script(thumbs) == [400], "the thumbnail after a reload")
+    empty_bucket(s3_server, bucket)

