@@ -1,6 +1,7 @@
 # make demo: the Quart example on http://127.0.0.1:5000; make test: lint, types and the suite.
-# Both build .venv themselves (python3 -m venv, pip install -e '.[test]'), so a fresh clone
-# needs nothing but python3 >= 3.11 and make.
+# Both build .venv themselves (python3 -m venv), so a fresh clone needs nothing but python3 >= 3.11
+# and make: make demo installs the demo extra only (pip install -e '.[demo]'), make test the test
+# extra, which includes it.
 
 PYTHON ?= python3
 VENV := .venv
@@ -9,11 +10,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 5000
+# The demo's extras, each installed once (.venv/.installed-<extra>): the S3 client too when the
+# demo is pointed at S3 (STORE_PROVIDER=s3 or a Flask-Store S3 provider path in the environment).
+DEMO_EXTRAS := demo $(if $(filter s3 %.S3Provider %.S3GeventProvider,$(STORE_PROVIDER)),s3)
 
 .PHONY: help install system-deps demo test bench docs lint format clean
 
 help:
-	@echo "make demo     run the Quart example on http://$(HOST):$(PORT) (upload form, local storage)"
+	@echo "make demo     run the Quart example on http://$(HOST):$(PORT) (upload form, local storage; PORT=5001 for another port)"
 	@echo "make test     ruff check, ruff format --check, mypy --strict and pytest"
 	@echo "make lint     the same without pytest"
 	@echo "make bench    benchmarks: bench/results/latest.md and latest.png"
@@ -30,6 +34,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+$(VENV)/.installed-%: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e '.[$*]'
+	touch $@
+
 # PostgreSQL for the database tests (the suite starts its own server on a loopback port), Chromium
 # and its WebDriver for the demo's browser test (tests/test_demo_browser.py).
 system-deps:
@@ -45,9 +53,10 @@ system-deps:
 		echo "note:$$missing not installed; their tests will say so and skip (apt-get install$$missing)"; \
 	fi
 
-demo: $(STAMP)
-	@echo "async_store demo on http://$(HOST):$(PORT) (SQLite and files in examples/instance unless DATABASE_URL / STORE_* are set)"
-	$(BIN)/hypercorn --bind $(HOST):$(PORT) examples/quart_app.py:app
+# hypercorn, through the example's launcher: it says where files and rows go, and a port in use
+# is one line.
+demo: $(DEMO_EXTRAS:%=$(VENV)/.installed-%)
+	@$(BIN)/python examples/quart_app.py --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
