@@ -17,6 +17,7 @@ import shutil
 import struct
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +69,9 @@ def waves(x: int, y: int) -> tuple[int, int, int]:
     return int(20 + 60 * wave), int(110 + 100 * wave), int(170 + 70 * wave)
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+@contextmanager
+def chromium(profile: Path) -> Iterator[Any]:
+    """A headless Chromium driven by selenium, with its profile in ``profile``."""
     if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
         unavailable(f"{CHROMIUM} or {CHROMEDRIVER} is missing (apt-get install chromium-driver)")
     from selenium import webdriver
@@ -87,7 +89,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         "--disable-component-update",
         "--disable-sync",
         "--window-size=1200,1060",
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
+        f"--user-data-dir={profile}",
     ):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
@@ -96,6 +98,12 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    with chromium(tmp_path_factory.mktemp("chromium")) as driver:
+        yield driver
 
 
 class Backend:

@@ -1,6 +1,7 @@
 """The documentation site builds with no warnings and says everything the README and the package do.
 
-One strict ``mkdocs build`` per run (a few seconds), into a temp folder; the tests read its HTML.
+One strict ``mkdocs build`` per run (a few seconds), into a temp folder; the tests read its HTML,
+and open it from ``file://`` in headless Chromium with the network off.
 """
 
 from __future__ import annotations
@@ -40,7 +41,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def page(site: Path, name: str) -> str:
-    return (site / name / "index.html").read_text(encoding="utf-8")
+    """The HTML of a page: ``page(site, "s3")`` is ``s3.html``, ``""`` the home page."""
+    return (site / f"{name or 'index'}.html").read_text(encoding="utf-8")
+
+
+def pages(site: Path) -> list[Path]:
+    return sorted(site.rglob("*.html"))
 
 
 def text_of(markup: str) -> str:
@@ -75,7 +81,7 @@ def test_every_readme_line_is_on_the_site(site: Path) -> None:
     hook = load_readme_hook()
     lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
     first = min(s.start for s in hook.parse(lines) if s.level == 2)
-    shown = " ".join(text_of(p.read_text(encoding="utf-8")) for p in site.rglob("index.html"))
+    shown = " ".join(text_of(p.read_text(encoding="utf-8")) for p in pages(site))
     shown = " ".join(shown.replace("*", "").split())
     fenced = False
     missing = []
@@ -93,7 +99,7 @@ def test_readme_prose_is_included_not_copied(site: Path) -> None:
     s3 = page(site, "s3")
     assert "The bucket must exist: async_store never creates one." in text_of(s3)
     # README's "[Providers](#providers)" points at the Storing files page on the site.
-    assert re.search(r'<a href="\.\./providers/">Providers</a>', s3), "README link not rewritten"
+    assert re.search(r'<a href="providers\.html">Providers</a>', s3), "README link not rewritten"
 
 
 def test_every_config_key_is_in_the_configuration_reference(site: Path) -> None:
@@ -107,7 +113,7 @@ def test_every_config_key_is_in_the_configuration_reference(site: Path) -> None:
 
 
 def test_every_public_name_is_in_the_api_reference(site: Path) -> None:
-    reference = "".join(p.read_text() for p in (site / "reference").rglob("index.html"))
+    reference = "".join(p.read_text() for p in pages(site / "reference"))
     anchors = set(re.findall(r'id="(async_store\.[\w.]+)"', reference))
     # Shown under its public name (async_store.Store) or where it is defined (…exceptions.X).
     shown = {anchor.rsplit(".", 1)[-1] for anchor in anchors}
@@ -118,13 +124,13 @@ def test_every_public_name_is_in_the_api_reference(site: Path) -> None:
 
 def test_docstrings_render_as_markdown(site: Path) -> None:
     """reST roles and literal blocks in docstrings do not leak into the reference."""
-    for html_file in (site / "reference").rglob("index.html"):
+    for html_file in pages(site / "reference"):
         body = text_of(html_file.read_text(encoding="utf-8"))
         assert not re.search(r":(class|meth|attr|func|exc|param|raises):", body), html_file
         assert not re.search(r"::\s*$", body, flags=re.M), html_file
     store = page(site, "reference/store")
     # :meth:`Provider.save_request` in Store.save_request links to the provider's method.
-    assert 'href="../providers/#async_store.Provider.save_request"' in store
+    assert 'href="providers.html#async_store.Provider.save_request"' in store
 
 
 def test_cli_page_shows_every_command_help(site: Path) -> None:
@@ -155,3 +161,55 @@ def test_readme_hook_reports_what_it_cannot_place() -> None:
     readme.register("s3.md", "<!-- readme: S3 and S3-compatible storage -->")
     with pytest.raises(PluginError, match="#providers, which no docs page includes"):
         readme.render("s3.md", "# S3\n<!-- readme: S3 and S3-compatible storage -->")
+
+
+def test_site_links_files_and_loads_nothing_from_other_hosts(site: Path) -> None:
+    """Opened as site/index.html, a link to a folder shows its listing, and an asset from
+    another host (Google Fonts, unpkg.com) fails offline: pages link .html files, assets are
+    the site's own."""
+    for html_file in pages(site):
+        markup = html_file.read_text(encoding="utf-8")
+        where = html_file.relative_to(site)
+        assert "fonts.googleapis.com" not in markup and "fonts.gstatic.com" not in markup, where
+        links = re.findall(r'<a\b[^>]*\bhref="([^"]*)"', markup)
+        assert links, where
+        local = [link for link in links if not re.match(r"[a-z]+:", link)]
+        folders = [link for link in local if link.split("#")[0].endswith("/")]
+        assert folders == [], where
+        # Scripts, stylesheets, icons and images come from the site itself.
+        assets = re.findall(r'<(?:script|img|link)\b[^>]*\b(?:src|href)="([^"]*)"', markup)
+        assert [a for a in assets if re.match(r"(https?:)?//", a)] == [], where
+    for css in site.rglob("*.css"):
+        imports = re.findall(r"@import[^;]*|url\((?!\"?'?data:)[^)]*\)", css.read_text())
+        assert [i for i in imports if "//" in i] == [], css
+
+
+def test_site_works_from_file_urls_offline(site: Path, tmp_path: Path) -> None:
+    """In a browser with the network off: a page from file://, a click to another page, a
+    search (the offline plugin's index, run by the site's own worker shim)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.test_demo_browser import chromium
+
+    with chromium(tmp_path / "chromium") as browser:
+        browser.execute_cdp_cmd("Network.enable", {})
+        browser.execute_cdp_cmd(
+            "Network.emulateNetworkConditions",
+            {"offline": True, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1},
+        )
+        wait = WebDriverWait(browser, 15, 0.05)
+        browser.get((site / "index.html").as_uri())
+        assert browser.title == "async_store"
+        browser.find_element(By.TAG_NAME, "article").find_element(By.LINK_TEXT, "Quart").click()
+        wait.until(lambda _: browser.title.startswith("Quart"), message="the Quart page")
+        assert browser.current_url == (site / "quart.html").as_uri()
+        assert "store.Provider" in browser.find_element(By.TAG_NAME, "article").text
+
+        search = browser.find_element(By.CSS_SELECTOR, "input.md-search__input")
+        search.click()
+        search.send_keys("save_request")
+        results = "ol.md-search-result__list > li"
+        wait.until(lambda _: browser.find_elements(By.CSS_SELECTOR, results), message="results")
+        first = browser.find_element(By.CSS_SELECTOR, f"{results} a")
+        assert first.get_attribute("href").startswith((site / "").as_uri())
