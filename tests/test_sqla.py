@@ -19,10 +19,10 @@ import flask
 import pytest
 import quart
 import werkzeug.datastructures
-from sqlalchemy import String, create_engine, insert, text
+from sqlalchemy import ForeignKey, String, create_engine, delete, insert, text, update
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from async_store import Store, StoreError
 from async_store.sqla import FlaskStoreType, StoreType
@@ -42,6 +42,28 @@ class Doc(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     title: Mapped[str] = mapped_column(String(50), unique=True)
     file = mapped_column(StoreType(128, location="docs"), nullable=True)
+
+
+class Album(Base):
+    __tablename__ = "albums"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    photos: Mapped[list[Photo]] = relationship(cascade="all, delete-orphan", order_by="Photo.id")
+
+
+class Photo(Base):
+    __tablename__ = "photos"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    album_id: Mapped[int | None] = mapped_column(ForeignKey("albums.id"))
+    file = mapped_column(StoreType(128, location="photos"), nullable=True)
+
+
+class Pair(Base):
+    """Two files a row."""
+
+    __tablename__ = "pairs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    file = mapped_column(StoreType(128, location="one"), nullable=True)
+    copy = mapped_column(StoreType(128, location="two"), nullable=True)
 
 
 def upload(data: bytes = b"data", name: str = "a.txt") -> werkzeug.datastructures.FileStorage:
@@ -85,14 +107,16 @@ class DB:
         self.app.config["STORE_PATH"] = str(store_path)
         self.store = Store(self.app)
 
-    async def __call__(self, scenario: Callable[[Session], Any]) -> Any:
-        """Run ``scenario(session)`` in a new session, the async or the sync way."""
+    async def __call__(self, scenario: Callable[[Session], Any], **options: Any) -> Any:
+        """Run ``scenario(session)`` in a new session, the async or the sync way; ``options``
+        go to the session (``expire_on_commit=False``)."""
         if self.async_engine is not None:
-            async with self.app.app_context(), AsyncSession(self.async_engine) as session:
+            engine = self.async_engine
+            async with self.app.app_context(), AsyncSession(engine, **options) as session:
                 return await session.run_sync(scenario)
 
         def in_thread() -> Any:
-            with self.app.app_context(), Session(self.sync_engine) as session:
+            with self.app.app_context(), Session(self.sync_engine, **options) as session:
                 return scenario(session)
 
         return await anyio.to_thread.run_sync(in_thread)
@@ -104,9 +128,16 @@ class DB:
             if p.is_file()
         }
 
-    def column(self) -> list[Any]:
+    def column(self, table: str = "docs", name: str = "file") -> list[Any]:
+        query = text(f"SELECT {name} FROM {table} ORDER BY id")
         with self.sync_engine.connect() as connection:
-            return list(connection.execute(text("SELECT file FROM docs ORDER BY id")).scalars())
+            return list(connection.execute(query).scalars())
+
+    def store_file(self, relative: str, data: bytes) -> None:
+        """A file stored earlier (by another row, Flask-Store, a migration)."""
+        path = self.store_path / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
 
     async def close(self) -> None:
         if self.async_engine is not None:
@@ -303,6 +334,221 @@ async def test_core_insert_of_an_upload_is_refused(db: DB) -> None:
     assert db.files() == {}
 
 
+@pytest.mark.parametrize("expire_on_commit", [True, False])
+async def test_deleting_a_row_that_holds_a_stored_path_deletes_the_file(
+    db: DB, expire_on_commit: bool
+) -> None:
+    db.store_file("docs/kept.txt", b"kept")
+    db.store_file("docs/flushed.txt", b"flushed")
+
+    def scenario(session: Session) -> None:
+        kept = Doc(title="kept", file="docs/kept.txt")
+        session.add(kept)
+        session.commit()
+        session.delete(kept)
+        session.commit()
+        flushed = Doc(title="flushed", file="docs/flushed.txt")
+        session.add(flushed)
+        session.flush()
+        session.delete(flushed)
+        session.commit()
+
+    await db(scenario, expire_on_commit=expire_on_commit)
+    assert db.files() == {} and db.column() == []
+
+
+@pytest.mark.parametrize("loaded", [True, False])
+async def test_deleting_a_row_after_assigning_an_upload(db: DB, loaded: bool) -> None:
+    """The file the row held goes with it; the upload assigned before the delete is never
+    stored (and a rollback keeps the row's file)."""
+
+    def scenario(session: Session) -> None:
+        doc = Doc(title="a", file=upload(b"held", "held.txt"))
+        session.add(doc)
+        session.commit()  # expires doc: `loaded` reads the file before replacing it
+        for end in (session.rollback, session.commit):
+            if loaded:
+                assert doc.file.relative_path == "docs/held.txt"
+            doc.file = upload(b"new", "new.txt")
+            session.delete(doc)
+            session.flush()
+            assert db.files() == {"docs/held.txt": b"held"}
+            end()
+
+    await db(scenario)
+    assert db.files() == {} and db.column() == []
+
+
+async def test_delete_orphan_cascade_deletes_the_files(db: DB) -> None:
+    def scenario(session: Session) -> None:
+        names = ["1", "2", "3", "4", "5"]
+        album = Album(photos=[Photo(file=upload(n.encode(), f"{n}.txt")) for n in names])
+        session.add(album)
+        session.commit()
+        album.photos.pop(0)  # photo 1
+        session.flush()
+        session.rollback()  # the orphan is back, its file too
+        assert len(db.files()) == 5
+        album.photos.pop(0)  # photo 1, for good
+        session.commit()
+        session.expire(album.photos[0], ["file"])  # photo 2's path not loaded: read from the row
+        album.photos.pop(0)
+        session.commit()
+        photo = album.photos[0]  # photo 3, given a new file in the flush that deletes it
+        photo.file = upload(b"new", "new.txt")
+        album.photos.remove(photo)
+        session.commit()
+
+    await db(scenario)
+    assert db.files() == {"photos/4.txt": b"4", "photos/5.txt": b"5"}
+    assert db.column("photos") == ["photos/4.txt", "photos/5.txt"]
+
+    def delete_the_album(session: Session) -> None:
+        album = session.query(Album).one()
+        session.delete(album)  # cascade="all": its photos too
+        session.commit()
+
+    await db(delete_the_album)
+    assert db.files() == {} and db.column("photos") == []
+
+
+async def docs(db: DB, *names: str) -> None:
+    def scenario(session: Session) -> None:
+        session.add_all(Doc(title=n, file=upload(n.encode(), f"{n}.txt")) for n in names)
+        session.commit()
+
+    await db(scenario)
+
+
+@pytest.mark.parametrize("synchronize_session", ["auto", "fetch", False])
+async def test_bulk_update_deletes_the_replaced_files_after_commit(
+    db: DB, synchronize_session: Any
+) -> None:
+    await docs(db, "a", "b", "c")
+    db.store_file("docs/other.txt", b"other")
+    options = {"synchronize_session": synchronize_session}
+
+    def scenario(session: Session) -> None:
+        loaded = session.query(Doc).order_by(Doc.id).all()  # in the session while it runs
+        replace = update(Doc).where(Doc.title != "c").values(file="docs/other.txt")
+        session.execute(replace, execution_options=options)
+        session.rollback()
+        assert len(db.files()) == 4
+        session.execute(replace, execution_options=options)
+        session.execute(replace, execution_options=options)  # the same value again: no change
+        session.commit()
+        assert set(db.files()) == {"docs/other.txt", "docs/c.txt"}
+        # A stale in-session value (synchronize_session=False) does not hide what the row
+        # holds now: replacing it deletes docs/other.txt, not the long-gone docs/a.txt.
+        loaded[0].file = upload(b"a2", "a2.txt")
+        loaded[1].file = "docs/c.txt"
+        session.commit()
+
+    await db(scenario)
+    assert db.files() == {"docs/a2.txt": b"a2", "docs/c.txt": b"c"}
+    assert db.column() == ["docs/a2.txt", "docs/c.txt", "docs/c.txt"]
+
+
+async def test_bulk_update_by_primary_key_core_update_and_returning(db: DB) -> None:
+    await docs(db, "a", "b", "c", "d")
+
+    def scenario(session: Session) -> None:
+        session.execute(update(Doc), [{"id": 1, "file": "docs/c.txt"}, {"id": 2, "title": "x"}])
+        session.commit()
+        assert set(db.files()) == {"docs/b.txt", "docs/c.txt", "docs/d.txt"}
+        table = Doc.__table__
+        core = update(table).where(table.c.title == "x").values(file=None)
+        assert session.execute(core.returning(table.c.id)).scalars().all() == [2]
+        orm = update(Doc).where(Doc.title == "d").values(file="docs/c.txt").returning(Doc)
+        assert [d.title for d in session.scalars(orm)] == ["d"]
+        session.commit()
+
+    await db(scenario)
+    assert db.files() == {"docs/c.txt": b"c"}
+    assert db.column() == ["docs/c.txt", None, "docs/c.txt", "docs/c.txt"]
+
+
+async def test_bulk_delete_deletes_the_files_after_commit(db: DB) -> None:
+    await docs(db, "a", "b", "c")
+
+    def scenario(session: Session) -> None:
+        session.execute(delete(Doc).where(Doc.title != "c"))
+        session.rollback()
+        assert len(db.files()) == 3
+        with session.begin_nested():
+            session.execute(delete(Doc).where(Doc.title == "a"))
+        session.execute(delete(Doc.__table__).where(Doc.__table__.c.title == "b"))
+        session.commit()
+
+    await db(scenario)
+    assert db.files() == {"docs/c.txt": b"c"} and db.column() == ["docs/c.txt"]
+
+
+async def test_bulk_update_with_an_upload_is_refused(db: DB) -> None:
+    await docs(db, "a")
+
+    def scenario(session: Session) -> None:
+        refused = r"update\(Doc\) sets Doc.file to an unsaved FileStorage"
+        with pytest.raises(StoreError, match=refused):
+            session.execute(update(Doc).values(file=upload(b"new", "new.txt")))
+        with pytest.raises(StoreError, match=refused):  # by primary key
+            session.execute(update(Doc), [{"id": 1, "file": upload(b"new", "new.txt")}])
+        session.rollback()
+
+    await db(scenario)
+    assert db.files() == {"docs/a.txt": b"a"} and db.column() == ["docs/a.txt"]
+
+
+async def test_one_upload_assigned_to_two_rows_and_two_columns(db: DB) -> None:
+    def scenario(session: Session) -> None:
+        same = upload(b"same", "same.txt")
+        session.add_all([Doc(title="a", file=same), Doc(title="b", file=same)])
+        session.add(Pair(file=same, copy=same))
+        session.commit()
+
+    await db(scenario)
+    files = db.files()
+    assert sorted(files.values()) == [b"same"] * 4
+    assert sorted(db.column() + db.column("pairs") + db.column("pairs", "copy")) == sorted(files)
+
+
+class OneShot(io.RawIOBase):
+    """An upload stream that can be read once (a socket, a pipe)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        return self._data.readinto(buffer)
+
+
+async def test_one_shot_upload_assigned_twice_is_refused(db: DB) -> None:
+    def scenario(session: Session) -> None:
+        once = werkzeug.datastructures.FileStorage(OneShot(b"once"), "once.txt")
+        session.add(Pair(file=once, copy=once))
+        with pytest.raises(StoreError):
+            session.flush()
+        session.rollback()
+
+    await db(scenario)
+    assert db.files() == {} and db.column("pairs") == []
+
+
+async def test_one_unsaved_provider_assigned_to_two_rows_is_refused(db: DB) -> None:
+    def scenario(session: Session) -> None:
+        provider = db.store.Provider(upload())
+        session.add_all([Doc(title="a", file=provider), Doc(title="b", file=provider)])
+        with pytest.raises(StoreError, match="same unsaved provider"):
+            session.flush()
+        session.rollback()
+
+    await db(scenario)
+    assert db.files() == {} and db.column() == []
+
+
 async def test_real_async_session_in_quart(tmp_path: Path) -> None:
     engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
     async with engine.begin() as connection:
@@ -390,6 +636,11 @@ async def test_s3_column_with_and_without_background_uploads(
             session.add(Doc(title="dropped", file=upload(b"dropped", "dropped.txt")))
             await session.flush()
             await session.rollback()
+            doomed = Doc(title="doomed", file=upload(b"doomed", "doomed.txt"))
+            session.add(doomed)
+            await session.flush()  # saved (spooled, with background uploads), then deleted
+            await session.delete(doomed)
+            await session.commit()
             loaded = await session.get(Doc, kept_id)
             assert loaded is not None
             await loaded.file.wait()
