@@ -28,6 +28,7 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import parse_options_header
 
+from ._limits import body_too_large
 from ._sources import Source, SourceFailure, finish_anyway, to_source
 from .exceptions import BadUploadError, StoreError, UploadTooLargeError
 
@@ -159,10 +160,7 @@ class _Reader:
                 )
             self.size += len(chunk)
             if self._limits.body is not None and self.size > self._limits.body:
-                raise UploadTooLargeError(
-                    f"the request body is over the limit of {self._limits.body:,} bytes "
-                    f"(MAX_CONTENT_LENGTH or save_request(max_size=...))"
-                )
+                raise UploadTooLargeError(body_too_large(self._limits.body))
             try:
                 self._parser.write(chunk)
             except MultipartParseError as exc:
@@ -177,7 +175,10 @@ class _Reader:
         the server's socket raises ``TimeoutError`` when the client stops sending.
         """
         if isinstance(error, HTTPException) and error.code == 413:
-            return UploadTooLargeError("the request body is over the app's MAX_CONTENT_LENGTH")
+            limit = self._limits.body
+            return UploadTooLargeError(
+                body_too_large(limit) if limit is not None else error.description
+            )
         if isinstance(error, (HTTPException, OSError)):
             return BadUploadError(
                 f"the request body could not be read to its end ({error}): the client went "
@@ -296,10 +297,7 @@ async def save_request(
     boundary = _boundary_of(request)
     length = getattr(request, "content_length", None)
     if limits.body is not None and length is not None and length > limits.body:
-        raise UploadTooLargeError(
-            f"the request body ({length:,} bytes) is over the limit of {limits.body:,} bytes "
-            f"(MAX_CONTENT_LENGTH or save_request(max_size=...))"
-        )
+        raise UploadTooLargeError(body_too_large(limits.body, length))
     with _body_of(request) as body:
         reader = _Reader(body, boundary, limits)
         return await _save_parts(provider_class, reader, fields, location, limits)

@@ -20,6 +20,8 @@ from quart.asgi import ASGIHTTPConnection
 from quart.wrappers.request import Body
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from ._limits import body_too_large
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
 
@@ -38,6 +40,14 @@ class FlowControlledBody(Body):
 
     _queue: asyncio.Queue[bytes | None] | None = None
     _received = 0
+
+    def __init__(self, expected_content_length: int | None, max_content_length: int | None) -> None:
+        super().__init__(expected_content_length, max_content_length)
+        if self._must_raise is not None and max_content_length is not None:
+            # Quart's bare 413 for a Content-Length over the limit: say which limit.
+            self._must_raise = RequestEntityTooLarge(
+                body_too_large(max_content_length, expected_content_length)
+            )
 
     @contextlib.contextmanager
     def streaming(self) -> Iterator[AsyncIterator[bytes]]:
@@ -89,7 +99,7 @@ class FlowControlledBody(Body):
         limit = self._max_content_length
         if self._queue is None and limit is not None and self._received > limit:
             if self._must_raise is None:
-                self._must_raise = RequestEntityTooLarge()
+                self._must_raise = RequestEntityTooLarge(body_too_large(limit))
                 self.set_complete()
             return
         if self._queue is None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._background import Background
+from ._limits import install as describe_413s
 from ._paths import load_mimetypes
 from .config import Folders, defaults, read_config
 from .exceptions import StoreError
@@ -132,6 +133,8 @@ class Store:
             # over 16 MiB unless told otherwise; a Flask app gets the same. (In Quart, None can
             # only be the app's own choice: left alone.)
             app.config["MAX_CONTENT_LENGTH"] = config["STORE_MAX_CONTENT_LENGTH"]
+        # A 413 names the limit (MAX_CONTENT_LENGTH …), for request.files as for save_request.
+        describe_413s(app, state.is_async)
         if state.is_async:
             from ._quart import install
 
