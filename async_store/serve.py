@@ -6,9 +6,10 @@ Safety first, then HTTP:
   :func:`~async_store.providers.local.resolve_file` (one worker-thread hop in Quart): no ``..``,
   no hidden or temp files, no directories, no symlink out of the store. Anything else is a 404,
   never a 500;
-* only passive types are shown inline (images but SVG, audio, video, plain text, PDF). Everything
-  else, HTML, SVG, XML and JavaScript included, is sent as an ``attachment`` with
-  ``Content-Security-Policy: sandbox``, so an upload cannot run script on the app's origin;
+* only passive types are shown inline (images but SVG, audio, video, plain text, PDF: the table
+  in ``_content``, which S3 objects follow too). Everything else, HTML, SVG, XML and JavaScript
+  included, is sent as an ``attachment`` with ``Content-Security-Policy: sandbox``, so an upload
+  cannot run script on the app's origin;
 * ``X-Content-Type-Options: nosniff`` is on every response of the route, 404s included;
 * GET and HEAD, ``Range`` (206/416), ``ETag``/``Last-Modified`` and 304 come from the framework's
   own conditional-response code, after :func:`usable_range` has set aside what it gets wrong.
@@ -17,16 +18,14 @@ Safety first, then HTTP:
 from __future__ import annotations
 
 import os
-import unicodedata
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 import anyio.to_thread
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import parse_range_header
 
-from ._paths import content_type
+from ._content import content_policy, disposition
 from .exceptions import StoreError
 from .providers.local import resolve_file
 
@@ -39,21 +38,7 @@ __all__ = ["ENDPOINT", "content_policy", "register_route", "usable_range"]
 
 #: The endpoint name, for ``url_for(ENDPOINT, filename=provider.relative_path)``.
 ENDPOINT = "store_file"
-_INLINE_PREFIXES = ("image/", "audio/", "video/")
-_INLINE_TYPES = frozenset({"text/plain", "text/csv", "application/pdf", "application/json"})
-_ACTIVE_IMAGES = frozenset({"image/svg+xml"})
 _MAX_URL_PATH = 4096
-# RFC 5987 attr-chars, left unescaped in filename* (the set werkzeug uses).
-_ATTR_CHARS = "!#$&+-.^_`|~"
-
-
-def content_policy(filename: str) -> tuple[str, bool]:
-    """Return ``(mimetype, as_attachment)`` for a stored file's name."""
-    mimetype = content_type(filename)
-    inline = mimetype in _INLINE_TYPES or (
-        mimetype.startswith(_INLINE_PREFIXES) and mimetype not in _ACTIVE_IMAGES
-    )
-    return mimetype, not inline
 
 
 def _secure(response: Any, attachment: bool) -> Any:
@@ -130,17 +115,6 @@ def _flask_view(state: StoreState) -> Any:
     return serve_stored_file
 
 
-def _disposition(name: str, attachment: bool) -> tuple[str, dict[str, str]]:
-    """``Content-Disposition`` as Flask's ``send_file`` sends it, for the Quart view."""
-    value = "attachment" if attachment else "inline"
-    if name.isascii():
-        return value, {"filename": name}
-    # RFC 6266: an ASCII fallback, and the real name in filename*. Raw UTF-8 in the header (what
-    # werkzeug's Headers.add would send) is read as Latin-1 by browsers: a garbled download name.
-    simple = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
-    return value, {"filename": simple, "filename*": f"UTF-8''{quote(name, safe=_ATTR_CHARS)}"}
-
-
 def _quart_view(state: StoreState) -> Any:
     import quart
     from quart.wrappers.response import FileBody
@@ -182,7 +156,8 @@ def _quart_view(state: StoreState) -> Any:
         # What Flask's send_file sends too: revalidate with the ETag, ranges are welcome.
         response.cache_control.no_cache = True
         response.headers["Accept-Ranges"] = "bytes"
-        value, names = _disposition(os.path.basename(path), attachment)
+        # What Flask's send_file sends (the S3 backend stores the same on active objects).
+        value, names = disposition(os.path.basename(path), attachment)
         response.headers.set("Content-Disposition", value, **names)
         try:
             await response.make_conditional(request, accept_ranges=True, complete_length=st.st_size)
