@@ -52,7 +52,7 @@ async def agen(data: bytes, size: int = 1 * MIB) -> Any:
         ({"STORE_S3_MULTIPART_THRESHOLD": 1}, "STORE_S3_MULTIPART_THRESHOLD"),
         ({"STORE_S3_MAX_CONCURRENCY": 0}, "STORE_S3_MAX_CONCURRENCY"),
         ({"STORE_S3_MAX_POOL_CONNECTIONS": 0}, "STORE_S3_MAX_POOL_CONNECTIONS"),
-        ({"STORE_S3_MAX_POOL_CONNECTIONS": "50"}, "STORE_S3_MAX_POOL_CONNECTIONS"),
+        ({"STORE_S3_MAX_POOL_CONNECTIONS": "fifty"}, "STORE_S3_MAX_POOL_CONNECTIONS"),
         ({"STORE_S3_OBJECT_PARAMS": {"Bogus": 1}}, "STORE_S3_OBJECT_PARAMS"),
         ({"STORE_S3_ENDPOINT_URL": "127.0.0.1:8333"}, "STORE_S3_ENDPOINT_URL"),
         ({"STORE_S3_SECRET_KEY": None}, "STORE_S3_ACCESS_KEY"),
@@ -110,7 +110,7 @@ async def test_public_url_and_presigned_url_fetch_the_file(
         assert url == f"{public}/{bucket}/media/a.png"
         signed = await provider.url(expires=60)
         assert signed.startswith(f"{public}/{bucket}/media/a.png?")
-        assert "Signature=" in signed
+        assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in signed and "AWSAccessKeyId" not in signed
     for link in (url, signed):
         data = await anyio.to_thread.run_sync(lambda u=link: urllib.request.urlopen(u).read())
         assert data == b"picture"
@@ -315,6 +315,23 @@ async def test_without_conditional_writes_head_picks_the_name(
     assert first.filename == "a.txt" and second.filename.startswith("a_")
     puts = [r for r in proxy.requests if r.method == "PUT"]
     assert all("if-none-match" not in r.headers for r in puts)
+
+
+async def test_files_come_in_the_servers_order(s3_server: SeaweedFS, bucket: str) -> None:
+    # Streamed as the server lists them, never gathered to be sorted. SeaweedFS lists a folder's
+    # contents where the folder's name sorts ("avatars/me.jpg" before "avatars.txt"); AWS in
+    # UTF-8 byte order (the reverse, as the local provider does).
+    client = s3_client(s3_server)
+    paths = ["avatars.txt", "avatars/me.jpg", "avatars-old/x.png", "a+b/c", "a/b", "фото.txt"]
+    for path in paths:
+        client.put_object(Bucket=bucket, Key=f"media/{path}", Body=b"x")
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="media/")
+    listed = [obj["Key"].removeprefix("media/") for page in pages for obj in page["Contents"]]
+    app, store = quart_store(s3_server, bucket)
+    async with app.app_context():
+        files = [f.path async for f in store.Provider.files()]
+    assert sorted(files) == sorted(paths)
+    assert files == listed
 
 
 # --- errors and faults ------------------------------------------------------------------------

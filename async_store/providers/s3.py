@@ -12,8 +12,14 @@ The only module that imports aioboto3. How a save works, and why:
   cancelled multipart upload is aborted (aioboto3's ``upload_fileobj`` does not do that on
   cancellation, and cannot make the final step conditional: hence our own loop);
 * one client per app and long-lived event loop (Quart's serving loop, the sync shim's loop),
-  created in that loop and closed when it stops; any other loop (a Flask ``async def`` view
-  runs each request in a new one) gets a client for the duration of one call.
+  created in that loop and closed when it stops, and beside it, when needed, one that signs
+  URLs for ``STORE_S3_PUBLIC_ENDPOINT_URL`` and one without retries for background mode's
+  name check; any other loop (a Flask ``async def`` view runs each request in a new one) gets
+  a client for the duration of one call;
+* presigned URLs are SigV4 for the bucket's regional host (botocore would sign some regions
+  with SigV2, which AWS refuses for buckets created since mid-2020, and point them at the
+  global host); objects of active types (HTML, SVG, XML, scripts) are stored with
+  ``Content-Disposition: attachment``, the rule of the local route (``_content``).
 
 Credentials are never part of a repr, a log line or an error message.
 """
@@ -24,18 +30,22 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import re
 import weakref
 from typing import TYPE_CHECKING, Any, ClassVar, Self
+from urllib.parse import quote
 
 import anyio
 import anyio.to_thread
 
-from .._paths import content_type
+from .._content import disposition_header, is_passive
+from .._paths import content_type as guess_type
 from ..exceptions import NotConfiguredError, NotFoundError, ProviderError, StoreError, first_error
 
 try:
     import aioboto3
     from aiobotocore.config import AioConfig
+    from aiobotocore.retries import standard as retries
     from botocore.exceptions import (
         BotoCoreError,
         ClientError,
@@ -43,6 +53,9 @@ try:
         HTTPClientError,
     )
     from botocore.exceptions import ConnectionError as BotoConnectionError
+    from botocore.retries.quota import RetryQuota
+    from botocore.retries.standard import ExponentialBackoff, RetryEventAdapter, RetryQuotaChecker
+    from botocore.utils import check_dns_name
 except ImportError as exc:  # pragma: no cover - depends on the extra
     raise ImportError(
         f"the S3 provider needs aioboto3 ({exc}): pip install 'async_store[s3]'"
@@ -51,7 +64,7 @@ except ImportError as exc:  # pragma: no cover - depends on the extra
 from .base import Provider, StoredFile, no_free_name
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncIterator, Iterable, Iterator
 
     from flask.sansio.app import App
 
@@ -62,6 +75,34 @@ __all__ = ["S3GeventProvider", "S3Provider"]
 
 MIB = 1024 * 1024
 _LOGGERS = ("botocore", "aiobotocore", "aioboto3", "boto3", "s3transfer", "urllib3", "aiohttp")
+#: The longest a presigned URL may be valid with SigV4: seven days.
+_MAX_EXPIRES = 7 * 24 * 3600
+#: Background mode's name check gives up this soon (seconds): it spools anyway when S3 is down.
+_QUICK_CONNECT_TIMEOUT = 2
+_QUICK_READ_TIMEOUT = 5
+# A configured secret this long is blanked wherever it shows: no word is that long by chance.
+# AWS access key ids have at least 16 characters, secret keys 40, session tokens hundreds.
+_RARE_LENGTH = 16
+# Where credentials show, whatever their length (a development key such as "any" would turn
+# "many" into "m***" if blanked everywhere): the access key in a SigV4 Authorization header or
+# presigned URL (Credential=KEY/..., X-Amz-Credential=KEY%2F...), a SigV2 URL and an error body
+# (<AWSAccessKeyId>); the session token in its header (as botocore logs headers, and in a
+# canonical request) and in a presigned URL's query.
+_CREDENTIAL_FIELDS = re.compile(
+    r"(?i)(\bcredential=|\bawsaccesskeyid=|<awsaccesskeyid>)[^/%&\s,;'\"<]+"
+    r"|(x-amz-security-token['\"]?\s*[:=]\s*b?['\"]?|<x-amz-security-token>)[^&\s,;'\"<]+"
+)
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every credential in it replaced by ``***``."""
+    text = _CREDENTIAL_FIELDS.sub(lambda m: f"{m[1] or m[2]}***", text)
+    for secret in secrets:
+        if len(secret) >= _RARE_LENGTH:
+            # Raw, and percent-encoded as in a URL (a token's "/", "+" and "=").
+            for form in {secret, quote(secret, safe=""), quote(secret)}:
+                text = text.replace(form, "***")
+    return text
 
 
 class _Scrub(logging.Filter):
@@ -74,10 +115,9 @@ class _Scrub(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if any(secret in message for secret in self.secrets):
-            for secret in self.secrets:
-                message = message.replace(secret, "***")
-            record.msg, record.args = message, ()
+        scrubbed = scrub(message, self.secrets)
+        if scrubbed != message:
+            record.msg, record.args = scrubbed, ()
         return True
 
 
@@ -163,8 +203,57 @@ class _NameTaken(Exception):
     """The conditional write found the key taken (412): try the next name."""
 
 
+class _RetryQuota(RetryQuota):
+    """botocore's retry quota, full again after any success.
+
+    Standard retry mode spends quota on each retry (5, 10 after a timeout) and stops retrying
+    once the 500 it starts with are gone: about 50 failing calls in a row, an outage, after
+    which calls fail fast instead of each waiting through its backoff. Neither the quota's size
+    nor its use can be configured. But botocore gives back only 1 per successful call, so
+    after the outage the client would retry almost nothing for hundreds of calls; here the
+    first success ends the outage.
+    """
+
+    def release(self, capacity_amount: int) -> None:
+        super().release(self.INITIAL_CAPACITY)
+
+
+def _retry_with_refilling_quota(client: Any, attempts: int) -> None:
+    """Replace the standard retry handler botocore registered on ``client`` (the same one,
+    ``attempts`` in all) by one whose quota is a :class:`_RetryQuota`."""
+    service = client.meta.service_model.service_id.hyphenize()
+    checker = RetryQuotaChecker(_RetryQuota())
+    handler = retries.AioRetryHandler(
+        retry_policy=retries.AioRetryPolicy(
+            retry_checker=retries.AioStandardRetryConditions(max_attempts=attempts),
+            retry_backoff=ExponentialBackoff(),
+        ),
+        retry_event_adapter=RetryEventAdapter(),
+        retry_quota=checker,  # type: ignore[arg-type]  # botocore passes a checker too
+    )
+    unique_id = f"retry-config-{service}"
+    events = client.meta.events
+    events.unregister(f"needs-retry.{service}", unique_id=unique_id)
+    # The old quota's after-call hook stays, giving back to a quota nobody asks any more.
+    events.register(f"after-call.{service}", checker.release_retry_quota)
+    events.register(f"needs-retry.{service}", handler.needs_retry, unique_id=unique_id)
+
+
+def _aws_bucket_url(bucket: str, region: str, style: str) -> str:
+    """The bucket's regional AWS URL, as botocore addresses it (and signs for)."""
+    # A dotted name would not match the TLS certificate of *.s3.<region>.amazonaws.com.
+    if style == "path" or not check_dns_name(bucket) or "." in bucket:
+        return f"https://s3.{region}.amazonaws.com/{bucket}"
+    return f"https://{bucket}.s3.{region}.amazonaws.com"
+
+
 class _Clients:
-    """aioboto3 clients: one per long-lived loop, else one per call."""
+    """aioboto3 clients: one per long-lived loop and kind, else one per call.
+
+    Kinds: ``main`` does the work; ``public`` signs URLs for ``STORE_S3_PUBLIC_ENDPOINT_URL``
+    (when it differs from ``STORE_S3_ENDPOINT_URL``); ``quick`` answers background mode's name
+    check with one attempt and short timeouts.
+    """
 
     def __init__(self, config: StoreConfig) -> None:
         self._session = aioboto3.Session(
@@ -173,21 +262,53 @@ class _Clients:
             aws_session_token=config.get("STORE_S3_SESSION_TOKEN"),
             region_name=config.get("STORE_S3_REGION"),
         )
-        # S3-compatible servers on an IP or localhost only answer path-style requests.
-        style: Any = config.get("STORE_S3_ADDRESSING_STYLE") or (
-            "path" if config.get("STORE_S3_ENDPOINT_URL") else "auto"
+        endpoint = config.get("STORE_S3_ENDPOINT_URL")
+        public = config.get("STORE_S3_PUBLIC_ENDPOINT_URL") or endpoint
+        # The region signatures are made for, and the URLs point at: boto's configuration
+        # (AWS_DEFAULT_REGION, ~/.aws/config, read once, here at init_app) when the key is unset.
+        self.region = str(config.get("STORE_S3_REGION") or self._session.region_name or "us-east-1")
+        # S3-compatible servers on an IP or localhost only answer path-style requests. On AWS,
+        # "virtual" (not "auto") and the regional us-east-1 endpoint, or presigned URLs would
+        # point at the global s3.amazonaws.com.
+        style: Any = config.get("STORE_S3_ADDRESSING_STYLE") or ("path" if endpoint else "virtual")
+        s3: dict[str, Any] = {"addressing_style": style}
+        if not endpoint:
+            s3["us_east_1_regional_endpoint"] = "regional"
+            self.bucket_url = _aws_bucket_url(str(config["STORE_S3_BUCKET"]), self.region, style)
+        else:
+            self.bucket_url = f"{str(public).rstrip('/')}/{config['STORE_S3_BUCKET']}"
+        # botocore's max_attempts counts retries; total_max_attempts counts the first one too,
+        # which is what STORE_S3_MAX_ATTEMPTS means.
+        self._attempts = int(config["STORE_S3_MAX_ATTEMPTS"])
+        connect, read = config["STORE_S3_CONNECT_TIMEOUT"], config["STORE_S3_READ_TIMEOUT"]
+        common: dict[str, Any] = {
+            # SigV4 always: botocore presigns with SigV2 for some regions unless told.
+            "signature_version": "s3v4",
+            "s3": s3,
+            "max_pool_connections": config["STORE_S3_MAX_POOL_CONNECTIONS"],
+        }
+        main = AioConfig(
+            retries={"mode": "standard", "total_max_attempts": self._attempts},
+            connect_timeout=connect,
+            read_timeout=read,
+            **common,
         )
-        self._botocore = AioConfig(
-            retries={"mode": "standard", "max_attempts": int(config["STORE_S3_MAX_ATTEMPTS"])},
-            s3={"addressing_style": style},
-            connect_timeout=config["STORE_S3_CONNECT_TIMEOUT"],
-            read_timeout=config["STORE_S3_READ_TIMEOUT"],
-            max_pool_connections=config["STORE_S3_MAX_POOL_CONNECTIONS"],
+        quick = AioConfig(
+            retries={"mode": "standard", "total_max_attempts": 1},
+            connect_timeout=min(connect, _QUICK_CONNECT_TIMEOUT),
+            read_timeout=min(read, _QUICK_READ_TIMEOUT),
+            **common,
         )
+        self._kinds: dict[str, tuple[str | None, AioConfig]] = {
+            "main": (endpoint, main),
+            "quick": (endpoint, quick),
+        }
+        if public != endpoint:
+            self._kinds["public"] = (public, main)
         self._secrets = config.secrets()
-        self._endpoint = config.get("STORE_S3_ENDPOINT_URL")
-        self._public_endpoint = config.get("STORE_S3_PUBLIC_ENDPOINT_URL") or self._endpoint
-        self._kept: dict[asyncio.AbstractEventLoop, tuple[contextlib.AsyncExitStack, Any]] = {}
+        self._kept: dict[
+            tuple[asyncio.AbstractEventLoop, str], tuple[contextlib.AsyncExitStack, Any]
+        ] = {}
         self._long_lived: set[asyncio.AbstractEventLoop] = set()
         self._locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
         self._claims: dict[tuple[asyncio.AbstractEventLoop, str], tuple[asyncio.Lock, int]] = {}
@@ -226,43 +347,46 @@ class _Clients:
             else:
                 self._claims[ident] = (lock, users - 1)
 
-    def _new(self, public: bool = False) -> Any:
+    @contextlib.asynccontextmanager
+    async def _new(self, kind: str) -> AsyncIterator[Any]:
         _guard_logs(self._secrets)
-        return self._session.client(
-            "s3",
-            endpoint_url=self._public_endpoint if public else self._endpoint,
-            config=self._botocore,
-        )
+        endpoint, botocore_config = self._kinds[kind]
+        async with self._session.client(
+            "s3", endpoint_url=endpoint, region_name=self.region, config=botocore_config
+        ) as client:
+            if kind == "main":
+                _retry_with_refilling_quota(client, self._attempts)
+            yield client
 
     def keep_for_this_loop(self) -> None:
         self._long_lived.add(asyncio.get_running_loop())
 
     @contextlib.asynccontextmanager
-    async def client(self, public: bool = False) -> AsyncIterator[Any]:
+    async def client(self, kind: str = "main") -> AsyncIterator[Any]:
+        """This loop's client of ``kind`` (``public`` is ``main`` without a public endpoint)."""
         loop = asyncio.get_running_loop()
-        if public and self._public_endpoint != self._endpoint:
-            async with self._new(public=True) as client:
-                yield client
-            return
+        if kind not in self._kinds:
+            kind = "main"
         if loop not in self._long_lived:
-            async with self._new() as client:
+            async with self._new(kind) as client:
                 yield client
             return
-        if loop not in self._kept:
+        ident = (loop, kind)
+        if ident not in self._kept:
             async with self._locks.setdefault(loop, asyncio.Lock()):
-                if loop not in self._kept:
+                if ident not in self._kept:
                     stack = contextlib.AsyncExitStack()
-                    client = await stack.enter_async_context(self._new())
-                    self._kept[loop] = (stack, client)
-        yield self._kept[loop][1]
+                    client = await stack.enter_async_context(self._new(kind))
+                    self._kept[ident] = (stack, client)
+        yield self._kept[ident][1]
 
     async def close_this_loop(self) -> None:
         loop = asyncio.get_running_loop()
         self._long_lived.discard(loop)
         self._locks.pop(loop, None)
-        kept = self._kept.pop(loop, None)
-        if kept is not None:
-            await kept[0].aclose()
+        async with contextlib.AsyncExitStack() as closing:  # each one, whatever the others do
+            for ident in [ident for ident in self._kept if ident[0] is loop]:
+                closing.push_async_callback(self._kept.pop(ident)[0].aclose)
 
 
 class _Body:
@@ -341,35 +465,72 @@ class S3Provider(Provider):
         return self.config.path
 
     def _default_domain(self) -> str:
-        endpoint = (
-            self.config["STORE_S3_PUBLIC_ENDPOINT_URL"] or self.config["STORE_S3_ENDPOINT_URL"]
-        )
-        if endpoint:
-            return f"{str(endpoint).rstrip('/')}/{self.bucket}"
-        region = self.config["STORE_S3_REGION"] or "us-east-1"
-        return f"https://{self.bucket}.s3.{region}.amazonaws.com"
+        # The host presigned URLs are signed for too: the regional one on AWS.
+        return self._clients.bucket_url
 
-    async def url(self, expires: int | None = None) -> str:
-        """A presigned GET URL valid for ``expires`` seconds (default: :attr:`absolute_url`)."""
+    async def url(
+        self,
+        expires: int | None = None,
+        *,
+        download_name: str | None = None,
+        content_type: str | None = None,
+    ) -> str:
+        """A presigned GET URL valid for ``expires`` seconds (default: :attr:`absolute_url`).
+
+        Signed with SigV4, for the host of :attr:`absolute_url` without ``STORE_DOMAIN``. A
+        file of an active type (HTML, SVG, XML, scripts: what the local route sends as an
+        attachment) is downloaded, never shown, whatever headers the object itself has.
+
+        :param expires: seconds, at most 604800 (seven days, SigV4's limit).
+        :param download_name: download the file (``Content-Disposition: attachment``) under
+            this name, whatever its type.
+        :param content_type: the ``Content-Type`` to answer with instead of the stored one.
+        :raises ValueError: for ``expires`` out of range, or ``download_name`` or
+            ``content_type`` without ``expires`` (only a presigned URL can carry them).
+        """
         if expires is None:
+            if download_name is not None or content_type is not None:
+                raise ValueError(
+                    "download_name= and content_type= need expires=: only a presigned URL "
+                    "can carry them"
+                )
             return self.absolute_url
+        if isinstance(expires, bool) or not 1 <= int(expires) <= _MAX_EXPIRES:
+            raise ValueError(
+                f"expires must be 1 to {_MAX_EXPIRES} seconds (SigV4's limit), not {expires!r}"
+            )
         self._require_saved()
+        params = {"Bucket": self.bucket, "Key": self._key(self.relative_path)}
+        if content_type is not None:
+            params["ResponseContentType"] = content_type
+        if download_name is not None:
+            params["ResponseContentDisposition"] = disposition_header(download_name)
+        else:
+            forced = self._disposition(self.filename, content_type)
+            if forced is not None:  # also protects objects stored before that rule, or by others
+                params["ResponseContentDisposition"] = forced
         with self._map_errors(self.relative_path):
-            async with self._clients.client(public=True) as s3:
+            async with self._clients.client("public") as s3:
                 return str(
                     await s3.generate_presigned_url(
-                        "get_object",
-                        Params={"Bucket": self.bucket, "Key": self._key(self.relative_path)},
-                        ExpiresIn=int(expires),
+                        "get_object", Params=params, ExpiresIn=int(expires)
                     )
                 )
+
+    def _disposition(self, name: str, mimetype: str | None) -> str | None:
+        """The ``Content-Disposition`` an object of ``name`` (of ``mimetype``, else the type
+        ``STORE_S3_OBJECT_PARAMS`` or the name gives) must have, if any: an attachment for an
+        active type, unless ``STORE_S3_OBJECT_PARAMS`` decides."""
+        params = self.config["STORE_S3_OBJECT_PARAMS"] or {}
+        if "ContentDisposition" in params:
+            return None
+        mimetype = mimetype or params.get("ContentType") or guess_type(name)
+        return None if is_passive(str(mimetype)) else disposition_header(name)
 
     # --- errors ------------------------------------------------------------------------------
 
     def _scrub(self, text: str) -> str:
-        for secret in self.config.secrets():
-            text = text.replace(secret, "***")
-        return text
+        return scrub(text, self.config.secrets())
 
     @contextlib.contextmanager
     def _map_errors(self, key: str) -> Iterator[None]:
@@ -417,10 +578,17 @@ class S3Provider(Provider):
     # --- the backend's half ------------------------------------------------------------------
 
     def _object_args(self, name: str) -> dict[str, Any]:
-        args: dict[str, Any] = {"ContentType": content_type(name)}
+        params = self.config["STORE_S3_OBJECT_PARAMS"] or {}
+        mimetype = guess_type(name)
+        args: dict[str, Any] = {"ContentType": mimetype}
+        # A public object or a presigned link is opened on the bucket's origin: an active type
+        # is downloaded, not run there (the local route's rule).
+        forced = self._disposition(name, params.get("ContentType") or mimetype)
+        if forced is not None:
+            args["ContentDisposition"] = forced
         if self.config["STORE_S3_ACL"] is not None:
             args["ACL"] = self.config["STORE_S3_ACL"]
-        args.update(self.config["STORE_S3_OBJECT_PARAMS"] or {})
+        args.update(params)
         return args
 
     async def _head(self, s3: Any, key: str) -> bool:
@@ -596,6 +764,11 @@ class S3Provider(Provider):
         async with self._clients.client() as s3:
             return await self._head(s3, self._key(key))
 
+    async def _exists_now(self, key: str) -> bool:
+        # One attempt, short timeouts: the caller spools anyway when S3 is down.
+        async with self._clients.client("quick") as s3:
+            return await self._head(s3, self._key(key))
+
     @contextlib.asynccontextmanager
     async def _open(self, key: str) -> AsyncIterator[AsyncReadable]:
         async with self._clients.client() as s3:
@@ -608,6 +781,9 @@ class S3Provider(Provider):
 
     @classmethod
     async def _list(cls, prefix: str) -> AsyncIterator[StoredFile]:
+        # In the server's order, streamed: AWS lists keys in UTF-8 byte order (the path order
+        # Provider.files promises), some S3-compatible servers do not (SeaweedFS walks its
+        # folders: "a/b" before "a.txt"), and sorting would hold the whole listing in memory.
         base = cls.config.path + "/" if cls.config.path else ""
         bucket = str(cls.config["STORE_S3_BUCKET"])
         async with cls._clients.client() as s3:
