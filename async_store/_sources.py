@@ -30,9 +30,8 @@ from tempfile import SpooledTemporaryFile
 from typing import IO, Any, Protocol, TypeVar, Union, runtime_checkable
 
 import anyio
-import anyio.to_thread
 
-from ._threads import run_small
+from ._threads import run_blocking, run_small
 from .exceptions import StoreError
 
 __all__ = [
@@ -233,7 +232,7 @@ class Source:
             return
         iterator = self.blocking_chunks(size)
         sentinel = b""
-        while chunk := await anyio.to_thread.run_sync(next, iterator, sentinel):
+        while chunk := await run_blocking(next, iterator, sentinel):
             yield chunk
 
 
@@ -322,13 +321,13 @@ async def write_source(
             size = source.size
             if size is not None and size <= chunk_size:
                 return await run_small(lambda: guard.run(everything))
-            return await anyio.to_thread.run_sync(guard.run, everything)
-        f = await anyio.to_thread.run_sync(guard.open, open_file)
+            return await run_blocking(guard.run, everything)
+        f = await run_blocking(guard.open, open_file)
         with f:
             await _write_pipelined(source.chunks(chunk_size), f, chunk_size)
-            return await anyio.to_thread.run_sync(guard.run, finish, f)
+            return await run_blocking(guard.run, finish, f)
     except BaseException:
-        await finish_anyway(lambda: anyio.to_thread.run_sync(guard.clean))
+        await finish_anyway(lambda: run_blocking(guard.clean))
         raise
 
 
@@ -406,7 +405,7 @@ async def _write_pipelined(chunks: AsyncIterator[bytes], f: IO[bytes], chunk_siz
     async def writer() -> None:
         async with receive:
             async for batch in receive:
-                await anyio.to_thread.run_sync(write, batch)
+                await run_blocking(write, batch)
 
     try:
         async with anyio.create_task_group() as tg:

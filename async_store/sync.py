@@ -24,7 +24,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from werkzeug.datastructures import MultiDict
 
 from ._ingest import StoredForm, current_request
-from ._threads import serve_blocking_callers
+from ._threads import serve_blocking_callers, serve_one_caller
 from .exceptions import StoreError
 
 if TYPE_CHECKING:
@@ -102,7 +102,7 @@ class PortalOwner:
             loop = self._idle_loops.pop()  # atomic: each loop serves one thread at a time
         except IndexError:
             loop = asyncio.new_event_loop()
-            loop.run_until_complete(serve_blocking_callers())
+            loop.run_until_complete(serve_one_caller())
             if not self._exit_hook:  # close() closes the idle loops: at exit, if not before
                 self._exit_hook = True
                 atexit.register(self.close)

@@ -75,3 +75,31 @@ async def test_shim_inside_a_running_loop_is_refused(flask_store: Store) -> None
     with pytest.raises(StoreError, match="running event loop"):
         with provider.open():
             pass
+
+
+@pytest.mark.parametrize("kind", ["bytes", "path", "iterator"])
+def test_large_saves_start_no_thread_each(flask_store: Store, tmp_path: Path, kind: str) -> None:
+    # Each save above one chunk used to start a worker thread for its private loop's run, and
+    # stop it again at the end of the run: a thread per upload.
+    data = b"x" * (3 * 1024 * 1024)
+    (tmp_path / "big.bin").write_bytes(data)
+    make = {
+        "bytes": lambda: data,
+        "path": lambda: tmp_path / "big.bin",
+        "iterator": lambda: iter([data[:1000], data[1000:]]),
+    }[kind]
+    flask_store.Provider(make(), filename="warmup.bin").save()
+    started: list[str] = []
+
+    def tracer(*_: object) -> None:
+        started.append(threading.current_thread().name)
+
+    threading.settrace(tracer)  # called in every thread started from now on
+    try:
+        saved = [flask_store.Provider(make(), filename="big.bin") for _ in range(5)]
+        for provider in saved:
+            provider.save()
+    finally:
+        threading.settrace(None)  # type: ignore[arg-type]
+    assert started == []
+    assert all(Path(p.absolute_path).read_bytes() == data for p in saved)
