@@ -63,8 +63,10 @@ def _describe(error: HTTPException, request: Any) -> None:
 
 def install(app: App, is_async: bool) -> None:
     """Describe bare 413s in ``app`` (its ``handle_http_exception``, Flask's and Quart's)."""
+    original = getattr(app, "handle_http_exception", None)
+    if original is None:
+        return  # not a web app (the CLI's store configured from the environment)
     module: Any = sys.modules["quart" if is_async else "flask"]
-    original = app.handle_http_exception  # type: ignore[attr-defined]
 
     def describe(error: HTTPException) -> None:
         if module.has_request_context():
