@@ -88,10 +88,22 @@ def test_every_readme_line_is_on_the_site(site: Path) -> None:
     for line in lines[first:]:
         if hook.FENCE.match(line):
             fenced = not fenced
+        elif hook.RUN_MARKER.match(line):
+            continue  # tests/test_readme.py's, not the reader's: see the test below
         elif not (fenced or line.startswith(("#", "|")) or not line.strip()):
             if plain(line) not in shown:
                 missing.append(line)
     assert missing == []
+
+
+def test_run_markers_stay_off_the_site(site: Path) -> None:
+    """The README's ``<!-- run: ... -->`` lines are for tests/test_readme.py: the hook drops
+    them (a comment left in the HTML would still show in the page source and its search)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert re.search(r"^<!-- run: ", readme, flags=re.M), "no markers to check"
+    for html_file in pages(site):
+        markup = html_file.read_text(encoding="utf-8")
+        assert not re.search(r"<!--\s*(run|not run):", markup), html_file.relative_to(site)
 
 
 def test_readme_prose_is_included_not_copied(site: Path) -> None:

@@ -8,7 +8,9 @@ that heading (its subsections included, the heading line itself left out). Varia
 
 Subheadings move to the level below the page heading the directive stands under. README links
 to its own sections (``[Providers](#providers)``) are pointed at the page that includes that
-section; links to repository files become plain text. An unknown or ambiguous heading, a README
+section; links to repository files become plain text. The lines tests/test_readme.py reads
+before a code block (``<!-- run: app -->``, ``<!-- not run: why -->``) are dropped: they are for
+the harness, not the reader. An unknown or ambiguous heading, a README
 link to a section no page includes, and a README section (``##``) that no page includes are
 reported: errors stop the build, warnings fail ``mkdocs build --strict``.
 """
@@ -37,6 +39,8 @@ HEADING = re.compile(r"^(?P<hashes>#{1,6})\s+(?P<text>.+?)\s*#*\s*$")
 FENCE = re.compile(r"^\s*(```|~~~)")
 LINK = re.compile(r"(?<!!)\[(?P<text>[^\]]+)\]\((?P<target>[^)\s]+)\)")
 MODES = ("all", "intro", "tables")
+#: tests/test_readme.py's marker before a code block: whether and how the block is run.
+RUN_MARKER = re.compile(r"^\s*<!--\s*(?:run|not run):.*-->\s*$")
 
 
 @dataclass
@@ -139,7 +143,7 @@ class Readme:
             if mode not in MODES:
                 raise PluginError(f"{page_uri}: readme directive mode must be one of {MODES}")
             out.extend(self._body(self.find(m["heading"], page_uri), mode, context, page_uri))
-        return "\n".join(out) + "\n"
+        return "\n".join(without_run_markers(out)) + "\n"
 
     def _body(self, section: Section, mode: str, context: int, page_uri: str) -> list[str]:
         stop = section.end if mode == "all" else section.intro_end
@@ -176,6 +180,18 @@ class Readme:
             "" if page == page_uri else posixpath.relpath(page, posixpath.dirname(page_uri) or ".")
         )
         return f"[{text}]({rel}#{anchor})" if anchor else f"[{text}]({rel or '#'})"
+
+
+def without_run_markers(lines: list[str]) -> list[str]:
+    kept = []
+    fenced = False
+    for line in lines:
+        if FENCE.match(line):
+            fenced = not fenced
+        elif not fenced and RUN_MARKER.match(line):
+            continue
+        kept.append(line)
+    return kept
 
 
 _readme: Readme | None = None
