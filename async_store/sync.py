@@ -300,6 +300,14 @@ class SyncProvider:
 
         self._owner.call(wait)
 
-    def url(self, expires: int | None = None) -> str:
+    def url(
+        self,
+        expires: int | None = None,
+        *,
+        download_name: str | None = None,
+        content_type: str | None = None,
+    ) -> str:
         """See :meth:`Provider.url`."""
-        return self._owner.call(self._provider.url, expires)
+        return self._owner.call(
+            self._provider.url, expires, download_name=download_name, content_type=content_type
+        )

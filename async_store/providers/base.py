@@ -203,12 +203,15 @@ class Provider(ABC):
 
     @classmethod
     async def files(cls, prefix: str = "") -> AsyncGenerator[StoredFile, None]:
-        """Every stored file whose relative path starts with ``prefix``, in path order::
+        """Every stored file whose relative path starts with ``prefix``, in the backend's order::
 
             async for file in store.Provider.files("avatars/"):
                 print(file.path, file.size, file.modified)
 
-        Temp files of saves in progress and hidden files are never listed.
+        Temp files of saves in progress and hidden files are never listed. The order is path
+        order (UTF-8 byte order) on local disk, AWS S3 and MinIO; some S3-compatible servers
+        differ (SeaweedFS lists a folder's files where the folder's name sorts). It is streamed
+        as the backend lists it, never collected to be sorted.
 
         :param prefix: a path prefix below ``STORE_PATH``, as in S3 (``'avatars/'`` is the
             folder, ``'avatars'`` also matches ``avatars.txt``); ``''`` lists everything.
@@ -406,8 +409,20 @@ class Provider(ABC):
         if self._background_upload is not None:
             await self._background_upload.wait()
 
-    async def url(self, expires: int | None = None) -> str:
-        """A URL to fetch the file; providers with private storage may sign it for ``expires``."""
+    async def url(
+        self,
+        expires: int | None = None,
+        *,
+        download_name: str | None = None,
+        content_type: str | None = None,
+    ) -> str:
+        """A URL to fetch the file; providers with private storage sign it for ``expires``
+        seconds (S3: a presigned GET), and a signed URL may carry response overrides.
+
+        :param expires: how long a signed URL stays valid; the default is :attr:`absolute_url`.
+        :param download_name: (signed URLs) download under this name, as an attachment.
+        :param content_type: (signed URLs) the ``Content-Type`` to answer with.
+        """
         return self.absolute_url
 
     @property
@@ -471,7 +486,8 @@ class Provider(ABC):
 
     @classmethod
     def _list(cls, prefix: str) -> AsyncIterator[StoredFile]:
-        """The stored files below ``prefix`` (already checked), in path order; optional."""
+        """The stored files below ``prefix`` (already checked), in the backend's order
+        (see :meth:`files`); optional."""
         raise StoreError(f"{cls.__name__} cannot list its files (it has no _list method)")
 
 
