@@ -97,10 +97,11 @@ def test_every_readme_line_is_on_the_site(site: Path) -> None:
 
 
 def test_run_markers_stay_off_the_site(site: Path) -> None:
-    """The README's ``<!-- run: ... -->`` lines are for tests/test_readme.py: the hook drops
-    them (a comment left in the HTML would still show in the page source and its search)."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert re.search(r"^<!-- run: ", readme, flags=re.M), "no markers to check"
+    """The ``<!-- run: ... -->`` lines before code blocks are for tests/test_readme.py: the
+    hook drops them (a comment left in the HTML would still show in the page source)."""
+    sources = [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]
+    markdown = "\n".join(p.read_text(encoding="utf-8") for p in sources)
+    assert re.search(r"^<!-- run: ", markdown, flags=re.M), "no markers to check"
     for html_file in pages(site):
         markup = html_file.read_text(encoding="utf-8")
         assert not re.search(r"<!--\s*(run|not run):", markup), html_file.relative_to(site)
