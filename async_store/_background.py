@@ -3,20 +3,30 @@
 The seed's gevent greenlets, rebuilt so that no upload is ever lost:
 
 * **Spool.** ``save()`` picks the final name (the backend says it is free, and a reservation
-  file under ``STORE_SPOOL_PATH/names`` claims it across processes), so the URL is known at
-  once. Meanwhile the upload is written to ``.tmp-ID/``, which is then published by renaming it
-  to ``ID/`` (``data`` and ``job.json``): a job is either whole or not there. Nothing is hashed
-  on the way: only a redelivery after a crash compares content, and it reads the spooled copy.
+  file under ``STORE_SPOOL_PATH/names``, holding the job's id, claims it across processes), so
+  the URL is known at once. Meanwhile the upload is written to ``.tmp-ID/``, which is then
+  published by renaming it to ``ID/`` (``data`` and ``job.json``): a job is either whole or not
+  there. Nothing is hashed on the way: only a redelivery after a crash compares content.
+* **Destination.** A job names where its bytes go (provider kind, bucket, key prefix), not how
+  the backend is reached: an app restarted with ``STORE_S3_ENDPOINT_URL`` spelt otherwise still
+  delivers what it spooled. Jobs of another destination are reported by ``drain`` and ``check``.
 * **Delivery.** Each long-lived event loop (Quart's serving loop, the sync shim's loop) runs an
-  :class:`Uploader`: a task group fed by a queue. A delivery holds an ``flock`` on its job, so
-  several workers sharing one spool never deliver a job twice, and claims only the name
-  reserved for it. If that name is already taken by the same content (a crash after the upload,
-  before the spool was cleared) the job counts as delivered: exactly once. Failures are retried
-  with exponential backoff; a job that still fails stays spooled, and the uploader looks at the
-  spool again every ``STORE_BACKGROUND_MAX_BACKOFF`` seconds, so an S3 outage longer than every
-  retry is delivered once it ends, without a restart.
+  :class:`Uploader`: a task group fed by a queue. A delivery holds an ``flock`` on the job's
+  ``data`` (never replaced, unlike ``job.json``), so several workers sharing one spool never
+  deliver a job twice, and claims only the name reserved for it. If that name is already taken
+  by the same content (a crash after the upload, before the spool was cleared) the job counts as
+  delivered: exactly once. Failures are retried with exponential backoff; a job that still fails
+  stays spooled, and the uploader looks at the spool again every ``STORE_BACKGROUND_MAX_BACKOFF``
+  seconds, so an outage longer than every retry is delivered once it ends, without a restart.
+* **Outcomes.** Whichever worker delivers (or gives up on, or discards) a job, the handle of the
+  ``save()`` that spooled it follows: a worker posts the outcome to the spooling worker's inbox
+  (``.inbox-*``, there while that worker has uploads in flight), which it polls.
+* **Outages.** A name check that cannot reach the backend is remembered until a delivery
+  succeeds; meanwhile ``save()`` skips the check and spools under a unique name at once.
 * **Shutdown.** Draining waits ``STORE_BACKGROUND_DRAIN_TIMEOUT`` for running deliveries, then
-  cancels them; whatever was not delivered stays spooled and the next start delivers it.
+  cancels them; a delivery waiting to retry, or meeting an outage, stops at once, and so does
+  the wait while the backend is known to be down. What was not delivered stays spooled and the
+  next start delivers it.
 
 Quart's ``add_background_task`` is not used: it cancels work 5 seconds into shutdown.
 """
@@ -32,6 +42,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import threading
 import time
 import uuid
@@ -42,7 +53,7 @@ import anyio
 import anyio.to_thread
 
 from ._sources import Guard, Source, finish_anyway, write_source
-from .exceptions import NotConfiguredError, UploadError, first_error
+from .exceptions import NotConfiguredError, NotFoundError, StoreError, UploadError, first_error
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -55,6 +66,12 @@ __all__ = ["Background", "BackgroundUpload", "Job"]
 log = logging.getLogger("async_store.background")
 Status = Literal["pending", "delivered", "failed", "discarded"]
 _STALE_SECONDS = 3600
+#: How often a worker with uploads in flight looks for outcomes other workers posted.
+_WATCH_SECONDS = 0.2
+#: How long shutdown waits for cancelled deliveries to clean up.
+_CANCEL_GRACE = 3.0
+#: What shutdown asks the backend about to learn whether it is up (nothing is stored there).
+_PROBE_KEY = "async-store-shutdown-probe"
 
 
 @dataclass
@@ -69,6 +86,8 @@ class Job:
     created: float
     attempts: int = 0
     last_error: str | None = None
+    #: The token of the worker that spooled it (its inbox); '' from earlier versions.
+    owner: str = ""
 
     @property
     def key(self) -> str:
@@ -76,6 +95,25 @@ class Job:
 
 
 _JOB_FIELDS = frozenset(field.name for field in fields(Job))
+_ENDED: dict[str, Status] = {"delivered": "delivered", "failed": "failed", "discarded": "discarded"}
+
+
+def destination(provider_class: type[Provider]) -> str:
+    """Where a provider's files go: its kind, bucket and key prefix; never the endpoint.
+
+    The kind is the class that writes (``S3GeventProvider`` stores like ``S3Provider``).
+    """
+    config = provider_class.config
+    parts = [_kind(provider_class)]
+    if config.get("STORE_S3_BUCKET"):
+        parts.append(f"bucket={config['STORE_S3_BUCKET']}")
+    parts.append(f"path={config.get('STORE_PATH') or ''}")
+    return " ".join(parts)
+
+
+def _kind(cls: type) -> str:
+    writer = next((c for c in cls.__mro__ if "_save" in vars(c)), cls)
+    return f"{writer.__module__}.{writer.__qualname__}"
 
 
 class BackgroundUpload:
@@ -137,7 +175,8 @@ class BackgroundUpload:
 
 
 class _Spool:
-    """The spool folder of one app: jobs, name reservations, locks. Every method blocks."""
+    """The spool folder of one app: jobs, name reservations, locks, inboxes. Every method
+    blocks."""
 
     def __init__(self, path: str, fsync: bool) -> None:
         self.path = path
@@ -147,19 +186,43 @@ class _Spool:
     def prepare(self) -> None:
         os.makedirs(self.names, exist_ok=True)
 
+    # --- names -------------------------------------------------------------------------------
+
     def _reservation(self, target: str, key: str) -> str:
         return os.path.join(self.names, hashlib.sha256(f"{target}\0{key}".encode()).hexdigest())
 
-    def reserve(self, target: str, key: str) -> bool:
+    def reserve(self, target: str, key: str, job_id: str) -> bool:
         try:
-            os.close(os.open(self._reservation(target, key), os.O_CREAT | os.O_EXCL, 0o644))
+            fd = os.open(
+                self._reservation(target, key), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644
+            )
         except FileExistsError:
             return False
+        try:
+            os.write(fd, job_id.encode())  # so a delete() by path finds the job
+        except BaseException:
+            os.unlink(self._reservation(target, key))  # a full disk: not reserved after all
+            raise
+        finally:
+            os.close(fd)
         return True
 
-    def release(self, target: str, key: str) -> None:
+    def reserved_job(self, target: str, key: str) -> str | None:
+        try:
+            with open(self._reservation(target, key), "rb") as f:
+                return f.read().decode(errors="replace") or None
+        except FileNotFoundError:
+            return None
+
+    def release(self, target: str, key: str, job_id: str) -> None:
+        path = self._reservation(target, key)
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._reservation(target, key))
+            with open(path, "rb") as f:
+                holder = f.read().decode(errors="replace")
+            if holder in ("", job_id):  # '' : reserved by an earlier version
+                os.unlink(path)
+
+    # --- jobs --------------------------------------------------------------------------------
 
     def job_ids(self) -> list[str]:
         return sorted(n for n in os.listdir(self.path) if not n.startswith(".") and n != "names")
@@ -186,9 +249,14 @@ class _Spool:
         return os.path.join(self.path, job_id, "data")
 
     def lock(self, job_id: str) -> int | None:
-        """An exclusive lock on a job, or None if it is gone or another process delivers it."""
+        """An exclusive lock on a job, or None if it is gone or another process delivers it.
+
+        The lock is on ``data``, which stays the same file for the job's life: ``job.json`` is
+        replaced after each failed attempt, and a lock on the old one would not exclude a worker
+        that opens the new one.
+        """
         try:
-            fd = os.open(os.path.join(self.path, job_id, "job.json"), os.O_RDONLY)
+            fd = os.open(self.data(job_id), os.O_RDONLY)
         except FileNotFoundError:
             return None
         try:
@@ -201,34 +269,114 @@ class _Spool:
             return None
         return fd
 
-    def discard(self, job_id: str) -> bool:
+    def mark_discarded(self, job_id: str) -> bool:
         """Mark a job as not wanted any more; False if it is gone (delivered already)."""
         try:
             os.close(os.open(os.path.join(self.path, job_id, "discard"), os.O_CREAT, 0o644))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return False
         return True
 
     def discarded(self, job_id: str) -> bool:
         return os.path.exists(os.path.join(self.path, job_id, "discard"))
 
-    def done(self, job: Job) -> None:
-        """Forget a delivered job: one rename makes it gone for every reader, then clean up."""
+    def finish(self, job: Job) -> bool:
+        """Take a job out of the spool (one rename: gone for every reader); True if it was
+        discarded. Checked *after* the rename, so a discard that found the job is always seen."""
         finished = os.path.join(self.path, f".done-{job.id}")
         os.rename(os.path.join(self.path, job.id), finished)
-        self.release(job.target, job.key)
-        shutil.rmtree(finished, ignore_errors=True)
+        return os.path.exists(os.path.join(finished, "discard"))
+
+    def clear(self, job: Job) -> None:
+        self.release(job.target, job.key, job.id)
+        shutil.rmtree(os.path.join(self.path, f".done-{job.id}"), ignore_errors=True)
+
+    # --- inboxes: outcomes for the worker that spooled a job ---------------------------------
+
+    def _inbox(self, token: str) -> str:
+        return os.path.join(self.path, f".inbox-{token}")
+
+    def open_inbox(self, token: str) -> int:
+        """Create this worker's inbox; the returned descriptor holds its lock (alive)."""
+        inbox = self._inbox(token)
+        shutil.rmtree(inbox, ignore_errors=True)  # left by an earlier close that raced a post
+        temp = os.path.join(self.path, f".tmp-inbox-{token}")
+        os.mkdir(temp)
+        fd = os.open(temp, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # before the rename: a sweep never sees it unlocked
+            os.rename(temp, inbox)
+        except BaseException:
+            os.close(fd)
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
+        return fd
+
+    def close_inbox(self, token: str, fd: int) -> None:
+        shutil.rmtree(self._inbox(token), ignore_errors=True)
+        os.close(fd)
+
+    def post(self, owner: str, job_id: str, status: str, error: str | None) -> None:
+        """Tell the worker that spooled a job how it ended, if that worker is listening."""
+        inbox = self._inbox(owner)
+        temp = os.path.join(inbox, f".{job_id}")
+        try:
+            with open(temp, "wb") as f:
+                f.write(json.dumps({"status": status, "error": error}).encode())
+            os.replace(temp, os.path.join(inbox, job_id))
+        except (FileNotFoundError, NotADirectoryError):
+            pass  # no inbox: that worker stopped, or has nothing in flight
+
+    def collect(self, token: str) -> list[tuple[str, str, str | None]]:
+        """The outcomes posted to this worker's inbox, removed as they are read."""
+        inbox = self._inbox(token)
+        found = []
+        for name in os.listdir(inbox):
+            if name.startswith("."):
+                continue
+            path = os.path.join(inbox, name)
+            try:
+                with open(path, "rb") as f:
+                    outcome = json.loads(f.read())
+                os.unlink(path)
+            except (OSError, ValueError):
+                continue  # read by another of our loops meanwhile, or torn: the next poll
+            found.append((name, str(outcome.get("status")), outcome.get("error")))
+        return found
+
+    @staticmethod
+    def _held(path: str) -> bool:
+        """Whether a live worker holds the lock on ``path`` (a job's data, an inbox)."""
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    def sweep_inboxes(self) -> None:
+        """Remove the inboxes of workers that are gone (nobody holds their lock)."""
+        for name in os.listdir(self.path):
+            path = os.path.join(self.path, name)
+            if name.startswith(".inbox-") and not self._held(path):
+                shutil.rmtree(path, ignore_errors=True)
 
     def sweep(self) -> None:
-        """Remove what crashes leave: finished jobs, spooling that never completed, and the
-        names such spooling reserved (stale, and held by no job)."""
+        """Remove what crashes leave: finished jobs, spooling that never completed, the inboxes
+        of dead workers, and the names such spooling reserved (stale, and held by no job)."""
         now = time.time()
         for name in os.listdir(self.path):
             path = os.path.join(self.path, name)
-            if name.startswith(".done-") or (
-                name.startswith(".tmp-") and now - os.path.getmtime(path) > _STALE_SECONDS
-            ):
+            if name.startswith(".done-") and not self._held(os.path.join(path, "data")):
+                shutil.rmtree(path, ignore_errors=True)  # a worker died finishing it
+            elif name.startswith(".tmp-") and now - os.path.getmtime(path) > _STALE_SECONDS:
                 shutil.rmtree(path, ignore_errors=True)
+        self.sweep_inboxes()
         held = set()
         for job_id in self.job_ids():
             with contextlib.suppress(OSError, ValueError, TypeError):
@@ -250,13 +398,20 @@ class Uploader:
         self._send, self._receive = anyio.create_memory_object_stream[str](math.inf)
         self._limiter = anyio.CapacityLimiter(background.concurrency)
         self._task: asyncio.Task[None] | None = None
-        self._rescanner: asyncio.Task[None] | None = None
+        self._helpers: list[asyncio.Task[None]] = []
+        #: Set when draining starts: deliveries stop retrying, sleepers wake up.
+        self.stopping = anyio.Event()
+        #: Whether the last attempt on this loop met an outage (cleared by a success).
+        self.down = False
 
     def start(self) -> None:
         # Its own task, not a task group entered in a startup hook: the host task of such a
         # group (Quart's lifespan task) would be cancelled by any failure inside it.
         self._task = self._loop.create_task(self._run(), name="async_store uploads")
-        self._rescanner = self._loop.create_task(self._rescan(), name="async_store spool scan")
+        self._helpers = [
+            self._loop.create_task(self._rescan(), name="async_store spool scan"),
+            self._loop.create_task(self._watch(), name="async_store outcomes"),
+        ]
 
     async def _rescan(self) -> None:
         """Queue again what is still spooled (failed for now, or left by a dead worker)."""
@@ -265,11 +420,20 @@ class Uploader:
             await anyio.sleep(max(background.max_backoff, 0.05))
             try:
                 job_ids = await anyio.to_thread.run_sync(background.spool.job_ids)
+                await anyio.to_thread.run_sync(background.spool.sweep_inboxes)
             except OSError as exc:  # pragma: no cover - the spool folder went away
                 log.warning("cannot list the spool %r: %s", background.spool.path, exc)
                 continue
             for job_id in job_ids:
                 background._schedule(job_id, self)
+
+    async def _watch(self) -> None:
+        """Follow the outcomes other workers post for the jobs this process spooled."""
+        background = self._background
+        while True:
+            await anyio.sleep(_WATCH_SECONDS)
+            if background._inbox is not None:
+                await background._collect()
 
     async def _run(self) -> None:
         async with anyio.create_task_group() as tg, self._receive:
@@ -288,29 +452,50 @@ class Uploader:
     async def _deliver(self, job_id: str) -> None:
         async with self._limiter:
             try:
-                await self._background.deliver(job_id)
+                await self._background.deliver(job_id, self)
             except Exception:
                 # One job's surprise (its folder removed under us, a full disk) must not take
                 # the task group, and every other delivery on this loop, down with it.
                 log.exception("background delivery of job %s failed; it stays spooled", job_id)
 
+    def hopeless(self) -> bool:
+        """Whether the backend is known to be down: then nothing running will land soon."""
+        return self.down or self._background.unreachable
+
     async def drain(self, seconds: float) -> None:
-        """Deliver what is queued within ``seconds``, then cancel the rest (it stays spooled)."""
+        """Deliver what is queued within ``seconds``, then cancel the rest (it stays spooled).
+
+        Deliveries waiting to retry stop at once, and so does the wait once the backend is known
+        to be down: a quick check (one attempt) tells whether the running ones can land.
+        """
+        self.stopping.set()
         self._send.close()
-        if self._rescanner is not None:
-            self._rescanner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._rescanner
         task = self._task
-        if task is None:
-            return
-        with anyio.move_on_after(seconds):
-            await asyncio.shield(task)
-        if not task.done():
-            log.warning("background uploads still running after %ss: left spooled", seconds)
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if task is not None and not task.done():
+            probe = self._loop.create_task(self._probe())
+            with anyio.move_on_after(seconds):
+                while not task.done() and not self.hopeless():
+                    await asyncio.wait([task], timeout=0.05)
+            probe.cancel()
+            if not task.done():
+                why = "the backend is down" if self.hopeless() else f"running after {seconds}s"
+                log.warning("background uploads left spooled for the next start: %s", why)
+                task.cancel()
+                await asyncio.wait([task], timeout=_CANCEL_GRACE)
+            await asyncio.wait([probe], timeout=_CANCEL_GRACE)
+        for helper in self._helpers:
+            helper.cancel()
+        if self._helpers:
+            await asyncio.wait(self._helpers, timeout=_CANCEL_GRACE)
+
+    async def _probe(self) -> None:
+        """Whether the backend answers now; ``down`` if it does not."""
+        provider = self._background.provider_class(_PROBE_KEY)
+        try:
+            await provider._exists_now(_PROBE_KEY)
+        except Exception as exc:
+            if _means_down(provider, exc):
+                self.down = True
 
 
 class Background:
@@ -331,10 +516,16 @@ class Background:
         self.concurrency = int(config["STORE_BACKGROUND_CONCURRENCY"])
         self.drain_timeout = float(config["STORE_BACKGROUND_DRAIN_TIMEOUT"])
         # Jobs of another app that shares the spool folder are not ours to deliver.
-        self.target = f"{provider_class.__module__}.{provider_class.__name__}:" + ":".join(
-            str(config.get(k) or "")
-            for k in ("STORE_PATH", "STORE_S3_BUCKET", "STORE_S3_ENDPOINT_URL")
+        self.target = destination(provider_class)
+        self._kind = _kind(provider_class)
+        self._old_target_tail = (
+            ":".join(str(config.get(k) or "") for k in ("STORE_PATH", "STORE_S3_BUCKET")) + ":"
         )
+        #: This worker's name in the spool: jobs it spools carry it, others post outcomes to it.
+        self.token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._inbox: int | None = None
+        #: Since when a name check found the backend unreachable (None: not known to be down).
+        self._unreachable_since: float | None = None
         self._start_fallback_loop = fallback_loop
         self._uploaders: dict[asyncio.AbstractEventLoop, Uploader] = {}
         self._handles: dict[str, BackgroundUpload] = {}
@@ -348,6 +539,51 @@ class Background:
                 f"it to a folder this process can write to (on a disk that survives restarts)."
             ) from exc
 
+    # --- which jobs are ours -------------------------------------------------------------------
+
+    def owns(self, target: str) -> bool:
+        """Whether a job's target is this app's destination (however the backend is reached)."""
+        if target == self.target:
+            return True
+        # An earlier version's ``module.Class:PATH:BUCKET:ENDPOINT``: any endpoint will do.
+        name, sep, rest = target.partition(":")
+        old = bool(sep) and " " not in name and rest.startswith(self._old_target_tail)
+        return old and self._same_kind(name)
+
+    def _same_kind(self, name: str) -> bool:
+        if name == self._kind:
+            return True
+        module, _, attr = name.rpartition(".")
+        # Only classes already imported: a spool file never makes this process import code.
+        found = getattr(sys.modules.get(module), attr, None)
+        return isinstance(found, type) and _kind(found) == self._kind
+
+    async def jobs(self) -> tuple[list[Job], list[Job]]:
+        """The spooled jobs: this app's, and those of other destinations (never delivered here)."""
+        spool = self.spool
+
+        def scan() -> tuple[list[Job], list[Job]]:
+            ours: list[Job] = []
+            others: list[Job] = []
+            for job_id in spool.job_ids():
+                try:
+                    job = spool.load(job_id)
+                except (OSError, ValueError, TypeError):
+                    continue  # delivered meanwhile, or not a job
+                (ours if self.owns(job.target) else others).append(job)
+            return ours, others
+
+        return await anyio.to_thread.run_sync(scan)
+
+    def _adopt(self, job: Job) -> None:
+        """Give a job an earlier version spooled this version's target and reservation (with
+        the lock held), so a delete by path finds it and a new save cannot take its name."""
+        old = job.target
+        job.target = self.target
+        self.spool.reserve(self.target, job.key, job.id)
+        self.spool.write_job(os.path.join(self.spool.path, job.id), job)
+        self.spool.release(old, job.key, job.id)
+
     # --- lifecycle, on a long-lived loop -----------------------------------------------------
 
     async def startup(self) -> None:
@@ -356,13 +592,31 @@ class Background:
         uploader.start()
         self._uploaders[asyncio.get_running_loop()] = uploader
         await anyio.to_thread.run_sync(self.spool.sweep)
-        for job_id in await anyio.to_thread.run_sync(self.spool.job_ids):
-            self._schedule(job_id, uploader)
+        ours, _ = await self.jobs()
+        for job in ours:
+            if job.target != self.target:
+                await anyio.to_thread.run_sync(self._adopt_locked, job.id)
+        for job in ours:
+            self._schedule(job.id, uploader)
+
+    def _adopt_locked(self, job_id: str) -> None:
+        fd = self.spool.lock(job_id)
+        if fd is None:
+            return  # another worker delivers it (and adopts it first)
+        try:
+            job = self.spool.load(job_id)
+            if job.target != self.target and self.owns(job.target):
+                self._adopt(job)
+        finally:
+            os.close(fd)
 
     async def shutdown(self) -> None:
         uploader = self._uploaders.pop(asyncio.get_running_loop(), None)
         if uploader is not None:
             await uploader.drain(self.drain_timeout)
+        if not self._uploaders:
+            # Nobody here polls any more: a worker that delivers one of our jobs finds no inbox.
+            await anyio.to_thread.run_sync(self._close_inbox, True)
 
     def _schedule(self, job_id: str, uploader: Uploader) -> None:
         with self._lock:
@@ -383,6 +637,76 @@ class Background:
                 return uploader
         raise UploadError("no event loop is running background uploads")  # pragma: no cover
 
+    # --- the outage memory -------------------------------------------------------------------
+
+    @property
+    def unreachable(self) -> bool:
+        """Whether a name check found the backend down, and no delivery succeeded since."""
+        return self._unreachable_since is not None
+
+    def _note_unreachable(self, key: str, exc: Exception) -> None:
+        if self._unreachable_since is None:
+            self._unreachable_since = time.monotonic()
+            log.warning(
+                "cannot reach the backend to check the name %r (%s): until a delivery succeeds, "
+                "background saves skip the check and spool under unique names",
+                key,
+                exc,
+            )
+
+    def _note_reachable(self) -> None:
+        if self._unreachable_since is not None:
+            self._unreachable_since = None
+            log.info("a background delivery succeeded: name checks resume")
+
+    # --- handles and outcomes ----------------------------------------------------------------
+
+    def _register(self, handle: BackgroundUpload) -> None:
+        """Keep a handle until its job ends; open the inbox others post its outcome to."""
+        with self._lock:
+            self._handles[handle.job_id] = handle
+            if self._inbox is None:
+                self._inbox = self.spool.open_inbox(self.token)
+
+    def _close_inbox(self, always: bool = False) -> None:
+        with self._lock:
+            if self._inbox is not None and (always or not self._handles):
+                self.spool.close_inbox(self.token, self._inbox)
+                self._inbox = None
+
+    async def _settle(self, job_id: str, status: str, error: UploadError | None) -> None:
+        """Finish this process's handle of a job; close the inbox once none is left."""
+        handle = self._handles.get(job_id)
+        if status == "delivered":
+            self._note_reachable()  # wherever it landed, the backend answers
+        ended = _ENDED.get(status)
+        if handle is None or ended is None:
+            return
+        handle._finish(ended, error)
+        if status != "failed":  # a failed job stays spooled and may still be delivered
+            self._handles.pop(job_id, None)
+            if not self._handles:
+                await anyio.to_thread.run_sync(self._close_inbox)
+
+    async def _report(self, job: Job, status: Status, error: UploadError | None = None) -> None:
+        """Tell whoever waits for a job how it ended: our own handle, or its worker's inbox."""
+        if job.id in self._handles or not job.owner or job.owner == self.token:
+            await self._settle(job.id, status, error)
+            return
+        message = str(error) if error is not None else None
+        await anyio.to_thread.run_sync(self.spool.post, job.owner, job.id, status, message)
+        if status == "delivered":
+            self._note_reachable()
+
+    async def _collect(self) -> None:
+        try:
+            outcomes = await anyio.to_thread.run_sync(self.spool.collect, self.token)
+        except OSError:
+            return  # the inbox is being closed
+        for job_id, status, message in outcomes:
+            error = UploadError(message) if status == "failed" and message else None
+            await self._settle(job_id, status, error)
+
     # --- spooling, in save() -----------------------------------------------------------------
 
     async def submit(self, provider: Provider, source: Source, candidates: list[str]) -> Job:
@@ -394,7 +718,8 @@ class Background:
         location = provider.location
         job_id = f"{time.time_ns():x}-{uuid.uuid4().hex[:12]}"
         temp = os.path.join(self.spool.path, f".tmp-{job_id}")
-        job = Job(job_id, self.target, location, "", 0, time.time())
+        job = Job(job_id, self.target, location, "", 0, time.time(), owner=self.token)
+        handle = BackgroundUpload(job_id, "")
         reserved: list[str] = []
 
         def open_data() -> IO[bytes]:
@@ -408,6 +733,8 @@ class Background:
         published = os.path.join(self.spool.path, job_id)
 
         def publish() -> None:
+            handle.key = job.key
+            self._register(handle)  # before the job exists: its outcome has somewhere to go
             self.spool.write_job(temp, job)
             os.rename(temp, published)  # now a job
 
@@ -417,10 +744,12 @@ class Background:
             shutil.rmtree(published, ignore_errors=True)
             shutil.rmtree(temp, ignore_errors=True)
             if reserved:
-                self.spool.release(self.target, job.key)
+                self.spool.release(self.target, job.key, job_id)
+            if self._handles.pop(job_id, None) is not None:
+                self._close_inbox()
 
         async def reserve() -> None:
-            job.name = await self._reserve(provider, location, candidates)
+            job.name = await self._reserve(provider, location, candidates, job_id)
             reserved.append(job.name)
 
         guard = Guard(discard)
@@ -439,35 +768,38 @@ class Background:
         except BaseException:
             await finish_anyway(lambda: anyio.to_thread.run_sync(guard.clean))
             raise
-        handle = self._handles[job_id] = BackgroundUpload(job_id, job.key)
         provider._background_upload = handle
         self._schedule(job_id, self._uploader())
         return job
 
-    async def _reserve(self, provider: Provider, location: str, candidates: list[str]) -> str:
-        reachable = True
+    async def _reserve(
+        self, provider: Provider, location: str, candidates: list[str], job_id: str
+    ) -> str:
+        # While the backend is known to be down, no check: it would only wait, then fail.
+        check = not self.unreachable
         for index, name in enumerate(candidates):
             key = f"{location}/{name}" if location else name
-            if reachable:
+            if check:
                 try:
-                    if await provider._exists(key):
+                    if await provider._exists_now(key):
                         continue
                 except Exception as exc:
                     if not provider._is_outage(exc):
                         raise  # refused for good (access denied): tell the caller now
                     # The backend is down: the upload is spooled all the same, which is what
-                    # background mode is for. Unchecked, the client's name may be taken
-                    # there: take a collision-proof ``{root}_{shortuuid}`` one.
-                    log.warning(
-                        "name check for %r failed, spooling under a unique name: %s", key, exc
-                    )
-                    reachable = False
-            if not reachable and index == 0:
+                    # background mode is for.
+                    self._note_unreachable(key, exc)
+                    check = False
+            if not check and index == 0:
+                # Unchecked, the client's name may be taken there: take a collision-proof
+                # ``{root}_{shortuuid}`` one.
                 continue
             # Shielded (the thread runs to its end anyway): a reservation made is reported, so
             # a cancelled save releases it.
             with anyio.CancelScope(shield=True):
-                claimed = await anyio.to_thread.run_sync(self.spool.reserve, self.target, key)
+                claimed = await anyio.to_thread.run_sync(
+                    self.spool.reserve, self.target, key, job_id
+                )
             if claimed:
                 return name
         from .providers.base import no_free_name
@@ -476,36 +808,37 @@ class Background:
 
     # --- delivery ----------------------------------------------------------------------------
 
-    async def deliver(self, job_id: str) -> None:
+    async def deliver(self, job_id: str, uploader: Uploader | None = None) -> None:
         """Deliver one spooled job, with retries; never raises."""
         fd = await anyio.to_thread.run_sync(self.spool.lock, job_id)
         if fd is None:
             with self._lock:
                 self._scheduled.discard(job_id)
             return
-        handle = self._handles.setdefault(job_id, BackgroundUpload(job_id, "?"))
         try:
             job = await anyio.to_thread.run_sync(self.spool.load, job_id)
-            handle.key = job.key
-            if job.target != self.target:
+            if not self.owns(job.target):
                 return
-            await self._attempts(job, handle)
+            if job.target != self.target:
+                await anyio.to_thread.run_sync(self._adopt, job)
+            await self._attempts(job, uploader)
         finally:
             os.close(fd)
             with self._lock:
                 self._scheduled.discard(job_id)
-            if handle.done:
-                self._handles.pop(job_id, None)
 
-    async def _attempts(self, job: Job, handle: BackgroundUpload) -> None:
+    async def _attempts(self, job: Job, uploader: Uploader | None) -> None:
         from .providers.base import NoFreeName
 
         provider = self.provider_class(job.key)
+        stopping = uploader.stopping if uploader is not None else None
         for attempt in range(self.retries):
+            if uploader is not None and uploader.stopping.is_set():
+                if attempt or uploader.hopeless():
+                    return  # shutting down: a retry, or an attempt on a dead backend, waits
             try:
                 if await anyio.to_thread.run_sync(self.spool.discarded, job.id):
-                    await anyio.to_thread.run_sync(self.spool.done, job)
-                    handle._finish("discarded")
+                    await self._end(provider, job, uploaded=False)
                     return
                 try:
                     source = Source(job.name, path=self.spool.data(job.id))
@@ -517,20 +850,18 @@ class Background:
                             f"{job.key!r} was taken by another file before this upload could "
                             f"be delivered; it stays spooled as job {job.id}"
                         ) from None
-                if await anyio.to_thread.run_sync(self.spool.discarded, job.id):
-                    # Deleted (a rolled-back transaction) while it was on its way.
-                    await provider.delete(missing_ok=True)
-                    await anyio.to_thread.run_sync(self.spool.done, job)
-                    handle._finish("discarded")
-                    return
-                await anyio.to_thread.run_sync(self.spool.done, job)
-                handle._finish("delivered")
+                if uploader is not None:
+                    uploader.down = False
+                self._note_reachable()
+                await self._end(provider, job, uploaded=True)
                 return
             except UploadError as exc:
-                handle._finish("failed", exc)
                 log.error("background upload of %r failed for good: %s", job.key, exc)
+                await self._report(job, "failed", exc)
                 return
             except Exception as exc:
+                if uploader is not None and _means_down(provider, exc):
+                    uploader.down = True
                 job.attempts += 1
                 job.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning(
@@ -543,20 +874,81 @@ class Background:
                 directory = os.path.join(self.spool.path, job.id)
                 await anyio.to_thread.run_sync(self.spool.write_job, directory, job)
                 if attempt + 1 < self.retries:
-                    await anyio.sleep(min(self.max_backoff, self.backoff * 2**attempt))
+                    delay = min(self.max_backoff, self.backoff * 2**attempt)
+                    if stopping is None:
+                        await anyio.sleep(delay)
+                    else:
+                        with anyio.move_on_after(delay):
+                            await stopping.wait()  # shutdown does not wait out a backoff
         error = UploadError(
             f"could not deliver {job.key!r} after {self.retries} attempts "
             f"({job.last_error}); it stays spooled and is retried every "
             f"{self.max_backoff:g} s (STORE_BACKGROUND_MAX_BACKOFF) and at the next start"
         )
-        handle._finish("failed", error)
+        await self._report(job, "failed", error)
 
-    async def discard(self, upload: BackgroundUpload) -> bool:
-        """Cancel a pending upload (its file was deleted before delivery). False if it was
-        delivered already, and the stored file is the caller's to delete."""
-        if upload.done:
+    async def _end(self, provider: Provider, job: Job, uploaded: bool) -> None:
+        """Take a delivered (or discarded) job out of the spool and report how it ended."""
+        with anyio.CancelScope(shield=True):  # the file landed: the bookkeeping must follow
+            discarded = await anyio.to_thread.run_sync(self.spool.finish, job)
+            if discarded and uploaded:
+                # Deleted (a rolled-back transaction) while it was on its way.
+                try:
+                    with provider._map_errors(job.key):
+                        await provider._delete(job.key)
+                except NotFoundError:
+                    pass
+                except StoreError as exc:
+                    log.error(
+                        "%r was deleted while it was being delivered, and deleting the delivered "
+                        "copy failed: %s; delete it by hand",
+                        job.key,
+                        exc,
+                    )
+            await self._report(job, "discarded" if discarded else "delivered")
+            await anyio.to_thread.run_sync(self.spool.clear, job)
+
+    async def discard(
+        self, key: str | BackgroundUpload, upload: BackgroundUpload | None = None
+    ) -> bool:
+        """Cancel the upload of ``key`` (its file was deleted before delivery) if it is still
+        spooled: True then, and the backend holds nothing to delete (or will not, once the
+        delivery under way lands). False if nothing is spooled for it: delete the stored file.
+
+        ``upload`` is the provider's handle when it spooled the file; without it (a provider made
+        from a stored path) the name's reservation leads to the job.
+        """
+        if isinstance(key, BackgroundUpload):  # the call of earlier versions: discard(upload)
+            upload = key
+        if upload is not None:
+            if upload.status in ("delivered", "discarded"):
+                return False
+            job_id: str | None = upload.job_id
+        else:
+            assert isinstance(key, str)
+            job_id = await anyio.to_thread.run_sync(self.spool.reserved_job, self.target, key)
+        if job_id is None:
             return False
-        return await anyio.to_thread.run_sync(self.spool.discard, upload.job_id)
+        spooled, removed = await anyio.to_thread.run_sync(self._cancel, job_id)
+        if removed is not None:
+            await self._report(removed, "discarded")
+        return spooled
+
+    def _cancel(self, job_id: str) -> tuple[bool, Job | None]:
+        """Mark a job discarded; remove it at once unless a delivery holds it (that delivery
+        then deletes what it delivers). (still spooled, the job if removed here)."""
+        if not self.spool.mark_discarded(job_id):
+            return False, None
+        fd = self.spool.lock(job_id)
+        if fd is None:
+            return True, None  # being delivered: it sees the mark, before or after the upload
+        try:
+            job = self.spool.load(job_id)
+            self.spool.finish(job)
+            self.spool.clear(job)
+            return True, job
+        finally:
+            os.close(fd)
 
     async def _already_there(self, provider: Provider, job: Job) -> bool:
         """Whether the stored file is this job's content (delivered before a crash).
@@ -572,6 +964,17 @@ class Background:
         except Exception:
             return False
         return stored.hexdigest() == spooled
+
+
+def _means_down(provider: Provider, exc: BaseException) -> bool:
+    """Whether a delivery's error (ours, with the backend's as its cause) means "down"."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, Exception) and not isinstance(seen, StoreError):
+            if provider._is_outage(seen):
+                return True
+        seen = seen.__cause__
+    return False
 
 
 def _sha256(path: str) -> str:

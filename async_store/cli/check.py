@@ -1,4 +1,5 @@
-"""``store check``: config valid, backend reachable, a write / read / delete probe.
+"""``store check``: config valid, backend reachable, a write / read / delete probe, and (with
+background uploads) no spooled upload stranded for another store.
 
 Each step prints what it checked; a failed step prints the error (which names the config key)
 and what to do about it, the later steps are skipped, and the exit status is 1.
@@ -16,6 +17,7 @@ import click
 
 from ..exceptions import StoreError
 from ._app import load_state, run
+from .drain import report_others
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -55,13 +57,21 @@ def _fixes(state: StoreState) -> dict[str, str]:
     return {"reach": writable, "write": writable, "read": writable, "delete": writable}
 
 
+_SPOOL_FIX = (
+    "run 'store drain' with the store those uploads were spooled for, or remove their folders "
+    "from STORE_SPOOL_PATH if they are not wanted"
+)
+
+
 @click.command()
 @click.pass_context
 def check(ctx: click.Context) -> None:
     """Check the store: config, backend reachable, and a write / read / delete probe.
 
     Writes a small file named async-store-check-<random>.txt at the top of the store, reads it
-    back and deletes it. Exits with status 1, printing the fix, at the first step that fails.
+    back and deletes it. With STORE_BACKGROUND, also looks at the spool: uploads spooled for
+    another store (another provider, bucket or STORE_PATH) are named, and the check fails.
+    Exits with status 1, printing the fix, at the first step that fails.
     """
     try:
         state = load_state(ctx)
@@ -97,12 +107,26 @@ def check(ctx: click.Context) -> None:
             raise StoreError(f"{probe.relative_path!r} is still there after delete()")
         return "deleted it"
 
+    async def spool() -> str:
+        assert background is not None
+        ours, others = await background.jobs()
+        if others:
+            lines: list[str] = []
+            report_others(background, others, lines.append)
+            raise StoreError("\n".join(lines[:-1]))  # the last line is drain's own advice
+        waiting = f"{len(ours)} uploads waiting for delivery" if ours else "no uploads waiting"
+        return f"{waiting} in {background.spool.path!r}"
+
     steps: list[tuple[str, Callable[[], Awaitable[str]]]] = [
         ("reach", reach),
         ("write", write),
         ("read", read),
         ("delete", delete),
     ]
+    background = provider._background
+    if background is not None:
+        steps.append(("spool", spool))
+        fixes["spool"] = _SPOOL_FIX
 
     async def probes() -> bool:
         for name, step in steps:

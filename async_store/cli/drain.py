@@ -2,13 +2,14 @@
 
 Each job goes through the app's own delivery (``Background.deliver``: its lock, retries and
 exactly-once rules); this module only picks the jobs, waits for those another worker is
-delivering, and reports.
+delivering, and reports, naming the jobs spooled for another destination, which it never
+delivers.
 """
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
@@ -17,29 +18,36 @@ import click
 from ._app import load_state, progress_bar, run
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .._background import Background, Job
 
 __all__ = ["drain"]
 
 # How often to look again at a job another process (or the app's own loop) is delivering.
 _POLL = 0.1
+# How many keys of another store's jobs to print.
+_SHOWN = 10
 
 
-async def _jobs(background: Background) -> list[Job]:
-    spool = background.spool
-
-    def ours() -> list[Job]:
-        jobs = []
-        for job_id in spool.job_ids():
-            try:
-                job = spool.load(job_id)
-            except (OSError, ValueError, TypeError):
-                continue  # delivered meanwhile, or not a job
-            if job.target == background.target:
-                jobs.append(job)
-        return jobs
-
-    return await anyio.to_thread.run_sync(ours)
+def report_others(background: Background, others: list[Job], echo: Callable[[str], Any]) -> None:
+    """Name the spooled jobs of other destinations (``check`` says the same)."""
+    by_target: dict[str, list[Job]] = {}
+    for job in others:
+        by_target.setdefault(job.target, []).append(job)
+    echo(
+        f"{len(others)} spooled uploads in {background.spool.path!r} are for another store, "
+        f"not this one ({background.target}):"
+    )
+    for target, jobs in sorted(by_target.items()):
+        keys = ", ".join(sorted(job.key for job in jobs)[:_SHOWN])
+        more = f" and {len(jobs) - _SHOWN} more" if len(jobs) > _SHOWN else ""
+        echo(f"  {target}: {keys}{more}")
+    echo(
+        "Uploads are delivered by the store they were spooled for: run 'store drain' with its "
+        "STORE_PROVIDER, STORE_S3_BUCKET and STORE_PATH (STORE_S3_ENDPOINT_URL may differ), or "
+        "remove their folders from STORE_SPOOL_PATH if they are not wanted."
+    )
 
 
 async def _deliver(background: Background, job: Job) -> str | None:
@@ -67,7 +75,8 @@ def drain(ctx: click.Context) -> None:
     """Deliver the spooled background uploads now (STORE_BACKGROUND), with progress.
 
     Uploads another worker is delivering are waited for, not sent twice. Exits with status 1
-    if some could not be delivered (they stay spooled; the message says why).
+    if some could not be delivered (they stay spooled; the message says why), or if some were
+    spooled for another store (another provider, bucket or STORE_PATH): they are named.
     """
     state = load_state(ctx)
     background = state.provider_class._background
@@ -75,8 +84,11 @@ def drain(ctx: click.Context) -> None:
         click.echo("STORE_BACKGROUND is off: no uploads are spooled")
         return
 
+    others: list[Job] = []
+
     async def main() -> dict[str, str]:
-        jobs = await _jobs(background)
+        jobs, foreign = await background.jobs()
+        others.extend(foreign)
         failed: dict[str, str] = {}
         bar = progress_bar(sum(job.size for job in jobs), f"{len(jobs)} uploads")
         limiter = anyio.CapacityLimiter(background.concurrency)
@@ -105,5 +117,7 @@ def drain(ctx: click.Context) -> None:
         raise SystemExit(130) from None
     for key, error in sorted(failed.items()):
         click.echo(f"not delivered: {key}: {error}")
-    if failed:
+    if others:
+        report_others(background, others, click.echo)
+    if failed or others:
         raise SystemExit(1)
