@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import fcntl
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -46,7 +47,7 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 import anyio
@@ -56,7 +57,7 @@ from ._sources import Guard, Source, finish_anyway, write_source
 from .exceptions import NotConfiguredError, NotFoundError, StoreError, UploadError, first_error
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
     from .config import StoreConfig
     from .providers.base import Provider
@@ -232,12 +233,15 @@ class _Spool:
         if self.fsync:
             os.fsync(f.fileno())
 
-    def write_job(self, directory: str, job: Job) -> None:
-        temp = os.path.join(directory, ".job.json")
-        with open(temp, "wb") as f:
-            f.write(json.dumps(asdict(job)).encode())
+    def write_job(self, directory: str, job: Job, replace: bool = True) -> None:
+        """Write ``job.json``: whole or not at all (a new job's folder is not visible yet)."""
+        final = os.path.join(directory, "job.json")
+        path = os.path.join(directory, ".job.json") if replace else final
+        with open(path, "wb") as f:
+            f.write(json.dumps(vars(job)).encode())
             self._sync(f)
-        os.replace(temp, os.path.join(directory, "job.json"))
+        if replace:
+            os.replace(path, final)
 
     def load(self, job_id: str) -> Job:
         with open(os.path.join(self.path, job_id, "job.json"), "rb") as f:
@@ -709,13 +713,14 @@ class Background:
 
     # --- spooling, in save() -----------------------------------------------------------------
 
-    async def submit(self, provider: Provider, source: Source, candidates: list[str]) -> Job:
+    async def submit(self, provider: Provider, source: Source, candidates: Iterable[str]) -> Job:
         """Reserve a name and spool ``source``, then queue the delivery; return the job.
 
         Both at once: the name check is a round trip to the backend (a HEAD for S3), the spooling
         a local copy, and ``save()`` waits for the slower of the two, not for their sum.
         """
         location = provider.location
+        names = iter(candidates)  # made as they are needed: a collision name costs ~7 µs
         job_id = f"{time.time_ns():x}-{uuid.uuid4().hex[:12]}"
         temp = os.path.join(self.spool.path, f".tmp-{job_id}")
         job = Job(job_id, self.target, location, "", 0, time.time(), owner=self.token)
@@ -735,7 +740,7 @@ class Background:
         def publish() -> None:
             handle.key = job.key
             self._register(handle)  # before the job exists: its outcome has somewhere to go
-            self.spool.write_job(temp, job)
+            self.spool.write_job(temp, job, False)  # not visible yet: no temp file needed
             os.rename(temp, published)  # now a job
 
         def discard() -> None:
@@ -749,31 +754,59 @@ class Background:
                 self._close_inbox()
 
         async def reserve() -> None:
-            job.name = await self._reserve(provider, location, candidates, job_id)
+            job.name = await self._reserve(provider, location, names, job_id)
             reserved.append(job.name)
+
+        def open_unchecked() -> IO[bytes]:
+            job.name = self._claim(location, itertools.islice(names, 1, None), job_id)
+            reserved.append(job.name)
+            return open_data()
+
+        def finish_and_publish(data: IO[bytes]) -> None:
+            finish(data)
+            publish()
 
         guard = Guard(discard)
         try:
-            try:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(reserve)
-                    await write_source(source, open_data, finish, discard, self.chunk_size)
-            except BaseExceptionGroup as group:
-                # One of the two failed (a taken name, an unreadable upload): raise it as itself.
-                error = first_error(group)
-                raise error from error.__cause__
-            # Runs to its end whatever cancels this task; a cancel that interrupts the wait for
-            # it still fails save(), and the guard makes the discard below take the job back.
-            await finish_anyway(lambda: anyio.to_thread.run_sync(guard.run, publish))
+            if self.unreachable:
+                # No name check to wait for: claim, spool and publish in one hop, as a local
+                # save does (the write's guard takes a published job back if cancelled).
+                await write_source(
+                    source, open_unchecked, finish_and_publish, discard, self.chunk_size
+                )
+            else:
+                try:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(reserve)
+                        await write_source(source, open_data, finish, discard, self.chunk_size)
+                except BaseExceptionGroup as group:
+                    # One of the two failed (a taken name, an unreadable upload): raise it as
+                    # itself.
+                    error = first_error(group)
+                    raise error from error.__cause__
+                # Runs to its end whatever cancels this task; a cancel that interrupts the wait
+                # for it still fails save(), and the guard makes the discard below take the job
+                # back.
+                await finish_anyway(lambda: anyio.to_thread.run_sync(guard.run, publish))
         except BaseException:
             await finish_anyway(lambda: anyio.to_thread.run_sync(guard.clean))
             raise
         provider._background_upload = handle
-        self._schedule(job_id, self._uploader())
+        if not self.unreachable:  # else the next scan tries: no herd of doomed attempts
+            self._schedule(job_id, self._uploader())
         return job
 
+    def _claim(self, location: str, names: Iterable[str], job_id: str) -> str:
+        """Reserve the first of ``names`` that is free in the spool (blocks)."""
+        for name in names:
+            if self.spool.reserve(self.target, f"{location}/{name}" if location else name, job_id):
+                return name
+        from .providers.base import no_free_name
+
+        raise no_free_name(location)
+
     async def _reserve(
-        self, provider: Provider, location: str, candidates: list[str], job_id: str
+        self, provider: Provider, location: str, candidates: Iterable[str], job_id: str
     ) -> str:
         # While the backend is known to be down, no check: it would only wait, then fail.
         check = not self.unreachable

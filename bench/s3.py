@@ -1,11 +1,12 @@
 """S3 benchmarks on a SeaweedFS the run starts on 127.0.0.1: Provider.save() vs raw aioboto3,
-and the request latency of background mode against a local save."""
+and the request latency of background mode against a local save, with S3 up and with S3 down."""
 
 from __future__ import annotations
 
 import itertools
 import math
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -167,6 +168,7 @@ def bench_s3(work: Path, size: int, small: int, repeats: int, quick: bool = Fals
             )
         store.close()
         rows += bench_background(work, server, 64 * MIB, 5 if quick else 20, repeats)
+        rows += bench_outage(work, server, 1 * MIB, 10 if quick else 100, repeats)
         return rows
     finally:
         server.stop()
@@ -249,6 +251,83 @@ def bench_background(work: Path, server: Any, size: int, calls: int, repeats: in
             None, lower_is_better=True),
         Row(what.format("direct", "p99"), "ms", p99["direct"], local, p99["local"],
             None, lower_is_better=True),
+    ]  # fmt: skip
+
+
+def bench_outage(work: Path, server: Any, size: int, calls: int, repeats: int) -> list[Row]:
+    """How long a background ``save()`` keeps a request waiting while S3 is down, against a
+    local save of the same file in the same run.
+
+    S3 goes down (the fault proxy in front of it stops listening: connections are refused)
+    after one save was delivered, so the app's client is warm, as in serving; each repeat is a
+    fresh app, so its first timed save is the first of an outage (its name check finds S3
+    down; the later ones skip it, until a delivery succeeds). Default S3 and background
+    settings. Calls alternate; the disk is synced after each (untimed).
+    """
+    from tests.conftest import s3_config
+    from tests.faultproxy import fault_proxy
+
+    source = work / "outage-source.bin"
+    source.write_bytes(os.urandom(size))
+
+    async def run(spool: Path) -> dict[str, list[float]]:
+        latencies: dict[str, list[float]] = {"local": [], "background": []}
+        with fault_proxy(server.endpoint) as proxy:
+            local, background = quart.Quart(__name__), quart.Quart(__name__)
+            local.config["STORE_PATH"] = str(work / "outage-local")
+            background.config.update(
+                s3_config(server, "bench", STORE_PATH="outage"),
+                STORE_S3_ENDPOINT_URL=proxy.endpoint,
+                STORE_BACKGROUND=True,
+                STORE_SPOOL_PATH=str(spool),
+            )
+            stores = {"local": Store(local), "background": Store(background)}
+            apps = {"local": local, "background": background}
+            classes = {mode: stores[mode].state(app).provider_class for mode, app in apps.items()}
+
+            async def one(mode: str, timed: bool = True) -> None:
+                provider = classes[mode](source)
+                start = time.perf_counter()
+                await provider.save()
+                if timed:
+                    latencies[mode].append((time.perf_counter() - start) * 1000)
+                if mode == "local" or not timed:
+                    await provider.wait()
+                    await provider.delete()
+                await anyio.to_thread.run_sync(os.sync)  # no writeback behind the next call
+
+            async with local.test_app(), background.test_app():
+                for mode in apps:  # warm up: clients, folders, the spool
+                    await one(mode, timed=False)
+                proxy.down()
+                for i in range(calls):
+                    for mode in ("local", "background") if i % 2 else ("background", "local"):
+                        await one(mode)
+            for store in stores.values():
+                store.close()
+        return latencies
+
+    p50: dict[str, list[float]] = {"local": [], "background": []}
+    p99: dict[str, list[float]] = {"local": [], "background": []}
+    first: list[float] = []
+    for i in range(repeats):
+        spool = work / f"outage-spool-{i}"
+        latencies = anyio.run(run, spool)
+        shutil.rmtree(spool)  # undelivered, by design: S3 never came back
+        first.append(latencies["background"][0])
+        for mode, values in latencies.items():
+            p50[mode].append(statistics.median(values))
+            p99[mode].append(_percentile(values, 99))
+    source.unlink()
+    what = f"S3 down: background save() of {size // MIB} MiB, request latency {{}}"
+    local = "local Provider.save()"
+    return [
+        Row(what.format("p50"), "ms", p50["background"], local, p50["local"], None,
+            lower_is_better=True),
+        Row(what.format("p99"), "ms", p99["background"], local, p99["local"], 1.3,
+            lower_is_better=True),
+        Row(what.format("of the first save (its name check finds S3 down)"), "ms", first,
+            "local p50", p50["local"], None, lower_is_better=True),
     ]  # fmt: skip
 
 

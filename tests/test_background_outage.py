@@ -166,6 +166,28 @@ async def test_saves_during_an_outage_skip_the_name_check_until_a_delivery_succe
     assert len(objects(s3_server, bucket)) == 6
 
 
+async def test_a_save_cancelled_during_an_outage_leaves_nothing(
+    s3_server: SeaweedFS, bucket: str, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """Unchecked, a save claims, spools and publishes in one step: a cancel undoes all of it."""
+
+    async def slow() -> AsyncIterator[bytes]:
+        yield b"some"
+        await anyio.sleep(30)
+        yield b"never"
+
+    spool = tmp_path / "spool"
+    app = make_app("quart", spool, **proxied(s3_server, bucket, proxy, STORE_S3_MAX_ATTEMPTS=1))
+    store = Store(app)
+    async with app.test_app(), app.app_context():
+        proxy.down()
+        await store.Provider(b"x", filename="first.txt").save()  # finds the outage
+        with anyio.move_on_after(0.5):
+            await store.Provider(slow(), filename="a.txt").save()
+        assert len(spooled(spool)) == 1  # first.txt's only
+        assert len(list((spool / "names").iterdir())) == 1
+
+
 # --- 14: shutdown does not wait for retries that cannot succeed -----------------------------
 
 
@@ -190,7 +212,7 @@ async def test_shutdown_with_s3_down_leaves_pending_uploads_spooled_at_once(
     if outage == "before the saves":
         proxy.down()
     else:
-        proxy.delay = (lambda r: r.method == "PUT", 60.0)  # on their way when S3 goes
+        proxy.delay = (lambda r: r.method == "PUT", 6.0)  # on their way when S3 goes
     if kind == "quart":
         await app.startup()  # as test_app() does, so that the shutdown below can be timed
     try:
