@@ -193,34 +193,24 @@ class _Spool:
         return os.path.join(self.names, hashlib.sha256(f"{target}\0{key}".encode()).hexdigest())
 
     def reserve(self, target: str, key: str, job_id: str) -> bool:
+        """Claim a name for a job: a symlink to the job's id, made in one exclusive step, so a
+        ``delete()`` by path finds the job (earlier versions made empty files)."""
         try:
-            fd = os.open(
-                self._reservation(target, key), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644
-            )
+            os.symlink(job_id, self._reservation(target, key))
         except FileExistsError:
             return False
-        try:
-            os.write(fd, job_id.encode())  # so a delete() by path finds the job
-        except BaseException:
-            os.unlink(self._reservation(target, key))  # a full disk: not reserved after all
-            raise
-        finally:
-            os.close(fd)
         return True
 
     def reserved_job(self, target: str, key: str) -> str | None:
         try:
-            with open(self._reservation(target, key), "rb") as f:
-                return f.read().decode(errors="replace") or None
-        except FileNotFoundError:
+            return os.readlink(self._reservation(target, key))
+        except OSError:  # none, or an earlier version's empty file
             return None
 
     def release(self, target: str, key: str, job_id: str) -> None:
         path = self._reservation(target, key)
         with contextlib.suppress(FileNotFoundError):
-            with open(path, "rb") as f:
-                holder = f.read().decode(errors="replace")
-            if holder in ("", job_id):  # '' : reserved by an earlier version
+            if self.reserved_job(target, key) in (None, job_id):  # None: an earlier version's
                 os.unlink(path)
 
     # --- jobs --------------------------------------------------------------------------------
@@ -389,7 +379,7 @@ class _Spool:
         for name in os.listdir(self.names):
             path = os.path.join(self.names, name)
             with contextlib.suppress(FileNotFoundError):
-                if name not in held and now - os.path.getmtime(path) > _STALE_SECONDS:
+                if name not in held and now - os.lstat(path).st_mtime > _STALE_SECONDS:
                     os.unlink(path)
 
 

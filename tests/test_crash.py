@@ -194,7 +194,7 @@ def test_kill_9_mid_background_delivery_delivers_each_upload_once(
             assert len(os.listdir(spool / "names")) == 1
             stop_server(server)
             for name in os.listdir(spool / "names"):
-                os.utime(spool / "names" / name, (time.time() - 7200,) * 2)
+                os.utime(spool / "names" / name, (time.time() - 7200,) * 2, follow_symlinks=False)
             server = start_server(port, config, log)
             wait_for("the sweep", lambda: not os.listdir(spool / "names"))
         finally:
