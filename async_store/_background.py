@@ -3,7 +3,7 @@
 The seed's gevent greenlets, rebuilt so that no upload is ever lost:
 
 * **Spool.** ``save()`` picks the final name (the backend says it is free, and a reservation
-  file under ``STORE_SPOOL_PATH/names``, holding the job's id, claims it across processes), so
+  under ``STORE_SPOOL_PATH/names``, a symlink to the job's id, claims it across processes), so
   the URL is known at once. Meanwhile the upload is written to ``.tmp-ID/``, which is then
   published by renaming it to ``ID/`` (``data`` and ``job.json``): a job is either whole or not
   there. Nothing is hashed on the way: only a redelivery after a crash compares content.
@@ -22,11 +22,15 @@ The seed's gevent greenlets, rebuilt so that no upload is ever lost:
   ``save()`` that spooled it follows: a worker posts the outcome to the spooling worker's inbox
   (``.inbox-*``, there while that worker has uploads in flight), which it polls.
 * **Outages.** A name check that cannot reach the backend is remembered until a delivery
-  succeeds; meanwhile ``save()`` skips the check and spools under a unique name at once.
+  succeeds; meanwhile ``save()`` skips the check, spools under a unique name in one thread hop
+  (as a local save does) and leaves the delivery to the next scan.
+* **Deletes.** ``discard()`` marks a spooled job, found by its handle or its name's reservation,
+  and removes it at once unless a delivery holds it; that delivery looks for the mark after it
+  took the job out of the spool, and deletes what it delivered.
 * **Shutdown.** Draining waits ``STORE_BACKGROUND_DRAIN_TIMEOUT`` for running deliveries, then
-  cancels them; a delivery waiting to retry, or meeting an outage, stops at once, and so does
-  the wait while the backend is known to be down. What was not delivered stays spooled and the
-  next start delivers it.
+  cancels them; a delivery waiting to retry stops at once, a failed one is not retried, and the
+  wait ends at once when the backend is known to be down (a quick check tells, if nothing did
+  yet). What was not delivered stays spooled and the next start delivers it.
 
 Quart's ``add_background_task`` is not used: it cancels work 5 seconds into shutdown.
 """
@@ -465,17 +469,21 @@ class Uploader:
         self.stopping.set()
         self._send.close()
         task = self._task
-        if task is not None and not task.done():
-            probe = self._loop.create_task(self._probe())
+        probe: asyncio.Task[None] | None = None
+        if task is not None:
             with anyio.move_on_after(seconds):
+                await asyncio.wait([task], timeout=0.05)  # nothing running: done at once
+                if not task.done() and not self.hopeless():
+                    probe = self._loop.create_task(self._probe())
                 while not task.done() and not self.hopeless():
                     await asyncio.wait([task], timeout=0.05)
-            probe.cancel()
             if not task.done():
                 why = "the backend is down" if self.hopeless() else f"running after {seconds}s"
                 log.warning("background uploads left spooled for the next start: %s", why)
                 task.cancel()
                 await asyncio.wait([task], timeout=_CANCEL_GRACE)
+        if probe is not None:
+            probe.cancel()
             await asyncio.wait([probe], timeout=_CANCEL_GRACE)
         for helper in self._helpers:
             helper.cancel()

@@ -17,7 +17,7 @@ import click
 
 from ..exceptions import StoreError
 from ._app import load_state, run
-from .drain import report_others
+from .drain import OTHERS_FIX, describe_others
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -55,12 +55,6 @@ def _fixes(state: StoreState) -> dict[str, str]:
         }
     writable = "make STORE_PATH writable by this user, or set STORE_PATH to another folder"
     return {"reach": writable, "write": writable, "read": writable, "delete": writable}
-
-
-_SPOOL_FIX = (
-    "run 'store drain' with the store those uploads were spooled for, or remove their folders "
-    "from STORE_SPOOL_PATH if they are not wanted"
-)
 
 
 @click.command()
@@ -111,9 +105,7 @@ def check(ctx: click.Context) -> None:
         assert background is not None
         ours, others = await background.jobs()
         if others:
-            lines: list[str] = []
-            report_others(background, others, lines.append)
-            raise StoreError("\n".join(lines[:-1]))  # the last line is drain's own advice
+            raise StoreError("\n".join(describe_others(background, others)))
         waiting = f"{len(ours)} uploads waiting for delivery" if ours else "no uploads waiting"
         return f"{waiting} in {background.spool.path!r}"
 
@@ -126,7 +118,7 @@ def check(ctx: click.Context) -> None:
     background = provider._background
     if background is not None:
         steps.append(("spool", spool))
-        fixes["spool"] = _SPOOL_FIX
+        fixes["spool"] = OTHERS_FIX
 
     async def probes() -> bool:
         for name, step in steps:

@@ -9,7 +9,7 @@ delivers.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
@@ -18,8 +18,6 @@ import click
 from ._app import load_state, progress_bar, run
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from .._background import Background, Job
 
 __all__ = ["drain"]
@@ -30,24 +28,29 @@ _POLL = 0.1
 _SHOWN = 10
 
 
-def report_others(background: Background, others: list[Job], echo: Callable[[str], Any]) -> None:
-    """Name the spooled jobs of other destinations (``check`` says the same)."""
+#: What to do about uploads spooled for another store (``check`` gives the same advice).
+OTHERS_FIX = (
+    "deliver them with the store they were spooled for: 'store drain' with its STORE_PROVIDER, "
+    "STORE_S3_BUCKET and STORE_PATH (STORE_S3_ENDPOINT_URL may differ); or remove their job "
+    "folders from STORE_SPOOL_PATH if they are not wanted"
+)
+
+
+def describe_others(background: Background, others: list[Job]) -> list[str]:
+    """Lines naming the spooled jobs of other destinations, by destination."""
     by_target: dict[str, list[Job]] = {}
     for job in others:
         by_target.setdefault(job.target, []).append(job)
-    echo(
+    lines = [
         f"{len(others)} spooled uploads in {background.spool.path!r} are for another store, "
         f"not this one ({background.target}):"
-    )
+    ]
     for target, jobs in sorted(by_target.items()):
-        keys = ", ".join(sorted(job.key for job in jobs)[:_SHOWN])
+        jobs.sort(key=lambda job: job.key)
+        shown = ", ".join(f"{job.key} (job {job.id})" for job in jobs[:_SHOWN])
         more = f" and {len(jobs) - _SHOWN} more" if len(jobs) > _SHOWN else ""
-        echo(f"  {target}: {keys}{more}")
-    echo(
-        "Uploads are delivered by the store they were spooled for: run 'store drain' with its "
-        "STORE_PROVIDER, STORE_S3_BUCKET and STORE_PATH (STORE_S3_ENDPOINT_URL may differ), or "
-        "remove their folders from STORE_SPOOL_PATH if they are not wanted."
-    )
+        lines.append(f"  {target}: {shown}{more}")
+    return lines
 
 
 async def _deliver(background: Background, job: Job) -> str | None:
@@ -118,6 +121,8 @@ def drain(ctx: click.Context) -> None:
     for key, error in sorted(failed.items()):
         click.echo(f"not delivered: {key}: {error}")
     if others:
-        report_others(background, others, click.echo)
+        for line in describe_others(background, others):
+            click.echo(line)
+        click.echo(f"fix: {OTHERS_FIX}")
     if failed or others:
         raise SystemExit(1)
