@@ -39,10 +39,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import hashlib
 import itertools
-import json
 import logging
 import math
 import os
@@ -51,13 +49,13 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass, fields
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 import anyio
 import anyio.to_thread
 
 from ._sources import Guard, Source, finish_anyway, write_source
+from ._spool import Job, Spool
 from .exceptions import NotConfiguredError, NotFoundError, StoreError, UploadError, first_error
 
 if TYPE_CHECKING:
@@ -66,11 +64,10 @@ if TYPE_CHECKING:
     from .config import StoreConfig
     from .providers.base import Provider
 
-__all__ = ["Background", "BackgroundUpload", "Job"]
+__all__ = ["Background", "BackgroundUpload"]
 
 log = logging.getLogger("async_store.background")
 Status = Literal["pending", "delivered", "failed", "discarded"]
-_STALE_SECONDS = 3600
 #: How often a worker with uploads in flight looks for outcomes other workers posted.
 _WATCH_SECONDS = 0.2
 #: How long shutdown waits for cancelled deliveries to clean up.
@@ -79,27 +76,6 @@ _CANCEL_GRACE = 3.0
 _PROBE_KEY = "async-store-shutdown-probe"
 
 
-@dataclass
-class Job:
-    """What ``job.json`` holds: where the spooled file goes, and how delivery went so far."""
-
-    id: str
-    target: str
-    location: str
-    name: str
-    size: int
-    created: float
-    attempts: int = 0
-    last_error: str | None = None
-    #: The token of the worker that spooled it (its inbox); '' from earlier versions.
-    owner: str = ""
-
-    @property
-    def key(self) -> str:
-        return f"{self.location}/{self.name}" if self.location else self.name
-
-
-_JOB_FIELDS = frozenset(field.name for field in fields(Job))
 _ENDED: dict[str, Status] = {"delivered": "delivered", "failed": "failed", "discarded": "discarded"}
 
 
@@ -177,214 +153,6 @@ class BackgroundUpload:
                 callback(self)
             except Exception:  # a caller's hook must not break the uploader
                 log.exception("background upload callback failed for %r", self.key)
-
-
-class _Spool:
-    """The spool folder of one app: jobs, name reservations, locks, inboxes. Every method
-    blocks."""
-
-    def __init__(self, path: str, fsync: bool) -> None:
-        self.path = path
-        self.fsync = fsync
-        self.names = os.path.join(path, "names")
-
-    def prepare(self) -> None:
-        os.makedirs(self.names, exist_ok=True)
-
-    # --- names -------------------------------------------------------------------------------
-
-    def _reservation(self, target: str, key: str) -> str:
-        return os.path.join(self.names, hashlib.sha256(f"{target}\0{key}".encode()).hexdigest())
-
-    def reserve(self, target: str, key: str, job_id: str) -> bool:
-        """Claim a name for a job: a symlink to the job's id, made in one exclusive step, so a
-        ``delete()`` by path finds the job (earlier versions made empty files)."""
-        try:
-            os.symlink(job_id, self._reservation(target, key))
-        except FileExistsError:
-            return False
-        return True
-
-    def reserved_job(self, target: str, key: str) -> str | None:
-        try:
-            return os.readlink(self._reservation(target, key))
-        except OSError:  # none, or an earlier version's empty file
-            return None
-
-    def release(self, target: str, key: str, job_id: str) -> None:
-        path = self._reservation(target, key)
-        with contextlib.suppress(FileNotFoundError):
-            if self.reserved_job(target, key) in (None, job_id):  # None: an earlier version's
-                os.unlink(path)
-
-    # --- jobs --------------------------------------------------------------------------------
-
-    def job_ids(self) -> list[str]:
-        return sorted(n for n in os.listdir(self.path) if not n.startswith(".") and n != "names")
-
-    def _sync(self, f: IO[bytes]) -> None:
-        f.flush()
-        if self.fsync:
-            os.fsync(f.fileno())
-
-    def write_job(self, directory: str, job: Job, replace: bool = True) -> None:
-        """Write ``job.json``: whole or not at all (a new job's folder is not visible yet)."""
-        final = os.path.join(directory, "job.json")
-        path = os.path.join(directory, ".job.json") if replace else final
-        with open(path, "wb") as f:
-            f.write(json.dumps(vars(job)).encode())
-            self._sync(f)
-        if replace:
-            os.replace(path, final)
-
-    def load(self, job_id: str) -> Job:
-        with open(os.path.join(self.path, job_id, "job.json"), "rb") as f:
-            data = json.loads(f.read())
-        # Keys that other versions write (``sha256``, once computed while spooling) are skipped.
-        return Job(**{k: v for k, v in data.items() if k in _JOB_FIELDS})
-
-    def data(self, job_id: str) -> str:
-        return os.path.join(self.path, job_id, "data")
-
-    def lock(self, job_id: str) -> int | None:
-        """An exclusive lock on a job, or None if it is gone or another process delivers it.
-
-        The lock is on ``data``, which stays the same file for the job's life: ``job.json`` is
-        replaced after each failed attempt, and a lock on the old one would not exclude a worker
-        that opens the new one.
-        """
-        try:
-            fd = os.open(self.data(job_id), os.O_RDONLY)
-        except FileNotFoundError:
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        if not os.path.exists(os.path.join(self.path, job_id)):  # delivered while we waited
-            os.close(fd)
-            return None
-        return fd
-
-    def mark_discarded(self, job_id: str) -> bool:
-        """Mark a job as not wanted any more; False if it is gone (delivered already)."""
-        try:
-            os.close(os.open(os.path.join(self.path, job_id, "discard"), os.O_CREAT, 0o644))
-        except (FileNotFoundError, NotADirectoryError):
-            return False
-        return True
-
-    def discarded(self, job_id: str) -> bool:
-        return os.path.exists(os.path.join(self.path, job_id, "discard"))
-
-    def finish(self, job: Job) -> bool:
-        """Take a job out of the spool (one rename: gone for every reader); True if it was
-        discarded. Checked *after* the rename, so a discard that found the job is always seen."""
-        finished = os.path.join(self.path, f".done-{job.id}")
-        os.rename(os.path.join(self.path, job.id), finished)
-        return os.path.exists(os.path.join(finished, "discard"))
-
-    def clear(self, job: Job) -> None:
-        self.release(job.target, job.key, job.id)
-        shutil.rmtree(os.path.join(self.path, f".done-{job.id}"), ignore_errors=True)
-
-    # --- inboxes: outcomes for the worker that spooled a job ---------------------------------
-
-    def _inbox(self, token: str) -> str:
-        return os.path.join(self.path, f".inbox-{token}")
-
-    def open_inbox(self, token: str) -> int:
-        """Create this worker's inbox; the returned descriptor holds its lock (alive)."""
-        inbox = self._inbox(token)
-        shutil.rmtree(inbox, ignore_errors=True)  # left by an earlier close that raced a post
-        temp = os.path.join(self.path, f".tmp-inbox-{token}")
-        os.mkdir(temp)
-        fd = os.open(temp, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # before the rename: a sweep never sees it unlocked
-            os.rename(temp, inbox)
-        except BaseException:
-            os.close(fd)
-            shutil.rmtree(temp, ignore_errors=True)
-            raise
-        return fd
-
-    def close_inbox(self, token: str, fd: int) -> None:
-        shutil.rmtree(self._inbox(token), ignore_errors=True)
-        os.close(fd)
-
-    def post(self, owner: str, job_id: str, status: str, error: str | None) -> None:
-        """Tell the worker that spooled a job how it ended, if that worker is listening."""
-        inbox = self._inbox(owner)
-        temp = os.path.join(inbox, f".{job_id}")
-        try:
-            with open(temp, "wb") as f:
-                f.write(json.dumps({"status": status, "error": error}).encode())
-            os.replace(temp, os.path.join(inbox, job_id))
-        except (FileNotFoundError, NotADirectoryError):
-            pass  # no inbox: that worker stopped, or has nothing in flight
-
-    def collect(self, token: str) -> list[tuple[str, str, str | None]]:
-        """The outcomes posted to this worker's inbox, removed as they are read."""
-        inbox = self._inbox(token)
-        found = []
-        for name in os.listdir(inbox):
-            if name.startswith("."):
-                continue
-            path = os.path.join(inbox, name)
-            try:
-                with open(path, "rb") as f:
-                    outcome = json.loads(f.read())
-                os.unlink(path)
-            except (OSError, ValueError):
-                continue  # read by another of our loops meanwhile, or torn: the next poll
-            found.append((name, str(outcome.get("status")), outcome.get("error")))
-        return found
-
-    @staticmethod
-    def _held(path: str) -> bool:
-        """Whether a live worker holds the lock on ``path`` (a job's data, an inbox)."""
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-        return False
-
-    def sweep_inboxes(self) -> None:
-        """Remove the inboxes of workers that are gone (nobody holds their lock)."""
-        for name in os.listdir(self.path):
-            path = os.path.join(self.path, name)
-            if name.startswith(".inbox-") and not self._held(path):
-                shutil.rmtree(path, ignore_errors=True)
-
-    def sweep(self) -> None:
-        """Remove what crashes leave: finished jobs, spooling that never completed, the inboxes
-        of dead workers, and the names such spooling reserved (stale, and held by no job)."""
-        now = time.time()
-        for name in os.listdir(self.path):
-            path = os.path.join(self.path, name)
-            if name.startswith(".done-") and not self._held(os.path.join(path, "data")):
-                shutil.rmtree(path, ignore_errors=True)  # a worker died finishing it
-            elif name.startswith(".tmp-") and now - os.path.getmtime(path) > _STALE_SECONDS:
-                shutil.rmtree(path, ignore_errors=True)
-        self.sweep_inboxes()
-        held = set()
-        for job_id in self.job_ids():
-            with contextlib.suppress(OSError, ValueError, TypeError):
-                job = self.load(job_id)
-                held.add(os.path.basename(self._reservation(job.target, job.key)))
-        for name in os.listdir(self.names):
-            path = os.path.join(self.names, name)
-            with contextlib.suppress(FileNotFoundError):
-                if name not in held and now - os.lstat(path).st_mtime > _STALE_SECONDS:
-                    os.unlink(path)
 
 
 class Uploader:
@@ -509,7 +277,7 @@ class Background:
         provider_class: type[Provider],
         fallback_loop: Callable[[], None],
     ) -> None:
-        self.spool = _Spool(str(config["STORE_SPOOL_PATH"]), bool(config["STORE_FSYNC"]))
+        self.spool = Spool(str(config["STORE_SPOOL_PATH"]), bool(config["STORE_FSYNC"]))
         self.provider_class = provider_class
         self.chunk_size = config.chunk_size
         self.retries = int(config["STORE_BACKGROUND_RETRIES"])
@@ -939,9 +707,7 @@ class Background:
             await self._report(job, "discarded" if discarded else "delivered")
             await anyio.to_thread.run_sync(self.spool.clear, job)
 
-    async def discard(
-        self, key: str | BackgroundUpload, upload: BackgroundUpload | None = None
-    ) -> bool:
+    async def discard(self, key: str, upload: BackgroundUpload | None = None) -> bool:
         """Cancel the upload of ``key`` (its file was deleted before delivery) if it is still
         spooled: True then, and the backend holds nothing to delete (or will not, once the
         delivery under way lands). False if nothing is spooled for it: delete the stored file.
@@ -949,14 +715,11 @@ class Background:
         ``upload`` is the provider's handle when it spooled the file; without it (a provider made
         from a stored path) the name's reservation leads to the job.
         """
-        if isinstance(key, BackgroundUpload):  # the call of earlier versions: discard(upload)
-            upload = key
         if upload is not None:
             if upload.status in ("delivered", "discarded"):
                 return False
             job_id: str | None = upload.job_id
         else:
-            assert isinstance(key, str)
             job_id = await anyio.to_thread.run_sync(self.spool.reserved_job, self.target, key)
         if job_id is None:
             return False

@@ -18,7 +18,7 @@ import flask
 import pytest
 import quart
 
-from async_store import Store, UploadError
+from async_store import NotFoundError, Store, UploadError
 from tests.conftest import s3_config
 from tests.faultproxy import FaultProxy
 from tests.seaweed import SeaweedFS
@@ -133,14 +133,13 @@ async def test_a_failed_upload_deleted_after_the_outage_never_arrives(
 async def test_the_name_of_a_spooled_upload_leads_a_delete_to_its_job(
     s3_server: SeaweedFS, bucket: str, proxy: FaultProxy, tmp_path: Path
 ) -> None:
-    """What ``Provider.delete()`` asks of a provider made from a stored path (no handle): the
-    spooled job of that name is cancelled, and the handle of the save that spooled it says so."""
+    """A provider made from a stored path (another request, a row loaded after a restart) has
+    no handle: deleting it cancels the spooled job of that name, and the handle of the save
+    that spooled it says so."""
     spool = tmp_path / "spool"
     settings = {"STORE_BACKGROUND_RETRIES": 1, "STORE_S3_MAX_ATTEMPTS": 1, **FAST}
     app = make_app("quart", spool, **proxied(s3_server, bucket, proxy, **settings))
     store = Store(app)
-    background = store.state(app).provider_class._background
-    assert background is not None
     proxy.fail_with = (lambda r: r.method == "PUT", 500)
     async with app.test_app(), app.app_context():
         provider = store.Provider(b"secret", "docs", filename="a.txt")
@@ -148,10 +147,12 @@ async def test_the_name_of_a_spooled_upload_leads_a_delete_to_its_job(
         with pytest.raises(UploadError):
             await provider.wait()
         proxy.clear()
-        assert not await background.discard("docs/other.txt", None)  # nothing spooled there
-        assert await background.discard("docs/a.txt", None)
+        with pytest.raises(NotFoundError):  # nothing spooled there, nothing stored either
+            await store.Provider("docs/other.txt").delete()
+        await store.Provider("docs/a.txt").delete()
         assert provider.status == "discarded" and spooled(spool) == []
-        assert not await background.discard("docs/a.txt", None)  # gone: the backend's to say
+        with pytest.raises(NotFoundError):  # gone: the backend's to say
+            await store.Provider("docs/a.txt").delete()
         await anyio.sleep(0.5)  # several scans
     assert objects(s3_server, bucket) == {}
     assert list((spool / "names").iterdir()) == []

@@ -18,7 +18,8 @@ import click
 from ._app import load_state, progress_bar, run
 
 if TYPE_CHECKING:
-    from .._background import Background, Job
+    from .._background import Background
+    from .._spool import Job
 
 __all__ = ["drain"]
 

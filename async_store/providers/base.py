@@ -338,7 +338,7 @@ class Provider(ABC):
         try:
             with self._map_errors(self.relative_path):
                 if self._background is not None:
-                    job = await self._background.submit(self, source, list(self._candidates()))
+                    job = await self._background.submit(self, source, self._candidates())
                     self._filename = job.name
                 else:
                     self._filename = await self._save(self._location, self._candidates(), source)
@@ -377,9 +377,13 @@ class Provider(ABC):
         :raises NotFoundError: if nothing is stored there (unless ``missing_ok``).
         """
         self._require_saved()
-        upload, background = self._background_upload, self._background
-        if upload is not None and background is not None and await background.discard(upload):
-            return  # not delivered yet: the job is cancelled, or deletes what it delivers
+        background = self._background
+        # Still spooled (by this provider's save, or by any earlier one: a provider made from a
+        # stored path): the job is cancelled, or deletes what it delivers. Never delivered later.
+        if background is not None and await background.discard(
+            self.relative_path, self._background_upload
+        ):
+            return
         try:
             with self._map_errors(self.relative_path):
                 await self._delete(self.relative_path)
@@ -394,8 +398,8 @@ class Provider(ABC):
 
     @property
     def status(self) -> str:
-        """``'unsaved'``, ``'stored'``, or a background upload's ``'pending'``, ``'delivered'``
-        or ``'failed'``."""
+        """``'unsaved'``, ``'stored'``, or a background upload's ``'pending'``, ``'delivered'``,
+        ``'failed'`` or ``'discarded'`` (deleted before it was delivered)."""
         if self._background_upload is not None:
             return self._background_upload.status
         return "stored" if self._saved else "unsaved"
