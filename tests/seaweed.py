@@ -8,6 +8,7 @@ a timeout, then kill it.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -18,7 +19,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-__all__ = ["SeaweedFS", "find_weed", "free_port"]
+__all__ = ["SeaweedFS", "find_weed", "free_port", "with_identity"]
 
 
 def free_port() -> int:
@@ -117,3 +118,18 @@ class SeaweedFS:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, 9)
             process.wait(10)
+
+
+def with_identity(directory: Path, weed: str, access_key: str, secret_key: str) -> SeaweedFS:
+    """A SeaweedFS (not started) that knows one identity and refuses every other key, and
+    anonymous or badly signed requests."""
+    identities = directory / "s3.json"
+    keys = {"accessKey": access_key, "secretKey": secret_key}
+    actions = ["Admin", "Read", "Write", "List", "Tagging"]
+    identity = {"name": "tester", "credentials": [keys], "actions": actions}
+    identities.write_text(json.dumps({"identities": [identity]}))
+    # SeaweedFS builds the command line; a wrapper adds the identities.
+    wrapper = directory / "weed"
+    wrapper.write_text(f'#!/bin/sh\nexec {weed} "$@" -s3.config={identities}\n')
+    wrapper.chmod(0o755)
+    return SeaweedFS(directory, str(wrapper))

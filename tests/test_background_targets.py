@@ -11,8 +11,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from async_store import Store, UploadError
-from tests.conftest import make_app
+from async_store import Store
+from tests.conftest import make_app, spool_undeliverable
 from tests.faultproxy import FaultProxy
 from tests.seaweed import SeaweedFS
 from tests.test_background import objects, s3_app, spool_undelivered, spooled
@@ -61,40 +61,12 @@ async def test_uploads_spooled_before_the_endpoint_was_respelt_are_delivered(
     assert list((spool / "names").iterdir()) == []
 
 
-def spool_for(tmp_path: Path, store_path: Path, count: int) -> dict[str, object]:
-    """Jobs of the store at ``store_path`` that could not be delivered (a file stands where
-    their folder goes); the config of the spool."""
-    store_path.mkdir()
-    (store_path / "docs").write_bytes(b"")
-    config = {
-        "STORE_BACKGROUND": True,
-        "STORE_BACKGROUND_RETRIES": 1,
-        "STORE_SPOOL_PATH": str(tmp_path / "spool"),
-    }
-    app = make_app("quart", store_path, **config)
-    store = Store(app)
-
-    async def save() -> None:
-        async with app.app_context():
-            for i in range(count):
-                provider = store.Provider(b"x" * (i + 1), "docs", filename=f"{i}.bin")
-                await provider.save()
-                with pytest.raises(UploadError):
-                    await provider.wait()
-
-    try:
-        anyio.run(save)
-    finally:
-        store.close()
-    return config
-
-
 @pytest.mark.parametrize("command", ["drain", "check"])
 def test_drain_and_check_name_the_uploads_spooled_for_another_store(
     tmp_path: Path, command: str
 ) -> None:
     old = tmp_path / "old"
-    config = spool_for(tmp_path, old, 3)
+    _, config = spool_undeliverable(tmp_path, 3, old)
     # The app now stores elsewhere (STORE_PATH moved), with the same spool.
     app = make_app("quart", tmp_path / "new", **config)
     store = Store(app)

