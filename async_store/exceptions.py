@@ -8,7 +8,8 @@ Everything derives from :class:`StoreError`, so ``except StoreError`` catches al
     ├── NotFoundError           (also FileNotFoundError) no stored file at that path
     ├── BadUploadError          (also werkzeug BadRequest, 400) save_request refused the body
     ├── UploadTooLargeError     (also werkzeug RequestEntityTooLarge, 413) over a limit
-    └── ProviderError           the backend failed (disk full, permission denied, S3 down, …)
+    └── ProviderError           the backend failed (disk full, permission denied, …)
+        ├── ProviderUnavailableError   down for now (unreachable, a 5xx): worth retrying
         └── UploadError         a background upload failed
 
 Backend errors are never swallowed: they are re-raised as the most specific class above with the
@@ -24,6 +25,7 @@ __all__ = [
     "NotConfiguredError",
     "NotFoundError",
     "ProviderError",
+    "ProviderUnavailableError",
     "StoreError",
     "UnsafePathError",
     "UploadError",
@@ -63,6 +65,11 @@ class UploadTooLargeError(StoreError, RequestEntityTooLarge):
 
 class ProviderError(StoreError):
     """The storage backend failed; the backend's own exception is the ``__cause__``."""
+
+
+class ProviderUnavailableError(ProviderError):
+    """The backend is down or failing for now (no connection, a timeout, a 5xx answer), rather
+    than refusing for good: retry logic (background mode's spool) checks for this class."""
 
 
 class UploadError(ProviderError):

@@ -14,31 +14,28 @@ from __future__ import annotations
 
 import contextlib
 import re
-from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from abc import ABC
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 from urllib.parse import quote
 
 from .. import _ingest
 from .._paths import clean_filename, clean_key, clean_location, collision_name
 from .._sources import AsyncReadable, Source, SourceFailure, to_source
-from ..exceptions import NotConfiguredError, NotFoundError, ProviderError, StoreError
+from ..backends.base import MAX_NAMES, NoFreeName, StoredFile, no_free_name
+from ..exceptions import NotConfiguredError, NotFoundError, ProviderUnavailableError, StoreError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Collection, Iterator
     from contextlib import AbstractAsyncContextManager
-    from datetime import datetime
 
     from flask.sansio.app import App
 
     from .._background import Background, BackgroundUpload
     from .._ingest import StoredForm
+    from ..backends.base import Backend
     from ..config import StoreConfig
 
-__all__ = ["Provider", "StoredFile"]
-
-#: How many collision names a save tries before giving up (each has 128 random bits).
-_MAX_ATTEMPTS = 16
+__all__ = ["NoFreeName", "Provider", "StoredFile", "no_free_name"]
 #: Paths that ``quote(path, safe="/")`` returns unchanged: skip it for them.
 _URL_PLAIN = re.compile(r"[A-Za-z0-9_.\-~/]*")
 
@@ -46,18 +43,6 @@ _URL_PLAIN = re.compile(r"[A-Za-z0-9_.\-~/]*")
 def url_join(*parts: str) -> str:
     """Join URL path parts with single slashes, always starting with ``/``."""
     return "/" + "/".join(p.strip("/") for p in parts if p.strip("/"))
-
-
-@dataclass(frozen=True)
-class StoredFile:
-    """One stored file, as :meth:`Provider.files` lists it."""
-
-    #: The relative path: what ``Provider(path)`` takes and a ``StoreType`` column holds.
-    path: str
-    #: The size in bytes.
-    size: int
-    #: When it was last written (timezone-aware, UTC).
-    modified: datetime
 
 
 def clean_prefix(prefix: str) -> str:
@@ -106,6 +91,10 @@ class Provider(ABC):
     loop_bound: ClassVar[bool] = True
     #: The app's ``STORE_*`` config; set on the per-app subclass :meth:`bind` makes.
     config: ClassVar[StoreConfig]
+    #: The backend class a bound provider makes its :attr:`backend` from.
+    backend_class: ClassVar[type[Backend] | None] = None
+    #: The app's backend (the I/O); set on the per-app subclass :meth:`bind` makes.
+    backend: ClassVar[Backend]
     #: Background uploads of the app, when ``STORE_BACKGROUND`` is on.
     _background: ClassVar[Background | None] = None
 
@@ -133,23 +122,30 @@ class Provider(ABC):
 
     @classmethod
     def bind(cls, config: StoreConfig) -> type[Self]:
-        """Return a subclass of this provider bound to one app's ``config``."""
-        return type(
-            cls.__name__,
-            (cls,),
-            {"config": config, "__module__": cls.__module__, "__qualname__": cls.__qualname__},
-        )
+        """Return a subclass of this provider bound to one app's ``config`` (and a backend
+        made from it)."""
+        namespace: dict[str, Any] = {
+            "config": config,
+            "__module__": cls.__module__,
+            "__qualname__": cls.__qualname__,
+        }
+        if cls.backend_class is not None:
+            namespace["backend"] = cls.backend_class(config)
+            namespace["loop_bound"] = cls.backend_class.loop_bound
+        return type(cls.__name__, (cls,), namespace)
 
     @classmethod
     async def startup(cls) -> None:
         """Called in a long-lived event loop before it stores files: Quart's serving loop, or
         the sync shim's loop. Providers with loop-bound clients keep one for that loop."""
-        return None
+        if cls.backend_class is not None:
+            await cls.backend.enter_loop()
 
     @classmethod
     async def shutdown(cls) -> None:
         """Called in that loop before it ends: close its clients."""
-        return None
+        if cls.backend_class is not None:
+            await cls.backend.leave_loop()
 
     @classmethod
     async def save_request(
@@ -307,7 +303,7 @@ class Provider(ABC):
 
     def _candidates(self) -> Iterator[str]:
         yield self._filename
-        for _ in range(_MAX_ATTEMPTS):
+        for _ in range(MAX_NAMES):
             yield collision_name(self._filename)
 
     async def save(self) -> str:
@@ -441,66 +437,50 @@ class Provider(ABC):
                 f"and another file may be stored under {self.relative_path!r})"
             )
 
-    # --- the backend's half -------------------------------------------------------------------
+    # --- the backend's half: the backend object's calls, unless a provider overrides them -----
 
     @contextlib.contextmanager
     def _map_errors(self, key: str) -> Iterator[None]:
-        """Turn backend exceptions into ours (``raise … from exc``); the default maps nothing."""
+        """Turn backend exceptions into ours (``raise … from exc``); a backend object maps its
+        own, so the default maps nothing."""
         yield
 
-    @abstractmethod
-    def _absolute_path(self, key: str) -> str: ...
+    def _absolute_path(self, key: str) -> str:
+        return self.backend.absolute_path(key)
 
     def _url_base(self) -> str:
-        return self.config.url_prefix
+        return self.backend.url_base if self.backend_class else self.config.url_prefix
 
     def _default_domain(self) -> str | None:
         """The base URL when ``STORE_DOMAIN`` is unset; None gives relative URLs."""
-        return None
+        return self.backend.default_domain if self.backend_class else None
 
-    @abstractmethod
     async def _save(self, location: str, names: Iterator[str], source: Source) -> str:
-        """Write ``source`` and publish it under the first of ``names`` that is free.
+        """Write ``source`` and publish it under the first of ``names`` that is free (see
+        :meth:`Backend.write <async_store.backends.base.Backend.write>`)."""
+        return await self.backend.write(location, names, source)
 
-        Claiming must be atomic (exclusive create, hard link, conditional PUT), never
-        exists-then-write. Return the name claimed; raise :class:`ProviderError` when every
-        candidate is taken.
-        """
-
-    @abstractmethod
-    async def _exists(self, key: str) -> bool: ...
+    async def _exists(self, key: str) -> bool:
+        return await self.backend.exists(key)
 
     async def _exists_now(self, key: str) -> bool:
-        """:meth:`_exists` for a caller that must not wait: background mode's name check, which
-        spools anyway when the backend is down. A backend with retries or long timeouts answers
-        with one attempt and a short connect timeout here; the default is :meth:`_exists`."""
-        return await self._exists(key)
+        """:meth:`_exists` for a caller that must not wait (background mode's name check)."""
+        return await self.backend.exists_now(key)
 
     def _is_outage(self, exc: Exception) -> bool:
         """Whether a backend call's ``exc`` means the backend is down or failing for now
         (background uploads then spool anyway), rather than refusing for good."""
-        return False
+        return isinstance(exc, ProviderUnavailableError)
 
-    @abstractmethod
-    def _open(self, key: str) -> AbstractAsyncContextManager[AsyncReadable]: ...
+    def _open(self, key: str) -> AbstractAsyncContextManager[AsyncReadable]:
+        return self.backend.open(key)
 
-    @abstractmethod
     async def _delete(self, key: str) -> None:
         """Delete ``key``; raise :class:`NotFoundError` when it is not there."""
+        await self.backend.delete(key)
 
     @classmethod
     def _list(cls, prefix: str) -> AsyncIterator[StoredFile]:
         """The stored files below ``prefix`` (already checked), in the backend's order
-        (see :meth:`files`); optional."""
-        raise StoreError(f"{cls.__name__} cannot list its files (it has no _list method)")
-
-
-class NoFreeName(ProviderError):
-    """Every candidate name was taken (internal: background delivery tells it apart)."""
-
-
-def no_free_name(location: str) -> ProviderError:
-    """What ``_save`` raises when every candidate name is taken."""
-    return NoFreeName(
-        f"no free name in {location or 'the store'!r} after {_MAX_ATTEMPTS + 1} attempts"
-    )
+        (see :meth:`files`)."""
+        return cls.backend.list(prefix)
