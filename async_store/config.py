@@ -16,9 +16,25 @@ import os
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
-from .exceptions import NotConfiguredError
+from ._checks import (
+    acl,
+    boolean,
+    choice,
+    domain,
+    integer,
+    object_params,
+    optional,
+    optional_text,
+    part,
+    path,
+    positive,
+    provider,
+    seconds,
+    server_url,
+    unset_if_empty,
+    url_prefix,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Mapping
@@ -69,187 +85,6 @@ class Folders:
     backend: str | None
 
 
-# --- checks: (key, value) -> value, or NotConfiguredError naming key, value and what is allowed
-
-
-def _refuse(key: str, value: Any, allowed: str) -> NotConfiguredError:
-    return NotConfiguredError(f"{key} must be {allowed}, not {value!r}.")
-
-
-def _bool(key: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower() if isinstance(value, (str, int)) else None
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise _refuse(key, value, "True or False")
-
-
-def _integer(minimum: int, unit: str = "") -> Callable[[str, Any], int]:
-    def check(key: str, value: Any) -> int:
-        number = value
-        if isinstance(value, str):
-            try:
-                number = int(value.strip().replace("_", ""))
-            except ValueError:
-                number = None
-        if isinstance(number, bool) or not isinstance(number, int) or number < minimum:
-            raise _refuse(key, value, f"a whole number of at least {minimum:,}{unit}")
-        return number
-
-    return check
-
-
-def _seconds(*, zero: bool) -> Callable[[str, Any], float]:
-    def check(key: str, value: Any) -> float:
-        number = value
-        if isinstance(value, str):
-            try:
-                number = float(value)
-            except ValueError:
-                number = None
-        if (
-            isinstance(number, bool)
-            or not isinstance(number, (int, float))
-            or number != number  # NaN
-            or number < 0
-            or (number == 0 and not zero)
-            or number == float("inf")
-        ):
-            what = "zero or more" if zero else "more than zero"
-            raise _refuse(key, value, f"a number of seconds, {what}")
-        return float(number)
-
-    return check
-
-
-def _optional(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
-    def optional(key: str, value: Any) -> Any:
-        return None if value is None else check(key, value)
-
-    return optional
-
-
-def _text(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise _refuse(key, value, "a non-empty string")
-    return value
-
-
-def _choice(*choices: str) -> Callable[[str, Any], str]:
-    def check(key: str, value: Any) -> str:
-        if value not in choices:
-            raise _refuse(key, value, "one of " + ", ".join(map(repr, choices)))
-        return str(value)
-
-    return check
-
-
-def _path(key: str, value: Any) -> str:
-    if not isinstance(value, (str, os.PathLike)):
-        raise NotConfiguredError(
-            f"{key} must be set to a path (a folder on disk for the local provider, a key "
-            f"prefix for S3), not {value!r}."
-        )
-    return os.fspath(value)
-
-
-def _server_url(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
-        raise _refuse(key, value, "a URL such as 'http://127.0.0.1:8333'")
-    return value
-
-
-def _domain(key: str, value: Any) -> str:
-    parts = urlsplit(value) if isinstance(value, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
-        raise NotConfiguredError(
-            f"STORE_DOMAIN must be a base URL such as 'https://cdn.example.org' (or None for "
-            f"relative URLs), not {value!r}."
-        )
-    return str(value)
-
-
-def _url_prefix(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.startswith("/") or "://" in value:
-        raise NotConfiguredError(
-            f"STORE_URL_PREFIX must be a URL path starting with '/' such as '/uploads', "
-            f"not {value!r}; put the scheme and host in STORE_DOMAIN instead."
-        )
-    if any(part in (".", "..") for part in value.split("/")):
-        raise NotConfiguredError(f"STORE_URL_PREFIX {value!r} must not contain '.' or '..'.")
-    return value
-
-
-def _provider(key: str, value: Any) -> Any:
-    return value  # resolved (and checked) by providers.get_provider_class, before the table
-
-
-_CANNED_ACLS = (
-    "private",
-    "public-read",
-    "public-read-write",
-    "authenticated-read",
-    "aws-exec-read",
-    "bucket-owner-read",
-    "bucket-owner-full-control",
-)
-#: What STORE_S3_OBJECT_PARAMS may set (PutObject / CreateMultipartUpload parameter names).
-OBJECT_PARAMS = frozenset(
-    {
-        "CacheControl",
-        "ContentDisposition",
-        "ContentEncoding",
-        "ContentLanguage",
-        "ContentType",
-        "Expires",
-        "Metadata",
-        "ServerSideEncryption",
-        "SSEKMSKeyId",
-        "StorageClass",
-        "Tagging",
-    }
-)
-
-
-def _acl(key: str, value: Any) -> str | None:
-    if value is not None and value not in _CANNED_ACLS:
-        raise NotConfiguredError(
-            f"STORE_S3_ACL must be a canned ACL ({', '.join(sorted(_CANNED_ACLS))}) or None "
-            f"to send none (R2 and buckets with ACLs disabled), not {value!r}."
-        )
-    return None if value is None else str(value)
-
-
-def _object_params(key: str, value: Any) -> dict[str, Any]:
-    value = {} if value is None else value
-    unknown = set(value) - OBJECT_PARAMS if isinstance(value, dict) else set()
-    if not isinstance(value, dict) or unknown:
-        raise NotConfiguredError(
-            f"STORE_S3_OBJECT_PARAMS takes a dict of {', '.join(sorted(OBJECT_PARAMS))}; "
-            f"unknown: {', '.join(sorted(unknown)) or repr(value)}."
-        )
-    return value
-
-
-def _part(key: str, value: Any) -> int:
-    return _integer(5 * MIB, " bytes (5 MiB, S3's smallest part)")(key, value)
-
-
-def _unset_if_empty(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
-    # ``os.environ.get("S3_REGION", "")`` and the like: an empty string means not set.
-    def optional(key: str, value: Any) -> Any:
-        return None if value is None or value == "" else check(key, value)
-
-    return optional
-
-
-_positive = _integer(1)
-_optional_text = _unset_if_empty(_text)
-
-
 def _default_path(folders: Folders) -> str | None:
     # Never the current directory (the seed's default): the route would publish the app's code.
     if folders.backend == "local":
@@ -266,38 +101,71 @@ def _default_spool(folders: Folders) -> str:
 S = Setting
 #: Every key, once. The README's configuration tables and the docs list the same keys.
 SETTINGS: tuple[Setting, ...] = (
-    S("STORE_PROVIDER", "local", _provider, "'local', 's3', a dotted path or a Provider class"),
-    S("STORE_PATH", _default_path, _path, "local: the folder; S3: the key prefix", text=True),
-    S("STORE_DOMAIN", None, _unset_if_empty(_domain), "the base URL of absolute_url", text=True),
-    S("STORE_URL_PREFIX", "/uploads", _url_prefix, "the URL path of local files", text=True),
-    S("STORE_SERVE_FILES", True, _bool, "register the route that serves local files"),
-    S("STORE_FSYNC", False, _bool, "flush each file and its folder to disk before publishing"),
-    S("STORE_CHUNK_SIZE", MIB, _integer(4096, " bytes"), "chunk size for streaming copies"),
+    S(
+        "STORE_PROVIDER",
+        "local",
+        provider,
+        "'local', 's3', a dotted path or a Provider class",
+    ),
+    S("STORE_PATH", _default_path, path, "local: the folder; S3: the key prefix", text=True),
+    S(
+        "STORE_DOMAIN",
+        None,
+        unset_if_empty(domain),
+        "the base URL of absolute_url",
+        text=True,
+    ),
+    S("STORE_URL_PREFIX", "/uploads", url_prefix, "the URL path of local files", text=True),
+    S("STORE_SERVE_FILES", True, boolean, "register the route that serves local files"),
+    S(
+        "STORE_FSYNC",
+        False,
+        boolean,
+        "flush each file and its folder to disk before publishing",
+    ),
+    S("STORE_CHUNK_SIZE", MIB, integer(4096, " bytes"), "chunk size for streaming copies"),
     # The body limit a Flask app without MAX_CONTENT_LENGTH gets (Quart's own default); None
     # keeps Flask's unlimited one. See Store.init_app.
     S(
         "STORE_MAX_CONTENT_LENGTH",
         16 * MIB,
-        _optional(_integer(1, " bytes")),
+        optional(integer(1, " bytes")),
         "Flask only: MAX_CONTENT_LENGTH for an app without one",
     ),
-    S("STORE_BACKGROUND", False, _bool, "save() returns once the file is spooled"),
-    S("STORE_SPOOL_PATH", _default_spool, _path, "where background uploads wait", text=True),
-    S("STORE_BACKGROUND_RETRIES", 5, _positive, "delivery attempts per upload"),
-    S("STORE_BACKGROUND_BACKOFF", 0.5, _seconds(zero=True), "seconds before the 2nd attempt"),
-    S("STORE_BACKGROUND_MAX_BACKOFF", 30.0, _seconds(zero=False), "longest wait between tries"),
-    S("STORE_BACKGROUND_CONCURRENCY", 4, _positive, "deliveries at once, per event loop"),
-    S("STORE_BACKGROUND_DRAIN_TIMEOUT", 30.0, _seconds(zero=True), "shutdown's wait, seconds"),
+    S("STORE_BACKGROUND", False, boolean, "save() returns once the file is spooled"),
+    S("STORE_SPOOL_PATH", _default_spool, path, "where background uploads wait", text=True),
+    S("STORE_BACKGROUND_RETRIES", 5, positive, "delivery attempts per upload"),
+    S("STORE_BACKGROUND_BACKOFF", 0.5, seconds(zero=True), "seconds before the 2nd attempt"),
+    S(
+        "STORE_BACKGROUND_MAX_BACKOFF",
+        30.0,
+        seconds(zero=False),
+        "longest wait between tries",
+    ),
+    S("STORE_BACKGROUND_CONCURRENCY", 4, positive, "deliveries at once, per event loop"),
+    S(
+        "STORE_BACKGROUND_DRAIN_TIMEOUT",
+        30.0,
+        seconds(zero=True),
+        "shutdown's wait, seconds",
+    ),
     # S3
-    S("STORE_S3_BUCKET", None, _optional_text, "the bucket (required)", "s3", text=True),
-    S("STORE_S3_REGION", None, _optional_text, "the bucket's region", "s3", text=True),
-    S("STORE_S3_ACCESS_KEY", None, _optional_text, "static credentials", "s3", text=True),
-    S("STORE_S3_SECRET_KEY", None, _optional_text, "static credentials", "s3", text=True),
-    S("STORE_S3_SESSION_TOKEN", None, _optional_text, "temporary credentials", "s3", text=True),
+    S("STORE_S3_BUCKET", None, optional_text, "the bucket (required)", "s3", text=True),
+    S("STORE_S3_REGION", None, optional_text, "the bucket's region", "s3", text=True),
+    S("STORE_S3_ACCESS_KEY", None, optional_text, "static credentials", "s3", text=True),
+    S("STORE_S3_SECRET_KEY", None, optional_text, "static credentials", "s3", text=True),
+    S(
+        "STORE_S3_SESSION_TOKEN",
+        None,
+        optional_text,
+        "temporary credentials",
+        "s3",
+        text=True,
+    ),
     S(
         "STORE_S3_ENDPOINT_URL",
         None,
-        _unset_if_empty(_server_url),
+        unset_if_empty(server_url),
         "an S3-compatible server",
         "s3",
         text=True,
@@ -305,7 +173,7 @@ SETTINGS: tuple[Setting, ...] = (
     S(
         "STORE_S3_PUBLIC_ENDPOINT_URL",
         None,
-        _unset_if_empty(_server_url),
+        unset_if_empty(server_url),
         "that server as browsers reach it",
         "s3",
         text=True,
@@ -313,24 +181,36 @@ SETTINGS: tuple[Setting, ...] = (
     S(
         "STORE_S3_ADDRESSING_STYLE",
         None,
-        _optional(_choice("path", "virtual", "auto")),
+        optional(choice("path", "virtual", "auto")),
         "botocore's addressing style",
         "s3",
     ),
-    S("STORE_S3_ACL", "private", _acl, "a canned ACL sent with each upload, or None", "s3"),
-    S("STORE_S3_OBJECT_PARAMS", {}, _object_params, "parameters sent with every upload", "s3"),
-    S("STORE_S3_CONDITIONAL_WRITES", True, _bool, "claim names with If-None-Match", "s3"),
-    S("STORE_S3_MULTIPART_THRESHOLD", 8 * MIB, _part, "multipart from this size", "s3"),
-    S("STORE_S3_PART_SIZE", 8 * MIB, _part, "the size of each part", "s3"),
-    S("STORE_S3_MAX_CONCURRENCY", 4, _positive, "parts of one upload in flight", "s3"),
+    S("STORE_S3_ACL", "private", acl, "a canned ACL sent with each upload, or None", "s3"),
+    S(
+        "STORE_S3_OBJECT_PARAMS",
+        {},
+        object_params,
+        "parameters sent with every upload",
+        "s3",
+    ),
+    S("STORE_S3_CONDITIONAL_WRITES", True, boolean, "claim names with If-None-Match", "s3"),
+    S("STORE_S3_MULTIPART_THRESHOLD", 8 * MIB, part, "multipart from this size", "s3"),
+    S("STORE_S3_PART_SIZE", 8 * MIB, part, "the size of each part", "s3"),
+    S("STORE_S3_MAX_CONCURRENCY", 4, positive, "parts of one upload in flight", "s3"),
     # Upload content held in memory by all saves of an event loop together.
-    S("STORE_S3_MAX_MEMORY", 128 * MIB, _positive, "upload bytes in memory per loop", "s3"),
+    S("STORE_S3_MAX_MEMORY", 128 * MIB, positive, "upload bytes in memory per loop", "s3"),
     # One client serves every request of a process (botocore's 10 is sized for s3transfer's 10
     # threads; aiohttp's own default is 100).
-    S("STORE_S3_MAX_POOL_CONNECTIONS", 50, _positive, "HTTP connections per loop", "s3"),
-    S("STORE_S3_MAX_ATTEMPTS", 5, _positive, "attempts per request, the first included", "s3"),
-    S("STORE_S3_CONNECT_TIMEOUT", 10, _seconds(zero=False), "seconds to connect", "s3"),
-    S("STORE_S3_READ_TIMEOUT", 60, _seconds(zero=False), "seconds to wait for data", "s3"),
+    S("STORE_S3_MAX_POOL_CONNECTIONS", 50, positive, "HTTP connections per loop", "s3"),
+    S(
+        "STORE_S3_MAX_ATTEMPTS",
+        5,
+        positive,
+        "attempts per request, the first included",
+        "s3",
+    ),
+    S("STORE_S3_CONNECT_TIMEOUT", 10, seconds(zero=False), "seconds to connect", "s3"),
+    S("STORE_S3_READ_TIMEOUT", 60, seconds(zero=False), "seconds to wait for data", "s3"),
 )
 del S
 _BY_KEY = {setting.key: setting for setting in SETTINGS}

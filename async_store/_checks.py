@@ -1,0 +1,194 @@
+"""The checks of the config table (``config.SETTINGS``): ``check(key, value)`` returns the value
+to use, normalised, or raises :class:`NotConfiguredError` naming the key, the value and what is
+allowed. Numbers and booleans may come as text (``os.environ.get(...)``)."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from .exceptions import NotConfiguredError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+MIB = 1024 * 1024
+
+
+def _refuse(key: str, value: Any, allowed: str) -> NotConfiguredError:
+    return NotConfiguredError(f"{key} must be {allowed}, not {value!r}.")
+
+
+def boolean(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower() if isinstance(value, (str, int)) else None
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise _refuse(key, value, "True or False")
+
+
+def integer(minimum: int, unit: str = "") -> Callable[[str, Any], int]:
+    def check(key: str, value: Any) -> int:
+        number = value
+        if isinstance(value, str):
+            try:
+                number = int(value.strip().replace("_", ""))
+            except ValueError:
+                number = None
+        if isinstance(number, bool) or not isinstance(number, int) or number < minimum:
+            raise _refuse(key, value, f"a whole number of at least {minimum:,}{unit}")
+        return number
+
+    return check
+
+
+def seconds(*, zero: bool) -> Callable[[str, Any], float]:
+    def check(key: str, value: Any) -> float:
+        number = value
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                number = None
+        if (
+            isinstance(number, bool)
+            or not isinstance(number, (int, float))
+            or number != number  # NaN
+            or number < 0
+            or (number == 0 and not zero)
+            or number == float("inf")
+        ):
+            what = "zero or more" if zero else "more than zero"
+            raise _refuse(key, value, f"a number of seconds, {what}")
+        return float(number)
+
+    return check
+
+
+def optional(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+    def optional(key: str, value: Any) -> Any:
+        return None if value is None else check(key, value)
+
+    return optional
+
+
+def text(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _refuse(key, value, "a non-empty string")
+    return value
+
+
+def choice(*choices: str) -> Callable[[str, Any], str]:
+    def check(key: str, value: Any) -> str:
+        if value not in choices:
+            raise _refuse(key, value, "one of " + ", ".join(map(repr, choices)))
+        return str(value)
+
+    return check
+
+
+def path(key: str, value: Any) -> str:
+    if not isinstance(value, (str, os.PathLike)):
+        raise NotConfiguredError(
+            f"{key} must be set to a path (a folder on disk for the local provider, a key "
+            f"prefix for S3), not {value!r}."
+        )
+    return os.fspath(value)
+
+
+def server_url(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+        raise _refuse(key, value, "a URL such as 'http://127.0.0.1:8333'")
+    return value
+
+
+def domain(key: str, value: Any) -> str:
+    parts = urlsplit(value) if isinstance(value, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        raise NotConfiguredError(
+            f"STORE_DOMAIN must be a base URL such as 'https://cdn.example.org' (or None for "
+            f"relative URLs), not {value!r}."
+        )
+    return str(value)
+
+
+def url_prefix(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith("/") or "://" in value:
+        raise NotConfiguredError(
+            f"STORE_URL_PREFIX must be a URL path starting with '/' such as '/uploads', "
+            f"not {value!r}; put the scheme and host in STORE_DOMAIN instead."
+        )
+    if any(part in (".", "..") for part in value.split("/")):
+        raise NotConfiguredError(f"STORE_URL_PREFIX {value!r} must not contain '.' or '..'.")
+    return value
+
+
+def provider(key: str, value: Any) -> Any:
+    return value  # resolved (and checked) by providers.get_provider_class, before the table
+
+
+_CANNED_ACLS = (
+    "private",
+    "public-read",
+    "public-read-write",
+    "authenticated-read",
+    "aws-exec-read",
+    "bucket-owner-read",
+    "bucket-owner-full-control",
+)
+#: What STORE_S3_OBJECT_PARAMS may set (PutObject / CreateMultipartUpload parameter names).
+OBJECT_PARAMS = frozenset(
+    {
+        "CacheControl",
+        "ContentDisposition",
+        "ContentEncoding",
+        "ContentLanguage",
+        "ContentType",
+        "Expires",
+        "Metadata",
+        "ServerSideEncryption",
+        "SSEKMSKeyId",
+        "StorageClass",
+        "Tagging",
+    }
+)
+
+
+def acl(key: str, value: Any) -> str | None:
+    if value is not None and value not in _CANNED_ACLS:
+        raise NotConfiguredError(
+            f"STORE_S3_ACL must be a canned ACL ({', '.join(sorted(_CANNED_ACLS))}) or None "
+            f"to send none (R2 and buckets with ACLs disabled), not {value!r}."
+        )
+    return None if value is None else str(value)
+
+
+def object_params(key: str, value: Any) -> dict[str, Any]:
+    value = {} if value is None else value
+    unknown = set(value) - OBJECT_PARAMS if isinstance(value, dict) else set()
+    if not isinstance(value, dict) or unknown:
+        raise NotConfiguredError(
+            f"STORE_S3_OBJECT_PARAMS takes a dict of {', '.join(sorted(OBJECT_PARAMS))}; "
+            f"unknown: {', '.join(sorted(unknown)) or repr(value)}."
+        )
+    return value
+
+
+def part(key: str, value: Any) -> int:
+    return integer(5 * MIB, " bytes (5 MiB, S3's smallest part)")(key, value)
+
+
+def unset_if_empty(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+    # ``os.environ.get("S3_REGION", "")`` and the like: an empty string means not set.
+    def optional(key: str, value: Any) -> Any:
+        return None if value is None or value == "" else check(key, value)
+
+    return optional
+
+
+positive = integer(1)
+optional_text = unset_if_empty(text)
