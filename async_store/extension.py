@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._background import Background
+from ._cli_hook import register_commands
 from ._limits import install as describe_413s
 from ._paths import load_mimetypes
 from .config import Folders, defaults, read_config
@@ -148,10 +149,7 @@ class Store:
             self._start_fallback_loop()
         if config["STORE_SERVE_FILES"] and provider_class.register_route:
             register_route(app, state)
-        if hasattr(app, "cli"):
-            from .cli import register_commands  # click comes with Flask and Quart
-
-            register_commands(app)  # flask store …, quart store …
+        register_commands(app)  # flask store …, quart store …
 
     # --- the seed's helpers, kept ---------------------------------------------------------------
 

@@ -1,14 +1,14 @@
 """The command line: ``flask store …``, ``quart store …`` and ``python -m async_store …``.
 
-``Store.init_app`` adds the ``store`` group to the app's ``cli``, so Flask and Quart list it for
-every app that has a Store. ``python -m async_store`` runs the same commands for ``--app
+``Store.init_app`` adds the ``store`` group to the app's ``cli`` (``_cli_hook``, which imports
+this package only when a command runs), so Flask and Quart list it for every app that has a
+Store. ``python -m async_store`` runs the same commands for ``--app
 module:app``, or for a store configured by ``STORE_*`` environment variables alone.
 """
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -18,10 +18,7 @@ from .drain import drain
 from .ls import ls
 from .migrate import migrate
 
-if TYPE_CHECKING:
-    from flask.sansio.app import App
-
-__all__ = ["main", "register_commands", "store"]
+__all__ = ["main", "store"]
 
 _COMMANDS = (check, ls, migrate, drain)
 
@@ -55,10 +52,3 @@ def main(ctx: click.Context, app_path: str | None) -> None:
 for _command in _COMMANDS:
     store.add_command(_command)
     main.add_command(_command)
-
-
-def register_commands(app: App) -> None:
-    """Add the ``store`` group to ``app.cli`` (Flask's and Quart's), unless the app has one."""
-    cli: Any = getattr(app, "cli", None)
-    if cli is not None and "store" not in getattr(cli, "commands", {"store": None}):
-        cli.add_command(store)
