@@ -78,7 +78,8 @@ def split_ext(name: str) -> tuple[str, str]:
     lower = name.lower()
     if lower.endswith(_COMPOUND_EXTS):  # one test for the common case: none of them
         for ext in _COMPOUND_EXTS:
-            if lower.endswith(ext) and len(name) > len(ext):
+            # A root of dots only ("..tar.gz") is no root: splitext's rule, as for "..jpg".
+            if lower.endswith(ext) and name[: -len(ext)].strip("."):
                 return name[: -len(ext)], name[-len(ext) :]
     root, ext = os.path.splitext(name)
     if len(ext.encode()) > _MAX_EXT_BYTES or ext == ".":

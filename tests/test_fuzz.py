@@ -26,10 +26,10 @@ from hypothesis import strategies as st
 from async_store import NotFoundError, Store, UnsafePathError
 from async_store._paths import MAX_NAME_BYTES, clean_filename
 
+from .helpers import BOUNDARY, multipart
 from .test_paths import TOKENS, assert_safe_name, hostile_text
 
 INVISIBLE = {"Cc", "Cf", "Cs", "Co", "Cn"}
-BOUNDARY = "----fuzz-b0undary"
 # Each property is bounded in examples, and the whole file in time (about 15 s on 2 busy cores).
 fast = settings(
     max_examples=300,
@@ -75,6 +75,7 @@ def test_ascii_fast_path_agrees_with_the_full_cleaning(name: str, cuts: list[int
 @example("a" * 400, ".tar.gz")
 @example("../../etc/passwd", ".png")
 @example("\u202eevil", ".jpg")
+@example(".", ".tar.gz")  # "..tar.gz": a dot-file, as "..jpg" is
 def test_the_extension_is_kept(root: str, ext: str) -> None:
     # Only the last path segment is kept: a root with a separator may lose all but its tail,
     # never the extension.
@@ -104,17 +105,6 @@ def disposition_name(name: str, raw: bool) -> bytes:
     if raw:
         return encoded
     return encoded.replace(b'"', b"%22").replace(b"\r", b"%0D").replace(b"\n", b"%0A")
-
-
-def body_with(filename: bytes, data: bytes) -> bytes:
-    return (
-        f"--{BOUNDARY}\r\n".encode()
-        + b'Content-Disposition: form-data; name="f"; filename="'
-        + filename
-        + b'"\r\nContent-Type: application/octet-stream\r\n\r\n'
-        + data
-        + f"\r\n--{BOUNDARY}--\r\n".encode()
-    )
 
 
 class RoundTrip:
@@ -206,7 +196,8 @@ def assert_stored_safely(trip: RoundTrip, relative: str, data: bytes) -> None:
 def test_upload_then_fetch_round_trips(
     round_trip: RoundTrip, view: str, name: str, raw: bool, data: bytes
 ) -> None:
-    status, answer = round_trip.request("POST", view, body_with(disposition_name(name, raw), data))
+    body = multipart(("f", disposition_name(name, raw), data))
+    status, answer = round_trip.request("POST", view, body)
     # A name that breaks the multipart framing (raw CR/LF, quotes) is the client's error.
     assert status in (200, 400), (status, answer[:500])
     leftovers = [p.name for p in round_trip.root.rglob(".*")]
