@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,27 +26,16 @@ import pytest
 from bench.load import Target, free_port, spooled_jobs, start_server, stop_server
 from tests.conftest import s3_client, s3_config
 from tests.faultproxy import fault_proxy
+from tests.helpers import CONTENT_TYPE, multipart
 from tests.seaweed import SeaweedFS
 
 MIB = 1024 * 1024
 SMALL_PARTS = {"STORE_S3_MULTIPART_THRESHOLD": 5 * MIB, "STORE_S3_PART_SIZE": 5 * MIB}
 
 
-def form(name: str, data: bytes) -> tuple[str, bytes]:
-    boundary = uuid.uuid4().hex
-    head = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="f"; filename="{name}"\r\n'
-        f"Content-Type: application/octet-stream\r\n\r\n"
-    ).encode()
-    return (
-        f"multipart/form-data; boundary={boundary}",
-        head + data + f"\r\n--{boundary}--\r\n".encode(),
-    )
-
-
 def upload(port: int, name: str, data: bytes) -> str:
     """POST one file; the stored relative path (the upload must get a 2xx)."""
-    kind, body = form(name, data)
+    kind, body = CONTENT_TYPE, multipart(("f", name, data))
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
         connection.request("POST", "/up", body, {"Content-Type": kind})
@@ -62,7 +50,7 @@ def upload(port: int, name: str, data: bytes) -> str:
 @contextmanager
 def half_sent(port: int, name: str, data: bytes, sent: int) -> Iterator[socket.socket]:
     """An upload whose client has sent ``sent`` bytes of its body and waits, connection open."""
-    kind, body = form(name, data)
+    kind, body = CONTENT_TYPE, multipart(("f", name, data))
     sock = socket.create_connection(("127.0.0.1", port))
     try:
         sock.sendall(

@@ -23,8 +23,7 @@ import pytest
 from async_store import BadUploadError, Store, StoreError, UploadTooLargeError
 
 from .conftest import Inventory, make_app, s3_config
-
-BOUNDARY = "----async-store-test-7Hq"
+from .helpers import BOUNDARY, multipart
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -35,20 +34,6 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(params=["quart", "flask", "flask-async"])
 def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-def multipart(*parts: tuple[str, str | None, bytes], boundary: str = BOUNDARY) -> bytes:
-    """Build a body from (field, filename or None for a text field, content) parts."""
-    out = b""
-    for name, filename, content in parts:
-        disposition = f'form-data; name="{name}"'
-        if filename is not None:
-            disposition += f'; filename="{filename}"'
-        out += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n".encode()
-        if filename is not None:
-            out += b"Content-Type: application/octet-stream\r\n"
-        out += b"\r\n" + content + b"\r\n"
-    return out + f"--{boundary}--\r\n".encode()
 
 
 class Client:

@@ -15,11 +15,11 @@ import quart
 
 from async_store import Store
 from tests.conftest import make_app
+from tests.helpers import BOUNDARY, multipart
 from tests.seaweed import free_port
 from tests.servers import raw_exchange, real_server
 
 MIB = 1024 * 1024
-BOUNDARY = "x-boundary"
 
 
 @pytest.fixture
@@ -85,12 +85,7 @@ async def post(app: Any, path: str, body: bytes, *, chunked: bool = False) -> by
 
 
 def form(size: int) -> bytes:
-    return (
-        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="afile"; filename="big.bin"\r\n'
-        f"Content-Type: application/octet-stream\r\n\r\n".encode()
-        + b"x" * size
-        + f"\r\n--{BOUNDARY}--\r\n".encode()
-    )
+    return multipart(("afile", "big.bin", b"x" * size))
 
 
 @pytest.mark.parametrize("kind", ["quart", "flask"])

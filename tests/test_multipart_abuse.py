@@ -26,11 +26,11 @@ import quart
 from async_store import NotConfiguredError, Store
 from async_store.config import DEFAULTS
 
+from .helpers import BOUNDARY, multipart
 from .servers import ServerProcess, raw_exchange, server_process, status_of
 
 DEFAULT_MAX_CONTENT_LENGTH = DEFAULTS["STORE_MAX_CONTENT_LENGTH"]
 
-BOUNDARY = "----abuse-2Fq9"
 LIMIT = 1024 * 1024  # MAX_CONTENT_LENGTH of the apps under attack
 #: How long the servers wait for the next bytes of a request before dropping it (read_timeout).
 SERVER_TIMEOUT = 1
@@ -80,18 +80,6 @@ def abuse_app() -> Any:
             return {"files": [provider.relative_path]}
 
     return app
-
-
-def multipart(*parts: tuple[str, str | None, bytes]) -> bytes:
-    """A body of (field, filename or None for a text field, content) parts."""
-    out = bytearray()
-    for name, filename, content in parts:
-        disposition = f'form-data; name="{name}"'
-        if filename is not None:
-            disposition += f'; filename="{filename}"'
-        out += f"--{BOUNDARY}\r\nContent-Disposition: {disposition}\r\n\r\n".encode()
-        out += content + b"\r\n"
-    return bytes(out + f"--{BOUNDARY}--\r\n".encode())
 
 
 def head(path: str, length: int | None, *, chunked: bool = False) -> bytes:
