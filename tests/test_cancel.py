@@ -21,6 +21,7 @@ import pytest
 import quart
 
 from async_store import Store
+from async_store.backends import local
 
 
 async def _chunks() -> AsyncIterator[bytes]:
@@ -30,23 +31,23 @@ async def _chunks() -> AsyncIterator[bytes]:
 
 @pytest.mark.parametrize("content", ["bytes", "file", "async"])
 async def test_a_save_cancelled_while_publishing_leaves_no_file(
-    tmp_path: Path, content: str
+    tmp_path: Path, content: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app = quart.Quart(__name__)
     app.config["STORE_PATH"] = str(tmp_path)
     store = Store(app)
     publishing = asyncio.Event()
     loop = asyncio.get_running_loop()
+    claim = local._claim
+
+    def slow_claim(*args: Any) -> str:
+        """The local backend's publishing step, stretched to hit it with a cancel."""
+        loop.call_soon_threadsafe(publishing.set)
+        time.sleep(0.3)
+        return claim(*args)
+
     async with app.app_context():
-
-        class SlowPublish(store.AsyncProvider):  # type: ignore[misc,valid-type]
-            """The local provider, its publishing step stretched to hit it with a cancel."""
-
-            def _publish(self, *args: Any) -> str:
-                loop.call_soon_threadsafe(publishing.set)
-                time.sleep(0.3)
-                return str(super()._publish(*args))
-
+        monkeypatch.setattr(local, "_claim", slow_claim)
         source: Any = {
             "bytes": b"x" * 1000,  # the small-jobs lane
             "file": (tmp_path.parent / "big.bin"),  # a blocking source through to_thread
@@ -54,13 +55,14 @@ async def test_a_save_cancelled_while_publishing_leaves_no_file(
         }[content]
         if content == "file":
             source.write_bytes(b"y" * 3_000_000)
-        task = asyncio.ensure_future(SlowPublish(source, filename="report.txt").save())
+        task = asyncio.ensure_future(store.AsyncProvider(source, filename="report.txt").save())
         await asyncio.wait_for(publishing.wait(), 5)
         for _ in range(2):  # as Quart, then hypercorn
             task.cancel()
             await asyncio.sleep(0)
         with pytest.raises(asyncio.CancelledError):
             await task
+    monkeypatch.undo()
     deadline = time.monotonic() + 3
     while os.listdir(tmp_path) and time.monotonic() < deadline:
         await asyncio.sleep(0.02)

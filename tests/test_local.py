@@ -24,7 +24,7 @@ from werkzeug.datastructures import FileStorage
 from werkzeug.formparser import default_stream_factory
 
 from async_store import NotFoundError, ProviderError, _rename, _sources, _threads
-from async_store.providers import local
+from async_store.backends import local
 from tests.conftest import unavailable
 
 COLLISION = re.compile(r"^(?P<root>.+)_[2-9A-HJ-NP-Za-km-z]{22}(?P<ext>\.\w+)?$")
