@@ -21,6 +21,7 @@ import pytest
 import quart
 
 from async_store import Store, UploadError
+from async_store.backends.memory import MemoryBackend
 from async_store.sync import SyncProvider
 from tests.faultproxy import FaultProxy, fault_proxy
 from tests.seaweed import SeaweedFS, find_weed, with_identity
@@ -153,6 +154,8 @@ def app(app_kind: str, store_path: Path, backend: str, request: pytest.FixtureRe
         server = request.getfixturevalue("s3_server")
         config.update(s3_config(server, request.getfixturevalue("bucket"), STORE_PATH="media"))
         return make_app(app_kind, None, **config)
+    if backend == "memory":
+        return make_app(app_kind, None, STORE_PROVIDER="memory", **config)
     return make_app(app_kind, store_path, **config)
 
 
@@ -165,8 +168,14 @@ class Inventory:
         if backend == "s3":
             self.bucket = request.getfixturevalue("bucket")
             self.client = s3_client(request.getfixturevalue("s3_server"))
+        if backend == "memory":  # the backend's own dict, through the store's state
+            state = request.getfixturevalue("store").state(request.getfixturevalue("app"))
+            assert isinstance(state.provider_class.backend, MemoryBackend)
+            self.memory = state.provider_class.backend
 
     def files(self) -> dict[str, bytes]:
+        if self.backend == "memory":
+            return {key: file.data for key, file in self.memory.files.items()}
         if self.backend == "local":
             return {
                 p.relative_to(self.store_path).as_posix(): p.read_bytes()
@@ -182,6 +191,8 @@ class Inventory:
 
     def leftovers(self) -> list[str]:
         """Temp files, or multipart uploads never completed nor aborted."""
+        if self.backend == "memory":
+            return []  # nothing is stored before the whole file is there
         if self.backend == "local":
             return [p.name for p in self.store_path.rglob(".*")]
         uploads = self.client.list_multipart_uploads(Bucket=self.bucket).get("Uploads", [])

@@ -1,8 +1,9 @@
 """The provider contract: what every provider does, through the async API and the sync shim.
 
-Each test runs for local disk and S3 (``backend``, a real SeaweedFS), for Quart and Flask apps
-(``app_kind``) and for both drivers (``driver``). What is stored is checked behind the
-library's back (``inventory``). Disk-only behaviour is in test_local.py, S3-only in test_s3.py.
+Each test runs for local disk, S3 (``backend``, a real SeaweedFS) and memory, for Quart and
+Flask apps (``app_kind``) and for both drivers (``driver``). What is stored is checked behind
+the library's back (``inventory``). Disk-only behaviour is in test_local.py, S3-only in
+test_s3.py.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ import werkzeug.datastructures
 from async_store import NotFoundError, StoreError, UnsafePathError
 
 MIB = 1024 * 1024
-# The S3 app stores below the key prefix "media"; the local one serves under "/uploads".
-PREFIX = {"local": "/uploads", "s3": "/media"}
+# The S3 app stores below the key prefix "media"; the local one serves under "/uploads", and the
+# memory one has the same URLs (with no route behind them).
+PREFIX = {"local": "/uploads", "s3": "/media", "memory": "/uploads"}
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "memory"])
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -139,6 +141,8 @@ async def test_paths_and_urls(driver: Any, store_path: Path, backend: str, inven
     assert provider.relative_path == "avatars/2024/my_photo.jpg"
     if backend == "local":
         assert provider.absolute_path == str(store_path / "avatars" / "2024" / "my_photo.jpg")
+    elif backend == "memory":  # the key (STORE_PATH is an empty prefix)
+        assert provider.absolute_path == "avatars/2024/my_photo.jpg"
     else:  # the whole key
         assert provider.absolute_path == "media/avatars/2024/my_photo.jpg"
     prefix = PREFIX[backend]

@@ -1,6 +1,6 @@
 """Providers, and how ``STORE_PROVIDER`` names one.
 
-``STORE_PROVIDER`` takes a short name (``"local"``, ``"s3"``), a dotted path to any
+``STORE_PROVIDER`` takes a short name (``"local"``, ``"s3"``, ``"memory"``), a dotted path to any
 :class:`Provider` subclass (``"myapp.storage.MyProvider"``), the seed Flask-Store's paths
 (``"flask_store.providers.local.LocalProvider"``, …) or a class. Modules are imported only when
 named, so ``aioboto3`` is never imported by an app that stores on local disk.
@@ -20,6 +20,7 @@ __all__ = ["Provider", "get_provider_class"]
 _SHORT_NAMES = {
     "local": "async_store.providers.local.LocalProvider",
     "s3": "async_store.providers.s3.S3Provider",
+    "memory": "async_store.providers.memory.MemoryProvider",
 }
 # The seed's dotted paths keep working without a module called flask_store.
 _SEED_PATHS = {
@@ -67,7 +68,7 @@ def get_provider_class(name: Any) -> type[Provider]:
         return name
     if not isinstance(name, str) or not name:
         raise NotConfiguredError(
-            f"STORE_PROVIDER must be 'local', 's3', a dotted path or a Provider class, "
+            f"STORE_PROVIDER must be 'local', 's3', 'memory', a dotted path or a Provider class, "
             f"not {name!r}."
         )
     path = _SHORT_NAMES.get(name.lower(), _SEED_PATHS.get(name, name))
