@@ -451,7 +451,7 @@ async def test_quart_keeps_one_client_for_its_serving_loop(
     s3_server: SeaweedFS, bucket: str
 ) -> None:
     app, store = quart_store(s3_server, bucket)
-    clients = store.state().provider_class._clients  # type: ignore[attr-defined]
+    clients = store.state().provider_class.backend._clients  # type: ignore[attr-defined]
     async with app.test_app(), app.app_context():
         await store.Provider(b"1", filename="a.txt").save()
         kept = dict(clients._kept)
@@ -467,7 +467,7 @@ async def test_connection_pool_size(
 ) -> None:
     app, store = quart_store(s3_server, bucket, **config)
     assert app.config["STORE_S3_MAX_POOL_CONNECTIONS"] == pool
-    clients = store.state().provider_class._clients  # type: ignore[attr-defined]
+    clients = store.state().provider_class.backend._clients  # type: ignore[attr-defined]
     async with app.test_app(), app.app_context():
         # More saves at once than the pool has connections: they queue for one, and all land.
         async with anyio.create_task_group() as tg:
@@ -482,7 +482,7 @@ def test_flask_shim_keeps_one_client_and_closes_it(s3_server: SeaweedFS, bucket:
     app = flask.Flask(__name__)
     app.config.update(s3_config(s3_server, bucket))
     store = Store(app)
-    clients = store.state().provider_class._clients  # type: ignore[attr-defined]
+    clients = store.state().provider_class.backend._clients  # type: ignore[attr-defined]
     for i in range(3):
         provider = store.Provider(b"x", filename=f"{i}.txt")
         provider.save()

@@ -148,7 +148,7 @@ async def test_public_endpoint_signer_is_kept_for_the_serving_loop(
         identity_server, "signed", STORE_PATH="public", STORE_S3_PUBLIC_ENDPOINT_URL=public
     )
     store = Store(app)
-    clients = store.state().provider_class._clients  # type: ignore[attr-defined]
+    clients = store.state().provider_class.backend._clients  # type: ignore[attr-defined]
     async with app.test_app(), app.app_context():
         provider = store.Provider(b"public", filename="a.txt")
         await provider.save()

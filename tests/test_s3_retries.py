@@ -7,7 +7,7 @@ import anyio
 import pytest
 import quart
 
-from async_store import ProviderError, Store
+from async_store import ProviderError, ProviderUnavailableError, Store
 from tests.conftest import s3_app
 from tests.faultproxy import FaultProxy
 from tests.seaweed import SeaweedFS
@@ -68,12 +68,13 @@ async def test_exists_now_makes_one_attempt(
         proxy.fail_with = (lambda r: r.method == "HEAD", 503)
         with pytest.raises(Exception) as info:
             await provider._exists_now("c.txt")
-        assert provider._is_outage(info.value)  # background mode spools then
+        assert isinstance(info.value, ProviderUnavailableError)  # background mode spools then
+        assert provider._is_outage(info.value)
         assert len(proxy.requests) == 1
         with pytest.raises(Exception) as info:  # the ordinary check retries
             await provider._exists("c.txt")
         assert len(proxy.requests) == 1 + 3
-        clients = store.state().provider_class._clients  # type: ignore[attr-defined]
+        clients = store.state().provider_class.backend._clients  # type: ignore[attr-defined]
         quick = [c for (_, kind), (_, c) in clients._kept.items() if kind == "quick"]
         assert len(quick) == 1  # kept for the loop, like the main client
         assert quick[0].meta.config.connect_timeout == 2
