@@ -52,7 +52,7 @@ async def read(backend: S3Backend, key: str, start: int = 0, end: int | None = N
 
 @pytest.mark.parametrize(
     ("start", "end"),
-    [(0, None), (0, 1), (1000, 2000), (10_000, None), (10_239, 10_240), (5, 5), (9, 3)],
+    [(0, None), (0, 1), (1000, 2000), (10_000, None), (10_239, 10_240), (5, 5)],
 )
 async def test_open_reads_a_byte_range(
     s3_server: SeaweedFS, bucket: str, proxy: FaultProxy, start: int, end: int | None
@@ -62,7 +62,7 @@ async def test_open_reads_a_byte_range(
         proxy.requests.clear()
         assert await read(backend, "docs/a.bin", start, end) == DATA[start:end]
     gets = [r for r in proxy.requests if r.method == "GET"]
-    if end is not None and end <= start:
+    if end == start:
         assert gets == []  # nothing to fetch: a HEAD says whether it is there
     elif (start, end) == (0, None):
         assert "range" not in gets[0].headers
@@ -103,10 +103,13 @@ async def test_open_of_a_missing_key_is_not_found(
             await read(backend, "gone.txt", start, end)
 
 
-async def test_open_refuses_a_negative_range(s3_server: SeaweedFS, bucket: str) -> None:
+@pytest.mark.parametrize(("start", "end"), [(-1, None), (5, 4)])
+async def test_a_reversed_or_negative_range_is_refused(
+    s3_server: SeaweedFS, bucket: str, start: int, end: int | None
+) -> None:
     async with backend_for(s3_server, bucket) as backend:
-        with pytest.raises(ValueError, match="byte range"):
-            await read(backend, "a.bin", -1)
+        with pytest.raises(ValueError, match="not a byte range of 'a.bin'"):
+            await read(backend, "a.bin", start, end)
 
 
 async def test_stat_gives_size_and_time(s3_server: SeaweedFS, bucket: str) -> None:

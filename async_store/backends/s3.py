@@ -266,8 +266,8 @@ class S3Backend(Backend):
     async def open(
         self, key: str, start: int = 0, end: int | None = None
     ) -> AsyncIterator[AsyncReadable]:
-        if start < 0 or (end is not None and end < 0):
-            raise ValueError(f"a byte range starts and ends at 0 or after, not {start}-{end}")
+        if start < 0 or (end is not None and end < start):
+            raise ValueError(f"not a byte range of {key!r}: start {start}, end {end}")
         async with contextlib.AsyncExitStack() as stack:
             with self._clients.errors(key):
                 s3 = await stack.enter_async_context(self._clients.client())
@@ -278,7 +278,7 @@ class S3Backend(Backend):
 
     async def _get(self, s3: Any, key: str, start: int, end: int | None) -> Any:
         """The object's body from ``start`` to ``end``; None for an empty range."""
-        if end is not None and end <= start:
+        if end == start:
             if await self._head(s3, self._key(key)) is None:
                 raise self._missing(key)
             return None
