@@ -56,6 +56,7 @@ import anyio.to_thread
 
 from ._sources import Guard, Source, finish_anyway, write_source
 from ._spool import Job, Spool
+from .backends.local import os_error
 from .exceptions import NotConfiguredError, NotFoundError, StoreError, UploadError, first_error
 
 if TYPE_CHECKING:
@@ -80,10 +81,10 @@ _ENDED: dict[str, Status] = {"delivered": "delivered", "failed": "failed", "disc
 
 
 def destination(provider_class: type[Provider]) -> str:
-    """Where a provider's files go: its kind, bucket and key prefix; never the endpoint.
-
-    The kind is the class that writes (``S3GeventProvider`` stores like ``S3Provider``).
-    """
+    """Where a provider's files go: its backend's identity (kind, bucket, key prefix), never
+    the endpoint. A provider of the old kind, without a backend object: its writing class."""
+    if provider_class.backend_class is not None:
+        return provider_class.backend.identity
     config = provider_class.config
     parts = [_kind(provider_class)]
     if config.get("STORE_S3_BUCKET"):
@@ -93,6 +94,11 @@ def destination(provider_class: type[Provider]) -> str:
 
 
 def _kind(cls: type) -> str:
+    """What stores the files: the backend's kind (``S3GeventProvider`` stores like
+    ``S3Provider``: ``s3``), or the class that writes them."""
+    backend: Any = getattr(cls, "backend_class", None)
+    if backend is not None:
+        return str(backend.kind)
     writer = next((c for c in cls.__mro__ if "_save" in vars(c)), cls)
     return f"{writer.__module__}.{writer.__qualname__}"
 
@@ -554,8 +560,13 @@ class Background:
                 # for it still fails save(), and the guard makes the discard below take the job
                 # back.
                 await finish_anyway(lambda: anyio.to_thread.run_sync(guard.run, publish))
-        except BaseException:
+        except BaseException as exc:
             await finish_anyway(lambda: anyio.to_thread.run_sync(guard.clean))
+            if isinstance(exc, OSError) and not isinstance(exc, StoreError):
+                # The spool's own disk (full, read-only, …): the backend's and the upload's
+                # errors arrive mapped, or as the upload's own.
+                where = job.key if job.name else provider.relative_path
+                raise os_error(exc, where, self.spool.path, "STORE_SPOOL_PATH") from exc
             raise
         provider._background_upload = handle
         if not self.unreachable:  # else the next scan tries: no herd of doomed attempts
@@ -763,10 +774,9 @@ class Background:
 def _means_down(provider: Provider, exc: BaseException) -> bool:
     """Whether a delivery's error (ours, with the backend's as its cause) means "down"."""
     seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, Exception) and not isinstance(seen, StoreError):
-            if provider._is_outage(seen):
-                return True
+    while seen is not None:  # ours (ProviderUnavailableError), or a provider's own kind
+        if isinstance(seen, Exception) and provider._is_outage(seen):
+            return True
         seen = seen.__cause__
     return False
 

@@ -95,14 +95,17 @@ def resolve_file(root: str, key: str) -> tuple[str, os.stat_result]:
     return real, st
 
 
-def os_error(exc: OSError, key: str, root: str) -> NotFoundError | ProviderError:
-    """``exc``, raised by a call about ``key`` in the store at ``root``, as our error:
-    NotFoundError for a missing file, else a ProviderError naming the key, the folder and the
-    reason (raise it ``from exc``)."""
-    if isinstance(exc, FileNotFoundError):
+def os_error(
+    exc: OSError, key: str, root: str, setting: str = "STORE_PATH"
+) -> NotFoundError | ProviderError:
+    """``exc``, raised by a call about ``key`` in the folder ``root`` (the store, or the
+    ``setting`` that names another, such as the spool), as our error: NotFoundError for a
+    missing file, else a ProviderError naming the key, the folder and the reason (raise it
+    ``from exc``)."""
+    if isinstance(exc, FileNotFoundError) and setting == "STORE_PATH":
         return NotFoundError(f"no stored file {key!r} in {root!r}")
     reason = _REASONS.get(exc.errno or 0, exc.strerror or str(exc))
-    return ProviderError(f"could not store {key!r} in STORE_PATH {root!r}: {reason}")
+    return ProviderError(f"could not store {key!r} in {setting} {root!r}: {reason}")
 
 
 def _claim(temp: str, directory: str, names: Iterator[str], location: str) -> str:

@@ -416,14 +416,29 @@ class Provider(ABC):
         download_name: str | None = None,
         content_type: str | None = None,
     ) -> str:
-        """A URL to fetch the file; providers with private storage sign it for ``expires``
-        seconds (S3: a presigned GET), and a signed URL may carry response overrides.
+        """A URL to fetch the file: :attr:`absolute_url`, or, for ``expires`` seconds on a
+        backend that signs (S3: a presigned GET, SigV4, for the host of :attr:`absolute_url`
+        without ``STORE_DOMAIN``), a signed URL, which may carry response overrides. A file of
+        an active type (HTML, SVG, XML, scripts) is downloaded through a signed URL, never shown.
 
-        :param expires: how long a signed URL stays valid; the default is :attr:`absolute_url`.
+        :param expires: seconds a signed URL stays valid (S3: at most 604800, SigV4's limit).
         :param download_name: (signed URLs) download under this name, as an attachment.
         :param content_type: (signed URLs) the ``Content-Type`` to answer with.
+        :raises ValueError: for ``expires`` out of range, or the overrides without ``expires``.
         """
-        return self.absolute_url
+        if expires is None:
+            if download_name is not None or content_type is not None:
+                raise ValueError(
+                    "download_name= and content_type= need expires=: only a signed URL can "
+                    "carry them"
+                )
+            return self.absolute_url
+        if self.backend_class is None or not self.backend.signs:
+            return self.absolute_url
+        self._require_saved()
+        return await self.backend.sign(
+            self.relative_path, expires, download_name=download_name, content_type=content_type
+        )
 
     @property
     def _saves_on_any_loop(self) -> bool:

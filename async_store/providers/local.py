@@ -9,16 +9,14 @@ seed's dotted path (``flask_store.providers.local.LocalProvider`` still names it
 
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import TYPE_CHECKING
 
-from ..backends.local import LocalBackend, inside, os_error, resolve_file, store_root
-from ..exceptions import NotConfiguredError, NotFoundError
+from ..backends.local import LocalBackend, inside, resolve_file, store_root
+from ..exceptions import NotConfiguredError
 from .base import Provider
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
 
     from ..config import StoreConfig
 
@@ -92,14 +90,3 @@ class LocalProvider(Provider):
         if config["STORE_SERVE_FILES"] and cls.register_route:
             _check_not_published(path, config)
         config["STORE_PATH"] = path
-
-    @contextlib.contextmanager
-    def _map_errors(self, key: str) -> Iterator[None]:
-        # The backend maps its own errors. Background mode's spool is local disk too and runs
-        # outside it: a full disk there reads as before ("the disk is full", naming the file).
-        try:
-            yield
-        except NotFoundError:
-            raise
-        except OSError as exc:
-            raise os_error(exc, key, self.config.path) from exc

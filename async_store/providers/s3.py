@@ -1,12 +1,11 @@
 """The S3 provider: files in an S3 bucket (AWS S3 or any S3-compatible server), by the seed's
 class names and dotted paths. The I/O is :class:`~async_store.backends.s3.S3Backend`'s; this
-module adds the config check and presigned URLs, and needs aioboto3 like the backend."""
+module adds the config check, and needs aioboto3 like the backend."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from ..backends._s3_clients import is_outage
 from ..backends.s3 import S3Backend
 from ..exceptions import NotConfiguredError
 from .base import Provider
@@ -43,44 +42,6 @@ class S3Provider(Provider):
                 "to use boto's credential chain (environment, ~/.aws, instance role)."
             )
         config["STORE_PATH"] = config.path.strip("/")
-
-    def _is_outage(self, exc: Exception) -> bool:
-        # Background delivery (_background._means_down) asks this about the causes of our
-        # errors, skipping the errors themselves: until it asks about a ProviderUnavailableError
-        # itself, the S3 error under one counts too. (Remove once _means_down does.)
-        return super()._is_outage(exc) or is_outage(exc)
-
-    async def url(
-        self,
-        expires: int | None = None,
-        *,
-        download_name: str | None = None,
-        content_type: str | None = None,
-    ) -> str:
-        """A presigned GET URL valid for ``expires`` seconds (default: :attr:`absolute_url`).
-
-        Signed with SigV4, for the host of :attr:`absolute_url` without ``STORE_DOMAIN``. A
-        file of an active type (HTML, SVG, XML, scripts: what the local route sends as an
-        attachment) is downloaded, never shown, whatever headers the object itself has.
-
-        :param expires: seconds, at most 604800 (seven days, SigV4's limit).
-        :param download_name: download the file (``Content-Disposition: attachment``) under
-            this name, whatever its type.
-        :param content_type: the ``Content-Type`` to answer with instead of the stored one.
-        :raises ValueError: for ``expires`` out of range, or ``download_name`` or
-            ``content_type`` without ``expires`` (only a presigned URL can carry them).
-        """
-        if expires is None:
-            if download_name is not None or content_type is not None:
-                raise ValueError(
-                    "download_name= and content_type= need expires=: only a presigned URL "
-                    "can carry them"
-                )
-            return self.absolute_url
-        self._require_saved()
-        return await self.backend.sign(
-            self.relative_path, expires, download_name=download_name, content_type=content_type
-        )
 
 
 class S3GeventProvider(S3Provider):
