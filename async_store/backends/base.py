@@ -164,7 +164,7 @@ class Backend(ABC):
         exists-then-write, and never overwrite. Nothing is visible under a name until the whole
         file is there; a failure or a cancellation leaves nothing behind.
 
-        :raises NoFreeName: (from :func:`no_free_name`) when every candidate is taken.
+        :raises NoFreeName: (made by ``no_free_name(location)``) when every candidate is taken.
         """
 
     @abstractmethod

@@ -315,7 +315,7 @@ class _Reader:
 
 class LocalBackend(Backend):
     """Stores files on the local file system below ``STORE_PATH`` (made a realpath by
-    :func:`store_root`); ``STORE_FSYNC`` flushes each file and its folder to disk before
+    ``store_root()``); ``STORE_FSYNC`` flushes each file and its folder to disk before
     it is published.
 
     Every call maps ``OSError`` to :class:`~async_store.exceptions.NotFoundError` (a missing
