@@ -132,6 +132,7 @@ SETTINGS: tuple[Setting, ...] = (
         optional(integer(1, " bytes")),
         "Flask only: MAX_CONTENT_LENGTH for an app without one",
     ),
+    S("STORE_STORAGES", {}, provider, "more storages: {name: {KEY: value}} (_storages.py)"),
     S("STORE_BACKGROUND", False, boolean, "save() returns once the file is spooled"),
     S("STORE_SPOOL_PATH", _default_spool, path, "where background uploads wait", text=True),
     S("STORE_BACKGROUND_RETRIES", 5, positive, "delivery attempts per upload"),
@@ -270,17 +271,21 @@ def defaults(folders: Folders) -> dict[str, Any]:
 
 
 def read_config(
-    app_config: Mapping[str, Any], folders: Folders, extra_keys: Collection[str] = ()
+    app_config: Mapping[str, Any],
+    folders: Folders,
+    extra_keys: Collection[str] = (),
+    storage: str | None = None,
 ) -> StoreConfig:
-    """The checked ``STORE_*`` config of one app; changes nothing (no folder, no app.config).
+    """The checked ``STORE_*`` config of one storage; changes nothing (no folder, no app.config).
 
-    Every key of the app's backend is present (its default where the app sets none), each
+    Every key of the storage's backend is present (its default where none is set), each
     checked and normalised by its :class:`Setting`.
 
     :param extra_keys: keys a custom provider reads (its ``REQUIRED_CONFIGURATION``): known.
+    :param storage: the name of a storage of ``STORE_STORAGES`` (its warnings name it).
     :raises NotConfiguredError: naming the first wrong key, its value and what is allowed.
     """
-    warn_unknown(app_config, extra_keys)
+    warn_unknown(app_config, extra_keys, storage)
     given = {k: v for k, v in app_config.items() if k.startswith("STORE_")}
     merged = {**defaults(folders), **given}
     config = StoreConfig()
@@ -293,16 +298,21 @@ def read_config(
     return config
 
 
-def warn_unknown(app_config: Mapping[str, Any], extra_keys: Collection[str] = ()) -> None:
+def warn_unknown(
+    app_config: Mapping[str, Any], extra_keys: Collection[str] = (), storage: str | None = None
+) -> None:
     """Warn about each ``STORE_*`` key no setting (nor the provider) knows, naming the closest."""
     known = [*_BY_KEY, *extra_keys]
     for key in app_config:
         if key.startswith("STORE_") and key not in _BY_KEY and key not in extra_keys:
             close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-            hint = f": did you mean {close[0]}?" if close else " (ignored)"
-            warnings.warn(
-                f"unknown config key {key}{hint}", StoreConfigWarning, stacklevel=find_caller()
-            )
+            if storage is None:
+                hint = f": did you mean {close[0]}?" if close else " (ignored)"
+                what = f"unknown config key {key}{hint}"
+            else:  # the storage's dict names its keys without STORE_
+                hint = f": did you mean {close[0][6:]}?" if close else " (ignored)"
+                what = f"STORE_STORAGES[{storage!r}]: unknown key {key[6:]}{hint}"
+            warnings.warn(what, StoreConfigWarning, stacklevel=find_caller())
 
 
 def find_caller() -> int:

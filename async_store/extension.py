@@ -1,24 +1,27 @@
 """The ``Store`` extension: one object, any number of Quart or Flask apps.
 
 ``Store(app)`` or ``store.init_app(app)`` reads the app's ``STORE_*`` config once, checks it,
-binds the configured provider class to it and keeps the result in ``app.extensions['store']``.
-``store.Provider`` then looks up the *current* app's state on every access, so two apps with
-different config each get their own provider class and paths.
+binds the configured provider class to it and keeps the result in ``app.extensions['store']``:
+one :class:`StoreState` per storage (the ``default`` one of the ``STORE_*`` keys, and those
+``STORE_STORAGES`` names). ``store.Provider`` then looks up the *current* app's state on every
+access, so two apps with different config each get their own provider class and paths, and
+``store['documents'].Provider`` is another storage's.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ._background import Background
 from ._cli_hook import register_commands
 from ._limits import install as describe_413s
 from ._paths import load_mimetypes
+from ._storages import DEFAULT, StorageSpec, check_apart, named_error, storage_specs
 from .config import Folders, defaults, read_config
-from .exceptions import StoreError
+from .exceptions import NotConfiguredError, StoreError
 from .providers import get_provider_class
 from .serve import register_route
 from .sync import PortalOwner
@@ -51,16 +54,22 @@ def _current_app() -> App | None:
 
 @dataclass(eq=False)
 class StoreState:
-    """What ``init_app`` set up for one app; found in ``app.extensions['store']``."""
+    """What ``init_app`` set up for one storage of an app: the default storage's is in
+    ``app.extensions['store']``, every storage's in its :attr:`storages`."""
 
     store: Store
     config: StoreConfig
-    #: The async provider class bound to this app's config.
+    #: The async provider class bound to this storage's config.
     provider_class: type[_Provider]
     #: The sync shim class over :attr:`provider_class`.
     sync_provider_class: type[_SyncProvider]
     #: True for Quart apps: ``store.Provider`` is then the async class.
     is_async: bool
+    #: The storage's name: ``'default'`` for the ``STORE_*`` keys, else its ``STORE_STORAGES``
+    #: key.
+    name: str = DEFAULT
+    #: The app's storages by name, this one included.
+    storages: dict[str, StoreState] = field(default_factory=dict, repr=False)
 
     async def startup(self) -> None:
         """Run in a long-lived loop before it stores files (Quart's before_serving)."""
@@ -76,7 +85,36 @@ class StoreState:
 
     @property
     def Provider(self) -> type[_Provider] | type[_SyncProvider]:
+        """This storage's provider class: async in Quart, the sync shim in Flask."""
         return self.provider_class if self.is_async else self.sync_provider_class
+
+    @property
+    def AsyncProvider(self) -> type[_Provider]:
+        """This storage's async provider class, in Quart and Flask ``async def`` views."""
+        return self.provider_class
+
+    @property
+    def SyncProvider(self) -> type[_SyncProvider]:
+        """This storage's sync shim class."""
+        return self.sync_provider_class
+
+    def save_request(self, request: Any = None, **options: Any) -> Any:
+        """``Provider.save_request(...)`` into this storage (awaitable in Quart, blocking in
+        Flask)."""
+        return self.Provider.save_request(request, **options)
+
+    def storage(self, name: str) -> StoreState:
+        """Another storage of the same app.
+
+        :raises StoreError: naming the storages there are, when none is called ``name``.
+        """
+        found = self.storages.get(name)
+        if found is None:
+            known = ", ".join(map(repr, self.storages))
+            raise StoreError(
+                f"no storage named {name!r}: this app has {known} (add it to STORE_STORAGES)"
+            )
+        return found
 
 
 class Store:
@@ -111,44 +149,52 @@ class Store:
                 "A Store is already registered on this app: call init_app once per app, and "
                 "use the same Store object everywhere (store.Provider follows the current app)."
             )
-        provider_class, config, given = self._read_config(app)
+        read = self._read_config(app)
         load_mimetypes()
-        for key, value in given.items():  # the app shows what is in force
+        for key, value in read[0][3].items():  # the app shows what is in force
             app.config.setdefault(key, value)
-        bound = provider_class.bind(config)
-        if config["STORE_BACKGROUND"]:
-            config["STORE_SPOOL_PATH"] = os.path.join(app.root_path, config["STORE_SPOOL_PATH"])
-            bound._background = Background(config, bound, self._start_fallback_loop)
-        state = StoreState(
-            store=self,
-            config=config,
-            provider_class=bound,
-            sync_provider_class=_SyncProvider.bind(bound, self._portal),
-            is_async=_is_async_app(app),
-        )
+        is_async = _is_async_app(app)
+        storages: dict[str, StoreState] = {}
+        for spec, provider_class, config, _ in read:
+            bound = provider_class.bind(config)
+            if config["STORE_BACKGROUND"]:
+                config["STORE_SPOOL_PATH"] = os.path.join(app.root_path, config["STORE_SPOOL_PATH"])
+                bound._background = Background(config, bound, self._start_fallback_loop)
+            storages[spec.name] = StoreState(
+                store=self,
+                config=config,
+                provider_class=bound,
+                sync_provider_class=_SyncProvider.bind(bound, self._portal),
+                is_async=is_async,
+                name=spec.name,
+                storages=storages,
+            )
+        state = storages[DEFAULT]
         app.extensions[EXTENSION_KEY] = state
-        self._states.append(state)
-        if not state.is_async and app.config.get("MAX_CONTENT_LENGTH") is None:
+        self._states.extend(storages.values())
+        if not is_async and app.config.get("MAX_CONTENT_LENGTH") is None:
             # Flask accepts bodies of any size by default, and request.files spools whatever a
             # client sends to the temp folder: one request could fill the disk. Quart refuses
             # over 16 MiB unless told otherwise; a Flask app gets the same. (In Quart, None can
             # only be the app's own choice: left alone.)
-            app.config["MAX_CONTENT_LENGTH"] = config["STORE_MAX_CONTENT_LENGTH"]
+            app.config["MAX_CONTENT_LENGTH"] = state.config["STORE_MAX_CONTENT_LENGTH"]
         # A 413 names the limit (MAX_CONTENT_LENGTH …), for request.files as for save_request.
-        describe_413s(app, state.is_async)
-        if state.is_async:
+        describe_413s(app, is_async)
+        if is_async:
             from ._quart import install
 
             install(app)  # type: ignore[arg-type]  # flow control for save_request
             # Quart's serving loop is long-lived: clients and background uploads live in it.
-            app.before_serving(state.startup)  # type: ignore[attr-defined]
-            app.after_serving(state.shutdown)  # type: ignore[attr-defined]
-        elif bound._background is not None:
+            for each in storages.values():
+                app.before_serving(each.startup)  # type: ignore[attr-defined]
+                app.after_serving(each.shutdown)  # type: ignore[attr-defined]
+        elif any(each.provider_class._background for each in storages.values()):
             # A Flask app has no serving hook: start the shim's loop now, so what an earlier
             # run left spooled is delivered at start, not at the first request.
             self._start_fallback_loop()
-        if config["STORE_SERVE_FILES"] and provider_class.register_route:
-            register_route(app, state)
+        for each in storages.values():
+            if each.config["STORE_SERVE_FILES"] and each.provider_class.register_route:
+                register_route(app, each)
         register_commands(app)  # flask store …, quart store …
 
     # --- the seed's helpers, kept ---------------------------------------------------------------
@@ -161,16 +207,48 @@ class Store:
         """
         self._read_config(app)
 
-    def _read_config(self, app: App) -> tuple[type[_Provider], StoreConfig, dict[str, Any]]:
-        """The provider class, the checked config, and the config with every default filled
-        in (what init_app writes back); no side effects."""
-        provider_class = self.provider(app)
+    def _read_config(
+        self, app: App
+    ) -> list[tuple[StorageSpec, type[_Provider], StoreConfig, dict[str, Any]]]:
+        """Per storage, the default one first: its spec, provider class, checked config, and
+        config with every default filled in (what init_app writes back); no side effects."""
+        read: list[tuple[StorageSpec, type[_Provider], StoreConfig, dict[str, Any]]] = []
+        for spec in storage_specs(app.config):
+            try:
+                read.append((spec, *self._read_storage(app, spec, read)))
+            except NotConfiguredError as exc:
+                if spec.name == DEFAULT:
+                    raise
+                raise named_error(spec, exc) from exc
+        check_apart(
+            [
+                (
+                    spec.name,
+                    config,
+                    cls.config_backend,
+                    bool(config["STORE_SERVE_FILES"] and cls.register_route),
+                )
+                for spec, cls, config, _ in read
+            ]
+        )
+        return read
+
+    def _read_storage(
+        self,
+        app: App,
+        spec: StorageSpec,
+        read: list[tuple[StorageSpec, type[_Provider], StoreConfig, dict[str, Any]]],
+    ) -> tuple[type[_Provider], StoreConfig, dict[str, Any]]:
+        provider_class = get_provider_class(spec.config.get("STORE_PROVIDER", "local"))
         folders = Folders(app.root_path, app.instance_path, provider_class.config_backend)
-        scratch = _Scratch(app, dict(app.config))
+        own = dict(app.config) if spec.name == DEFAULT else dict(spec.config)
+        scratch = _Scratch(app, own)
         provider_class.app_defaults(scratch)  # type: ignore[arg-type]  # its defaults first
-        given = {**defaults(folders), **scratch.config}
+        prefix = read[0][2].url_prefix if read else ""
+        given = {**defaults(folders), **spec.defaults(app.instance_path, prefix), **scratch.config}
         extra = (*provider_class.REQUIRED_CONFIGURATION, *provider_class.config_keys)
-        config = read_config(given, folders, extra)
+        named = None if spec.name == DEFAULT else spec.name
+        config = read_config(given, folders, extra, named)
         provider_class.check_config(config)
         return provider_class, config, given
 
@@ -190,10 +268,12 @@ class Store:
 
     # --- per-app lookups --------------------------------------------------------------------------
 
-    def state(self, app: App | None = None) -> StoreState:
-        """The :class:`StoreState` of ``app``, else of the current app, else of ``Store(app)``'s.
+    def state(self, app: App | None = None, storage: str = DEFAULT) -> StoreState:
+        """The :class:`StoreState` of a storage (default: the ``STORE_*`` keys' one) of
+        ``app``, else of the current app, else of ``Store(app)``'s.
 
-        :raises StoreError: outside an app context when no app was given to the constructor.
+        :raises StoreError: outside an app context when no app was given to the constructor,
+            or when the app has no storage of that name.
         """
         app = app or _current_app() or self._default_app
         if app is None:
@@ -204,7 +284,14 @@ class Store:
         state = app.extensions.get(EXTENSION_KEY)
         if not isinstance(state, StoreState) or state.store is not self:
             raise StoreError(f"This Store is not registered on {app!r}: call store.init_app(app).")
-        return state
+        return state if storage == DEFAULT else state.storage(storage)
+
+    def __getitem__(self, storage: str) -> StoreState:
+        """A storage of the current app: ``store['documents'].Provider(upload)``.
+
+        :raises StoreError: when the app has no storage of that name.
+        """
+        return self.state(storage=storage)
 
     @property
     def Provider(self) -> Any:
@@ -252,8 +339,8 @@ class _Scratch:
         self.instance_path = app.instance_path
 
 
-def current_state(who: str) -> StoreState:
-    """The :class:`StoreState` of the current app, whichever Store registered it.
+def current_state(who: str, storage: str = DEFAULT) -> StoreState:
+    """The :class:`StoreState` of a storage of the current app, whichever Store registered it.
 
     :raises StoreError: naming ``who`` when there is no app context or the app has no Store.
     """
@@ -264,7 +351,7 @@ def current_state(who: str) -> StoreState:
             f"{who} needs an app context of an app with a Store, to know where files live: "
             f"use it inside a request, or inside 'with app.app_context()'."
         )
-    return state
+    return state if storage == DEFAULT else state.storage(storage)
 
 
 def store_provider() -> Any:

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     from .extension import StoreState
 
-__all__ = ["ENDPOINT", "content_policy", "register_route", "usable_range"]
+__all__ = ["ENDPOINT", "content_policy", "endpoint", "register_route", "usable_range"]
 
 #: The endpoint name, for ``url_for(ENDPOINT, filename=provider.relative_path)``.
 ENDPOINT = "store_file"
@@ -194,13 +194,19 @@ def _nosniff_below(prefix: str, is_async: bool) -> Any:
     return add_nosniff
 
 
+def endpoint(storage: str) -> str:
+    """The route's endpoint for a storage: ``store_file`` for the default one,
+    ``store_file_NAME`` for another: ``url_for(endpoint('documents'), filename=...)``."""
+    return ENDPOINT if storage == "default" else f"{ENDPOINT}_{storage}"
+
+
 def register_route(app: App, state: StoreState) -> None:
-    """Add ``{STORE_URL_PREFIX}/<path:filename>`` (GET and HEAD) to ``app``."""
+    """Add ``{STORE_URL_PREFIX}/<path:filename>`` (GET and HEAD) to ``app`` for one storage."""
     view = _quart_view(state) if state.is_async else _flask_view(state)
     app.after_request(_nosniff_below(state.config.url_prefix, state.is_async))
     app.add_url_rule(
         f"{state.config.url_prefix}/<path:filename>",
-        endpoint=ENDPOINT,
+        endpoint=endpoint(state.name),
         view_func=view,
         methods=["GET"],
         # Merging would answer "/uploads/%2F..%2Fadmin" with a 308 to "/uploads/../admin", which

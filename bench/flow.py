@@ -74,6 +74,7 @@ def quart_background_s3() -> set[tuple[str, str]]:
 
     from async_store import Store
     from tests.conftest import s3_client, s3_config
+    from tests.helpers import CONTENT_TYPE, multipart
     from tests.seaweed import SeaweedFS, find_weed
 
     weed = find_weed()
@@ -94,15 +95,8 @@ def quart_background_s3() -> set[tuple[str, str]]:
             await provider.wait()
             return str(provider.relative_path)
 
-        boundary = "b0undary"
-        body = (
-            (
-                f'--{boundary}\r\nContent-Disposition: form-data; name="f"; filename="a.txt"\r\n\r\n'
-            ).encode()
-            + b"x" * 4096
-            + f"\r\n--{boundary}--\r\n".encode()
-        )
-        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        body = multipart(("f", "a.txt", b"x" * 4096))
+        headers = {"Content-Type": CONTENT_TYPE}
 
         async def main() -> set[tuple[str, str]]:
             async with app.test_app() as test_app:

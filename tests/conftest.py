@@ -156,14 +156,27 @@ def app(app_kind: str, store_path: Path, backend: str, request: pytest.FixtureRe
         return make_app(app_kind, None, **config)
     if backend == "memory":
         return make_app(app_kind, None, STORE_PROVIDER="memory", **config)
+    if backend == "named":  # a second storage of the app, on local disk: the one under test
+        second = {"PATH": str(store_path), "DOMAIN": "http://files.test"}
+        return make_app(
+            app_kind, store_path.parent / "default", STORE_STORAGES={NAMED: second}, **config
+        )
     return make_app(app_kind, store_path, **config)
+
+
+#: The storage the "named" backend tests (the others test the default storage).
+NAMED = "second"
+
+
+def storage_of(backend: str) -> str:
+    return NAMED if backend == "named" else "default"
 
 
 class Inventory:
     """What is really stored, read behind the library's back: {relative path: bytes}."""
 
     def __init__(self, backend: str, store_path: Path, request: pytest.FixtureRequest) -> None:
-        self.backend = backend
+        self.backend = "local" if backend == "named" else backend  # its files are local
         self.store_path = store_path
         if backend == "s3":
             self.bucket = request.getfixturevalue("bucket")
@@ -217,13 +230,14 @@ def store(app: Any) -> Iterator[Store]:
 class Driver:
     """Runs provider calls the async way or the sync way, awaitable either way."""
 
-    def __init__(self, kind: str, store: Store, app: Any) -> None:
+    def __init__(self, kind: str, store: Store, app: Any, storage: str = "default") -> None:
         self.kind = kind
         self.store = store
         self.app = app
+        self.storage = storage
 
     def make(self, fp: Any = None, location: str | None = None, **kw: Any) -> Any:
-        state = self.store.state(self.app)
+        state = self.store.state(self.app, self.storage)
         cls = state.provider_class if self.kind == "async" else state.sync_provider_class
         return cls(fp, location, **kw)
 
@@ -273,8 +287,8 @@ class _AsyncOverSync:
 
 
 @pytest.fixture(params=["async", "sync"])
-def driver(request: pytest.FixtureRequest, store: Store, app: Any) -> Driver:
-    return Driver(str(request.param), store, app)
+def driver(request: pytest.FixtureRequest, store: Store, app: Any, backend: str) -> Driver:
+    return Driver(str(request.param), store, app, storage_of(backend))
 
 
 def spool_undeliverable(

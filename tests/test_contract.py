@@ -21,14 +21,16 @@ import quart.datastructures
 import werkzeug.datastructures
 
 from async_store import NotFoundError, StoreError, UnsafePathError
+from tests.conftest import storage_of
 
 MIB = 1024 * 1024
 # The S3 app stores below the key prefix "media"; the local one serves under "/uploads", and the
 # memory one has the same URLs (with no route behind them).
-PREFIX = {"local": "/uploads", "s3": "/media", "memory": "/uploads"}
+# "named": a second storage of the app (STORE_STORAGES), on local disk.
+PREFIX = {"local": "/uploads", "s3": "/media", "memory": "/uploads", "named": "/uploads-second"}
 
 
-@pytest.fixture(params=["local", "s3", "memory"])
+@pytest.fixture(params=["local", "s3", "memory", "named"])
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -139,7 +141,7 @@ async def test_paths_and_urls(driver: Any, store_path: Path, backend: str, inven
     await driver.save(provider)
     assert provider.location == "avatars/2024"
     assert provider.relative_path == "avatars/2024/my_photo.jpg"
-    if backend == "local":
+    if backend in ("local", "named"):
         assert provider.absolute_path == str(store_path / "avatars" / "2024" / "my_photo.jpg")
     elif backend == "memory":  # the key (STORE_PATH is an empty prefix)
         assert provider.absolute_path == "avatars/2024/my_photo.jpg"
@@ -336,7 +338,9 @@ async def test_failed_async_upload_leaves_nothing(driver: Any, inventory: Any) -
     assert inventory.leftovers() == []
 
 
-async def test_cancelled_upload_leaves_nothing(store: Any, app: Any, inventory: Any) -> None:
+async def test_cancelled_upload_leaves_nothing(
+    store: Any, app: Any, inventory: Any, backend: str
+) -> None:
     started = anyio.Event()
 
     async def slow() -> Any:
@@ -345,7 +349,7 @@ async def test_cancelled_upload_leaves_nothing(store: Any, app: Any, inventory: 
         await anyio.sleep(30)
         yield b"never"
 
-    provider = store.state(app).provider_class(slow(), filename="a.txt")
+    provider = store.state(app, storage_of(backend)).provider_class(slow(), filename="a.txt")
     async with anyio.create_task_group() as tg:
         tg.start_soon(provider.save)
         await started.wait()

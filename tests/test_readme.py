@@ -61,7 +61,7 @@ import pytest
 import quart
 
 from async_store import Store
-from tests.conftest import S3_CREDENTIALS
+from tests.conftest import S3_CREDENTIALS, s3_client
 from tests.seaweed import SeaweedFS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -215,6 +215,11 @@ class Harness:
 
         def init_app(store: Store, app: Any) -> None:
             self.redirect(app.config)
+            for name, keys in (app.config.get("STORE_STORAGES") or {}).items():
+                # A named storage's keys, as the STORE_* ones are made real for the test.
+                full = {f"STORE_{k.removeprefix('STORE_')}": v for k, v in keys.items()}
+                self.redirect(full, f"{self.bucket}-{name}")
+                app.config["STORE_STORAGES"][name] = {k[6:]: v for k, v in full.items()}
             original(store, app)
 
         monkeypatch.setattr(Store, "init_app", init_app)
@@ -228,12 +233,14 @@ class Harness:
 
     # --- the reader's placeholders, made real --------------------------------------------
 
-    def redirect(self, config: Any) -> None:
+    def redirect(self, config: Any, bucket: str = "") -> None:
         if str(config.get("STORE_PROVIDER", "local")).endswith(S3_PROVIDERS):
             assert self.server is not None, "an S3 block without the s3 option"
+            if bucket:  # another storage's bucket, made here
+                s3_client(self.server).create_bucket(Bucket=bucket)
             config.update(
                 STORE_S3_ENDPOINT_URL=self.server.endpoint,
-                STORE_S3_BUCKET=self.bucket,
+                STORE_S3_BUCKET=bucket or self.bucket,
                 **S3_CREDENTIALS,
             )
             config.pop("STORE_S3_SESSION_TOKEN", None)
@@ -518,14 +525,15 @@ def run_config(run: Harness) -> None:
 
     async def main() -> None:
         async with app.test_app(), app.app_context():
-            content = f"stored with the config of {run.block.where}\n".encode()
-            provider = store.Provider(content, filename="check.txt")
-            await provider.save()
-            with anyio.fail_after(WAIT):
-                await provider.wait()
-            async with provider.open() as f:
-                assert await f.read() == content
-            await provider.delete()
+            for storage in store.state(app).storages.values():  # the default, and any named
+                content = f"stored in {storage.name} by the config of {run.block.where}\n"
+                provider = storage.AsyncProvider(content.encode(), filename="check.txt")
+                await provider.save()
+                with anyio.fail_after(WAIT):
+                    await provider.wait()
+                async with provider.open() as f:
+                    assert await f.read() == content.encode()
+                await provider.delete()
 
     anyio.run(main)
 
