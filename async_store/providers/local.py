@@ -17,7 +17,6 @@ from ..exceptions import NotConfiguredError
 from .base import Provider
 
 if TYPE_CHECKING:
-
     from ..config import StoreConfig
 
 __all__ = ["LocalProvider", "resolve_file"]
