@@ -1,7 +1,9 @@
 """What a Session's transactions did to stored files, and what becomes of them when each ends.
 
 ``StoreType``'s hooks (``sqla.py``) record, per transaction, the files it *saved* and the paths
-it *released* (replaced by another value, or whose row it deleted):
+it *released* (replaced by another value, or whose row it deleted), each with the storage of the
+column it was in: an app's storages may all hold a ``docs/a.txt``, and only the one the row
+named is deleted.
 
 * a transaction that does not commit (rollback, failed commit, closed session, rolled-back
   savepoint) deletes the files it saved;
@@ -17,20 +19,19 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.util import concurrency
 
-from .extension import StoreState, current_state
-
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from .extension import StoreState
     from .providers.base import Provider
 
-__all__ = ["Files", "files", "run", "state"]
+__all__ = ["Files", "Released", "Saved", "files", "run"]
 
 log = logging.getLogger("async_store.sqla")
 T = TypeVar("T")
@@ -42,10 +43,6 @@ _FILES = "async_store_files"
 _HANDED = "async_store_handed"
 
 
-def state() -> StoreState:
-    return current_state("StoreType")
-
-
 def run(store: StoreState, func: Callable[..., Awaitable[T]], *args: Any) -> T:
     """Run an async provider call from a session hook: awaited in AsyncSession's greenlet,
     on the sync shim's loop for a plain Session."""
@@ -54,13 +51,27 @@ def run(store: StoreState, func: Callable[..., Awaitable[T]], *args: Any) -> T:
     return store.store._portal.call(func, *args)
 
 
+class Saved(NamedTuple):
+    """A file a transaction saved, and the storage it saved it into."""
+
+    storage: StoreState
+    provider: Provider
+
+
+class Released(NamedTuple):
+    """A path a transaction released, in the storage of the column that held it."""
+
+    storage: StoreState
+    path: str
+
+
 @dataclass
 class Files:
     """Files a transaction saved (deleted if it does not commit) and the paths it released
     (deleted once it commits)."""
 
-    new: list[Provider] = field(default_factory=list)
-    old: list[str] = field(default_factory=list)
+    new: list[Saved] = field(default_factory=list)
+    old: list[Released] = field(default_factory=list)
 
 
 def files(session: Session, transaction: SessionTransaction | None = None) -> Files:
@@ -75,15 +86,17 @@ def _pop(session: Session, transaction: SessionTransaction) -> Files | None:
     return by_tx.pop(transaction, None)
 
 
-def _delete(providers: list[Provider], why: str) -> None:
-    if not providers:
-        return
-    store = state()
-    for provider in providers:
+def _delete(saved: list[Saved], why: str) -> None:
+    for store, provider in saved:
         try:
             run(store, lambda p=provider: p.delete(missing_ok=True))
         except Exception:  # the transaction's outcome stands; a leftover file is logged
-            log.exception("could not delete %r (%s)", provider.relative_path, why)
+            log.exception(
+                "could not delete %r from the storage %r (%s)",
+                provider.relative_path,
+                store.name,
+                why,
+            )
 
 
 @event.listens_for(Session, "after_soft_rollback")
@@ -93,9 +106,9 @@ def _rolled_back(session: Session, previous_transaction: SessionTransaction) -> 
     if previous_transaction in handed:
         parent, records = handed.pop(previous_transaction)
         parent.new = [p for p in parent.new if p not in records.new]
-        for path in records.old:  # one each: the parent may have released the same path
+        for released in records.old:  # one each: the parent may have released it too
             with contextlib.suppress(ValueError):
-                parent.old.remove(path)
+                parent.old.remove(released)
     if records is not None:
         _delete(records.new, "its transaction was rolled back")
 
@@ -108,13 +121,12 @@ def _committed(session: Session) -> None:
         return
     # A path saved in this transaction and released again is deleted through the provider
     # that saved it: with background uploads, that one can still cancel its pending job.
-    saved = {p.relative_path: p for p in records.new}
-    store = state()
-    released = dict.fromkeys(records.old)  # once each, in order
-    _delete(
-        [saved.get(path) or store.provider_class(path) for path in released],
-        "replaced or its row deleted",
-    )
+    saved = {Released(s.storage, s.provider.relative_path): s for s in records.new}
+    doomed = []
+    for released in dict.fromkeys(records.old):  # once each, in order
+        storage, path = released
+        doomed.append(saved.get(released) or Saved(storage, storage.provider_class(path)))
+    _delete(doomed, "replaced or its row deleted")
 
 
 @event.listens_for(Session, "after_transaction_end")

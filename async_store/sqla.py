@@ -6,6 +6,7 @@
         __tablename__ = "docs"
         id: Mapped[int] = mapped_column(primary_key=True)
         file = mapped_column(StoreType(128, location="docs"))
+        signed = mapped_column(StoreType(storage="documents"))  # a storage of STORE_STORAGES
 
     Session = async_sessionmaker(engine, expire_on_commit=False)
     async with Session() as session:
@@ -18,7 +19,9 @@
 ``AsyncSession`` cannot do (``MissingGreenlet``).
 
 The column holds the relative path (``Unicode(max_length)``), so databases written by
-Flask-Store stay readable. The type itself does no I/O; session events do:
+Flask-Store stay readable; which storage holds the file is the column's (``storage=``), and the
+hooks record each file with its storage, so a path is only ever deleted from the storage of the
+column it was in. The type itself does no I/O; session events do:
 
 * ``before_flush`` saves uploads assigned to a ``StoreType`` attribute (inside ``AsyncSession``'s
   greenlet the async provider is awaited with SQLAlchemy's ``await_``; a plain ``Session`` goes
@@ -30,8 +33,8 @@ Flask-Store stay readable. The type itself does no I/O; session events do:
 * ``_sqla_files`` deletes a transaction's saved files if it does not commit, and the released
   paths only once it has.
 
-Loading needs an app context (the current app's Store gives the provider class). Updating other
-columns never touches the file.
+Loading needs an app context (the current app's Store gives the storage, by name: models are
+declared before any app). Updating other columns never touches the file.
 """
 
 from __future__ import annotations
@@ -39,9 +42,9 @@ from __future__ import annotations
 import itertools
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from sqlalchemy import Unicode, event, inspect, select, tuple_, type_coerce
+from sqlalchemy import Column, Unicode, event, inspect, select, tuple_, type_coerce
 from sqlalchemy.orm import Mapper, Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql import Delete, Update
@@ -49,23 +52,27 @@ from sqlalchemy.sql.elements import BindParameter, ClauseElement, ColumnElement
 from sqlalchemy.types import TypeDecorator
 
 from ._paths import clean_key, clean_location
-from ._sqla_files import files, run, state
+from ._sqla_files import Released, Saved, files, run
+from ._storages import DEFAULT
 from .exceptions import StoreError
+from .extension import current_state
 from .providers.base import Provider
 from .sync import SyncProvider
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
 
-    from sqlalchemy import Result, Select
+    from sqlalchemy import Result, Select, Table
     from sqlalchemy.engine import Connection, Dialect
     from sqlalchemy.orm import InstanceState, ORMExecuteState, UOWTransaction
+
+    from .extension import StoreState
 
 __all__ = ["FlaskStoreType", "StoreType"]
 
 #: Rows per ``IN (...)`` when a bulk statement's rows are looked up again.
 _CHUNK = 500
-#: session.info key: {row: paths saved for it by this flush's before_flush}.
+#: session.info key: {row: (storage, path) of each file its before_flush saved for it}.
 _SAVED_NOW = "async_store_saved_now"
 
 
@@ -78,20 +85,62 @@ def _provider(value: Any) -> Provider | None:
 class StoreType(TypeDecorator[Any]):
     """A column holding a stored file: the relative path in the database, a provider in Python.
 
-    Assign anything ``store.Provider()`` accepts (a ``FileStorage``, a path, bytes, …), a provider,
-    or the relative path of a file already stored (kept as it is). Loaded values are providers of
-    the current app (async in Quart, the sync shim in Flask); ``None`` stays ``None``.
+    Assign anything ``store.Provider()`` accepts (a ``FileStorage``, a path, bytes, …), a provider
+    of the column's storage, or the relative path of a file already stored there (kept as it
+    is). Loaded values are providers of that storage in the current app (async in Quart, the
+    sync shim in Flask); ``None`` stays ``None``.
 
     :param max_length: the column's length (``Unicode(max_length)``), 256 by default.
-    :param location: the folder below ``STORE_PATH`` uploads are saved into.
+    :param location: the folder below the storage's ``PATH`` uploads are saved into.
+    :param storage: the storage the column's files live in: ``'default'`` (the ``STORE_*``
+        keys') or a name of ``STORE_STORAGES``, looked up in the current app when the column is
+        used (the model may be declared before any app exists).
+    :raises StoreError: when used, if the current app has no storage of that name.
     """
 
     impl = Unicode
     cache_ok = True
 
-    def __init__(self, max_length: int = 256, location: str | None = None, **kwargs: Any) -> None:
+    # ``storage`` is not keyword-only: SQLAlchemy builds the type's cache key from the
+    # attributes named after __init__'s positional-or-keyword parameters only, and two columns
+    # of two storages must not share a compiled statement's result processing.
+    def __init__(
+        self,
+        max_length: int = 256,
+        location: str | None = None,
+        storage: str = DEFAULT,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(max_length, **kwargs)
+        if not isinstance(storage, str) or not storage:
+            raise TypeError(f"StoreType(storage=...) takes a storage's name, not {storage!r}")
         self.location = clean_location(location)
+        self.storage = storage
+        #: "table.column" of each column of this type, for messages (see _attached).
+        self._columns: tuple[str, ...] = ()
+
+    def _state(self) -> StoreState:
+        """The column's storage in the current app.
+
+        :raises StoreError: outside an app context, or when the app has no such storage.
+        """
+        storages = current_state(self._where).storages
+        found = storages.get(self.storage)
+        if found is None:
+            known = ", ".join(map(repr, storages))
+            raise StoreError(
+                f"{self._where} keeps its files in the storage {self.storage!r}, and this app "
+                f"has no storage of that name (it has {known}): add {self.storage!r} to "
+                f"app.config['STORE_STORAGES'], or give the column one of those names."
+            )
+        return found
+
+    @property
+    def _where(self) -> str:
+        """How messages name the column."""
+        if not self._columns:
+            return f"a StoreType(storage={self.storage!r}) column"
+        return f"the StoreType column {' / '.join(self._columns)}"
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
         if value is None:
@@ -110,10 +159,18 @@ class StoreType(TypeDecorator[Any]):
     def process_result_value(self, value: Any, dialect: Dialect) -> Any:
         if value is None:
             return None
-        return state().Provider(value)
+        return self._state().Provider(value)
 
     def compare_values(self, x: Any, y: Any) -> bool:
         return _key_of(x) == _key_of(y) if _key_of(x) is not None else x is y
+
+
+@event.listens_for(Column, "after_parent_attach")
+def _attached(column: Column[Any], table: Table) -> None:
+    """A ``StoreType`` learns the name of each column it is the type of, for its messages."""
+    if isinstance(column.type, StoreType):
+        # A new tuple: TypeDecorator.copy() shares the instance dict's values with the copy.
+        column.type._columns = (*column.type._columns, f"{table.name}.{column.name}")
 
 
 #: The seed's name.
@@ -181,37 +238,62 @@ def _save_uploads(session: Session, flush_context: UOWTransaction, instances: An
     # Rows this flush deletes are left to _row_deleted: session.deleted does not hold the
     # orphans a delete-orphan cascade finds inside the flush, and an upload assigned to a row
     # that is being deleted is never stored.
-    saved_now: dict[InstanceState[Any], list[str]] = {}
+    saved_now: dict[InstanceState[Any], list[Released]] = {}
     session.info[_SAVED_NOW] = saved_now
-    uploads: list[tuple[InstanceState[Any], str, StoreType, Any]] = []
+    uploads: list[tuple[InstanceState[Any], str, Any, StoreType, StoreState]] = []
     for obj in [*session.new, *session.dirty]:
         row = inspect(obj)
         for key, _, type_ in _store_columns(row.mapper):
             value = row.dict.get(key)
-            if row.has_identity and row.attrs[key].history.has_changes():
+            changed = row.attrs[key].history.has_changes()
+            if changed and row.has_identity:
                 held = _held(session.execute, row, key)
                 if held is not None and held != _stored_path(value):
-                    files(session).old.append(held)
-            if _is_upload(value):
-                uploads.append((row, key, type_, value))
+                    files(session).old.append(Released(type_._state(), held))
+            if _is_upload(value) or (changed and _provider(value) is not None):
+                store = type_._state()
+                _refuse_other_storages(row, key, store, value)
+                if _is_upload(value):
+                    uploads.append((row, key, value, type_, store))
     if not uploads:
         return
-    _refuse_shared_providers(uploads)
-    store = state()
+    _refuse_shared_providers((row, key, value) for row, key, value, _, _ in uploads)
     records = files(session)
-    for row, key, type_, value in uploads:
+    for row, key, value, type_, store in uploads:
         provider = _provider(value) or store.provider_class(value, type_.location)
         run(store, provider.save)
-        records.new.append(provider)
-        saved_now.setdefault(row, []).append(provider.relative_path)
+        records.new.append(Saved(store, provider))
+        saved_now.setdefault(row, []).append(Released(store, provider.relative_path))
         setattr(row.obj(), key, store.Provider(provider.relative_path))
 
 
-def _refuse_shared_providers(uploads: Iterable[tuple[InstanceState[Any], str, Any, Any]]) -> None:
+def _refuse_other_storages(
+    row: InstanceState[Any], key: str, store: StoreState, value: Any
+) -> None:
+    """A provider assigned to a column is one of the column's storage: the row would otherwise
+    name a file its storage does not hold (and deleting the row would delete another file)."""
+    provider = _provider(value)
+    if provider is None or isinstance(provider, store.provider_class):
+        return
+    _raise_other_storage(f"{row.mapper.class_.__name__}.{key}", store, provider)
+
+
+def _raise_other_storage(where: str, store: StoreState, provider: Provider) -> NoReturn:
+    other = [s.name for s in store.storages.values() if isinstance(provider, s.provider_class)]
+    whose = f"the storage {other[0]!r}" if other else "another app"
+    raise StoreError(
+        f"{where} keeps its files in the storage {store.name!r}, and {provider!r} is a provider "
+        f"of {whose}: a column holds files of its own storage only. Assign the upload itself "
+        f"(it is saved into {store.name!r} at the flush), a provider of "
+        f"store[{store.name!r}], or the relative path of a file stored there."
+    )
+
+
+def _refuse_shared_providers(uploads: Iterable[tuple[InstanceState[Any], str, Any]]) -> None:
     """One unsaved provider assigned twice would leave two rows sharing one file (deleting
     either row deletes it): refused before anything is stored."""
     seen: dict[int, str] = {}
-    for row, key, _, value in uploads:
+    for row, key, value in uploads:
         provider = _provider(value)
         if provider is None:
             continue  # a FileStorage, bytes, a path…: each attribute stores its own copy
@@ -237,7 +319,11 @@ def _row_deleted(mapper: Mapper[Any], connection: Connection, target: Any) -> No
     session = row.session
     if not columns or session is None:
         return
-    released = [path for key, _, _ in columns if (path := _held(connection.execute, row, key))]
+    released = [
+        Released(type_._state(), path)
+        for key, _, type_ in columns
+        if (path := _held(connection.execute, row, key))
+    ]
     released += session.info.get(_SAVED_NOW, {}).get(row, [])
     files(session).old.extend(released)
 
@@ -258,6 +344,7 @@ class _Target:
     mapper: Mapper[Any] | None
     pk: list[ColumnElement[Any]]
     paths: list[tuple[str, ColumnElement[Any]]]  # (attribute or column key, what to select)
+    storages: list[StoreState]  # each path's column's
 
     def select(self, *where: ColumnElement[bool], lock: bool) -> Select[Any]:
         query = select(*self.pk, *(type_coerce(e, Unicode()) for _, e in self.paths))
@@ -276,30 +363,40 @@ class _Target:
 
 def _target(execute_state: ORMExecuteState, dml: Update | Delete) -> _Target | None:
     mapper = execute_state.bind_mapper if execute_state.is_orm_statement else None
+    found: list[tuple[str, ColumnElement[Any], ColumnElement[Any], StoreType]]
     if mapper is not None:
-        found = [(k, c, mapper.attrs[k].class_attribute) for k, c, _ in _store_columns(mapper)]
+        found = [(k, c, mapper.attrs[k].class_attribute, t) for k, c, t in _store_columns(mapper)]
         name, pk = mapper.class_.__name__, list(mapper.primary_key)
     else:  # a Core statement on a Table, run by the session
         table: Any = dml.table
-        found = [(c.key, c, c) for c in getattr(table, "c", ()) if isinstance(c.type, StoreType)]
+        columns = getattr(table, "c", ())
+        found = [(c.key, c, c, c.type) for c in columns if isinstance(c.type, StoreType)]
         name, pk = str(getattr(table, "name", table)), list(getattr(table, "primary_key", ()))
     if isinstance(dml, Update):
         # What it sets: .values(...), and the parameter sets (executemany, by primary key).
         sets = [{_name(k): v for k, v in (dml._values or {}).items()}, *_param_sets(execute_state)]
-        found = [(k, c, e) for k, c, e in found if any(k in v or c.key in v for v in sets)]
-        for (key, column, _), values in itertools.product(found, sets):
+        found = [(k, c, e, t) for k, c, e, t in found if any(k in v or c.key in v for v in sets)]
+        for (key, column, _, type_), values in itertools.product(found, sets):
             value = values.get(key, values.get(str(column.key)))
             value = value.value if isinstance(value, BindParameter) else value
-            if not isinstance(value, ClauseElement) and _is_upload(value):
+            if isinstance(value, ClauseElement):
+                continue
+            if _is_upload(value):
                 raise StoreError(
                     f"update({name}) sets {name}.{key} to an unsaved {type(value).__name__}: "
                     f"an update() statement stores no uploads (one file cannot belong to many "
                     f"rows). Assign the upload to each row's attribute and flush, or save it "
                     f"first (store.Provider(upload).save()) and set its relative_path."
                 )
+            provider = _provider(value)
+            store = type_._state()
+            if provider is not None and not isinstance(provider, store.provider_class):
+                _raise_other_storage(f"update({name}) sets {name}.{key}, which", store, provider)
     if not found or not pk:
         return None  # nothing that holds a file changes, or no way to find the rows again
-    return _Target(name, mapper, pk, [(k, e) for k, _, e in found])
+    # Each column's storage, looked up before the statement runs (an unknown one stops it).
+    storages = [type_._state() for _, _, _, type_ in found]
+    return _Target(name, mapper, pk, [(k, e) for k, _, e, _ in found], storages)
 
 
 def _name(key: Any) -> str:
@@ -359,15 +456,16 @@ def _bulk_statement(execute_state: ORMExecuteState) -> Result[Any] | None:
     after: dict[tuple[Any, ...], tuple[Any, ...]] = {}
     for where in target.by_pk(list(before)):
         after.update(rows(target.select(where, lock=False), {}))
-    released = []
+    released: list[Released] = []
     for pk, was in before.items():
         now = after.get(pk)
-        if now is None:  # deleted; an UPDATE that changed the primary key keeps its files
-            released += [p for p in was if p is not None] if isinstance(dml, Delete) else []
-            continue
-        released += [p for p, n in zip(was, now, strict=True) if p is not None and p != n]
-        if target.mapper is not None and was != now:
+        if now is None:  # deleted, or an UPDATE changed its primary key (its files are kept)
+            now = (None,) * len(was) if isinstance(dml, Delete) else was
+        elif target.mapper is not None and was != now:
             _refresh(session, target, pk, now)
+        for store, path, new in zip(target.storages, was, now, strict=True):
+            if path is not None and path != new:
+                released.append(Released(store, path))
     files(session).old.extend(released)
     return result
 
@@ -380,7 +478,6 @@ def _refresh(session: Session, target: _Target, pk: tuple[Any, ...], now: tuple[
     if obj is None:
         return
     row = inspect(obj)
-    store = state()
-    for (key, _), path in zip(target.paths, now, strict=True):
+    for (key, _), store, path in zip(target.paths, target.storages, now, strict=True):
         if key in row.dict and not row.attrs[key].history.has_changes():
             set_committed_value(obj, key, None if path is None else store.Provider(path))

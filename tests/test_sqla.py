@@ -84,7 +84,12 @@ def postgres() -> Iterator[PostgreSQL]:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def urls(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
     """(sync URL, async URL) of a new, empty database."""
-    if request.param == "sqlite":
+    return new_database(str(request.param), tmp_path, request)
+
+
+def new_database(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> tuple[str, str]:
+    """(sync URL, async URL) of a new, empty ``kind`` database (``sqlite``, ``postgresql``)."""
+    if kind == "sqlite":
         path = tmp_path / "test.db"
         return f"sqlite:///{path}", f"sqlite+aiosqlite:///{path}"
     server: PostgreSQL = request.getfixturevalue("postgres")
