@@ -25,7 +25,7 @@ _COMMANDS = (check, ls, migrate, drain)
 
 @click.group(name="store")
 def store() -> None:
-    """Check, list, migrate and deliver the files of the app's store (async_store)."""
+    """Check, list, migrate and deliver the files of the app's storages (async_store)."""
 
 
 @click.group(name="python -m async_store")
@@ -42,7 +42,9 @@ def main(ctx: click.Context, app_path: str | None) -> None:
 
     The store is the one of --app, or else the one STORE_* environment variables describe
     (values are JSON where they parse: STORE_CHUNK_SIZE=65536, STORE_BACKGROUND=true;
-    names, paths, URLs and credentials are taken as they are).
+    names, paths, URLs and credentials are taken as they are). STORE_STORAGES, a JSON
+    object, names more storages: STORE_STORAGES='{"exports": {"PATH": "/srv/exports"}}'.
+    Every command takes --storage NAME.
     """
     loader = Loader(app_path, os.environ)
     ctx.obj = loader

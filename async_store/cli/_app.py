@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import re
 import signal
 import sys
 import threading
@@ -19,8 +20,9 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import anyio
 import click
 
+from .._storages import DEFAULT
 from ..config import config_from_env
-from ..exceptions import NotConfiguredError, first_error
+from ..exceptions import NotConfiguredError, StoreError, first_error
 from ..extension import EXTENSION_KEY, Store, StoreState
 
 if TYPE_CHECKING:
@@ -34,13 +36,17 @@ __all__ = [
     "ConfigApp",
     "Loader",
     "human_size",
+    "keys_of",
     "load_state",
+    "pick_storage",
     "progress_bar",
     "run",
+    "storage_option",
     "store_for_config",
 ]
 
 T = TypeVar("T")
+F = TypeVar("F", bound="Callable[..., Any]")
 
 
 class ConfigApp:
@@ -49,9 +55,21 @@ class ConfigApp:
     def __init__(self, config: Mapping[str, Any], root_path: str | None = None) -> None:
         self.root_path = root_path or os.getcwd()
         self.instance_path = os.path.join(self.root_path, "instance")
-        # No web server here: nothing to serve.
-        self.config: dict[str, Any] = {"STORE_SERVE_FILES": False, **config}
+        # No web server here: nothing to serve, for any storage.
+        self.config: dict[str, Any] = {**config, "STORE_SERVE_FILES": False}
+        named = config.get("STORE_STORAGES")
+        if isinstance(named, dict):
+            self.config["STORE_STORAGES"] = {
+                name: _unserved(keys) if isinstance(keys, dict) else keys
+                for name, keys in named.items()
+            }
         self.extensions: dict[str, Any] = {}
+
+
+def _unserved(keys: Mapping[str, Any]) -> dict[str, Any]:
+    """A named storage's keys, its SERVE_FILES (by any of its names) set to False."""
+    served = ("SERVE", "SERVE_FILES", "STORE_SERVE", "STORE_SERVE_FILES")
+    return {**{k: v for k, v in keys.items() if k not in served}, "SERVE_FILES": False}
 
 
 def store_for_config(config: Mapping[str, Any]) -> StoreState:
@@ -98,6 +116,11 @@ class Loader:
                 "no store configured: pass --app module:app, or set STORE_* environment "
                 "variables (STORE_PROVIDER, STORE_PATH, STORE_S3_BUCKET, …)"
             )
+        if isinstance(config.get("STORE_STORAGES"), str):  # not JSON: parse_value kept the text
+            raise click.UsageError(
+                "the environment variable STORE_STORAGES must be a JSON object of storage name "
+                'to its keys, such as {"documents": {"PROVIDER": "s3", "S3_BUCKET": "docs"}}'
+            )
         return ConfigApp(config)
 
     def close(self) -> None:
@@ -129,6 +152,30 @@ def load_state(ctx: click.Context) -> StoreState:
     if isinstance(info, Loader):
         info._state = state
     return state
+
+
+def storage_option(help: str) -> Callable[[F], F]:
+    """The ``--storage NAME`` option of a command, ``help`` saying what it picks."""
+    return click.option("--storage", "storage", metavar="NAME", default=None, help=help)
+
+
+def pick_storage(state: StoreState, name: str | None) -> StoreState:
+    """The storage ``--storage`` names (the default one without it).
+
+    :raises click.BadParameter: listing the app's storages, when it has none of that name.
+    """
+    try:
+        return state.storage(name or DEFAULT)
+    except StoreError as exc:
+        raise click.BadParameter(str(exc), param_hint="--storage") from None
+
+
+def keys_of(state: StoreState, text: str) -> str:
+    """``text`` with its ``STORE_*`` keys named the way ``state``'s storage sets them: as they
+    are for the default storage, without ``STORE_`` in a ``STORE_STORAGES`` entry (``PATH``)."""
+    if state.name == DEFAULT:
+        return text
+    return re.sub(r"\bSTORE_(?!STORAGES)([A-Z0-9_]+)", r"\1", text)
 
 
 def run(providers: Sequence[type[Provider]], func: Callable[[], Awaitable[T]]) -> T:

@@ -1,8 +1,10 @@
 """``store check``: config valid, backend reachable, a write / read / delete probe, and (with
-background uploads) no spooled upload stranded for another store.
+background uploads) no spooled upload stranded for another store; for every storage of the
+app, or the one ``--storage`` names.
 
-Each step prints what it checked; a failed step prints the error (which names the config key)
-and what to do about it, the later steps are skipped, and the exit status is 1.
+Each step prints what it checked, on a line that names the storage; a failed step prints the
+error (which names the config key) and what to do about it, the storage's later steps are
+skipped, and the exit status is 1. The other storages are still checked.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from typing import TYPE_CHECKING
 import anyio
 import click
 
+from .._storages import DEFAULT
 from ..exceptions import StoreError
-from ._app import load_state, run
-from .drain import OTHERS_FIX, describe_others
+from ._app import keys_of, load_state, pick_storage, run, storage_option
+from .drain import OTHERS_FIX, describe_others, split_others
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -29,22 +32,25 @@ _PROBE_TIMEOUT = 60.0
 
 def _describe(state: StoreState) -> str:
     config = state.config
-    name = state.provider_class.__name__
+    provider = state.provider_class
     if "STORE_S3_BUCKET" in config:
         where = (
             f"bucket {config['STORE_S3_BUCKET']!r}, prefix {config.path!r}, endpoint "
             f"{config.get('STORE_S3_ENDPOINT_URL') or 'AWS'}"
         )
-    else:
+    elif provider.config_backend == "local" or provider.backend_class is None:
         where = f"STORE_PATH {config.path!r}"
+    else:  # the memory backend, a third party's: what it says it is
+        where = provider.backend.identity
     if config.get("STORE_BACKGROUND"):
         where += f", background uploads spooled in {config['STORE_SPOOL_PATH']!r}"
-    return f"{name}: {where}"
+    return keys_of(state, f"{provider.__name__}: {where}")
 
 
 def _fixes(state: StoreState) -> dict[str, str]:
+    provider = state.provider_class
     if "STORE_S3_BUCKET" in state.config:
-        return {
+        fixes = {
             "reach": "check STORE_S3_ENDPOINT_URL, that the bucket exists (STORE_S3_BUCKET) and "
             "the credentials (STORE_S3_ACCESS_KEY / STORE_S3_SECRET_KEY or boto's chain); "
             "listing needs s3:ListBucket",
@@ -53,26 +59,62 @@ def _fixes(state: StoreState) -> dict[str, str]:
             "read": "grant s3:GetObject on the bucket's objects",
             "delete": "grant s3:DeleteObject on the bucket's objects",
         }
-    writable = "make STORE_PATH writable by this user, or set STORE_PATH to another folder"
-    return {"reach": writable, "write": writable, "read": writable, "delete": writable}
+    elif provider.config_backend == "local" or provider.backend_class is None:
+        writable = "make STORE_PATH writable by this user, or set STORE_PATH to another folder"
+        fixes = dict.fromkeys(("reach", "write", "read", "delete"), writable)
+    else:
+        other = f"see what {provider.__name__}'s backend needs (STORE_PROVIDER)"
+        fixes = dict.fromkeys(("reach", "write", "read", "delete"), other)
+    fixes["spool"] = OTHERS_FIX  # about the other store's keys: named as they are
+    if state.name == DEFAULT:
+        return fixes
+    where = f"in STORE_STORAGES[{state.name!r}]: "
+    return {
+        step: where + (keys_of(state, fix) if step != "spool" else fix)
+        for step, fix in fixes.items()
+    }
 
 
 @click.command()
+@storage_option("Check only this storage (default: every storage of the app).")
 @click.pass_context
-def check(ctx: click.Context) -> None:
-    """Check the store: config, backend reachable, and a write / read / delete probe.
+def check(ctx: click.Context, storage: str | None) -> None:
+    """Check each storage: config, backend reachable, and a write / read / delete probe.
 
-    Writes a small file named async-store-check-<random>.txt at the top of the store, reads it
-    back and deletes it. With STORE_BACKGROUND, also looks at the spool: uploads spooled for
+    Writes a small file named async-store-check-<random>.txt at the top of the storage, reads
+    it back and deletes it. With STORE_BACKGROUND, also looks at the spool: uploads spooled for
     another store (another provider, bucket or STORE_PATH) are named, and the check fails.
-    Exits with status 1, printing the fix, at the first step that fails.
+    Every storage of the app is checked (each line names it, if there are several), unless
+    --storage names one; the first step that fails prints the fix and skips that storage's
+    later steps. Exits with status 1 if a step failed.
     """
     try:
         state = load_state(ctx)
     except click.ClickException as exc:
         click.echo(f"config   FAILED  {exc.message}")
         raise SystemExit(1) from None
-    click.echo(f"config   ok      {_describe(state)}")
+    chosen = [pick_storage(state, storage)] if storage else list(state.storages.values())
+    # An app with one storage prints the seed's lines, without its name.
+    width = max(len(each.name) for each in chosen) if len(state.storages) > 1 else 0
+    failed = [each.name for each in chosen if not _check(each, width)]
+    if failed:
+        if width:
+            which = ", ".join(map(repr, failed))
+            click.echo(f"checks failed for the storage{'s' if len(failed) > 1 else ''} {which}")
+        raise SystemExit(1)
+    click.echo("all checks passed")
+
+
+def _check(state: StoreState, width: int) -> bool:
+    """Check one storage, its name on each line (padded to ``width``, none if 0); whether all
+    passed."""
+    label = f"{state.name:<{width}}  " if width else ""
+
+    def say(step: str, status: str, text: str) -> None:
+        for i, line in enumerate(text.splitlines() or [""]):
+            click.echo(f"{label}{step if i == 0 else '':<8} {status if i == 0 else '':<7} {line}")
+
+    say("config", "ok", _describe(state))
     provider = state.provider_class
     fixes = _fixes(state)
     content = f"async_store check {uuid.uuid4()}\n".encode()
@@ -104,10 +146,14 @@ def check(ctx: click.Context) -> None:
     async def spool() -> str:
         assert background is not None
         ours, others = await background.jobs()
-        if others:
-            raise StoreError("\n".join(describe_others(background, others)))
+        theirs, foreign = split_others(state, others)
+        if foreign:
+            raise StoreError("\n".join(describe_others(state, foreign)))
         waiting = f"{len(ours)} uploads waiting for delivery" if ours else "no uploads waiting"
-        return f"{waiting} in {background.spool.path!r}"
+        siblings = "".join(
+            f", {len(jobs)} of the storage {name!r}" for name, jobs in sorted(theirs.items())
+        )
+        return f"{waiting} in {background.spool.path!r}{siblings}"
 
     steps: list[tuple[str, Callable[[], Awaitable[str]]]] = [
         ("reach", reach),
@@ -118,7 +164,6 @@ def check(ctx: click.Context) -> None:
     background = provider._background
     if background is not None:
         steps.append(("spool", spool))
-        fixes["spool"] = OTHERS_FIX
 
     async def probes() -> bool:
         for name, step in steps:
@@ -127,15 +172,13 @@ def check(ctx: click.Context) -> None:
                     done = await step()
             except (StoreError, TimeoutError) as exc:
                 reason = str(exc) or f"no answer within {_PROBE_TIMEOUT:.0f}s"
-                click.echo(f"{name:<8} FAILED  {reason}")
-                click.echo(f"{'':<8} fix:    {fixes[name]}")
+                say(name, "FAILED", reason if name == "spool" else keys_of(state, reason))
+                say("", "fix:", fixes[name])
                 if name == "read":
                     with contextlib.suppress(StoreError):
                         await probe.delete(missing_ok=True)
                 return False
-            click.echo(f"{name:<8} ok      {done}")
+            say(name, "ok", done)
         return True
 
-    if not run([provider], probes):
-        raise SystemExit(1)
-    click.echo("all checks passed")
+    return run([provider], probes)

@@ -3,7 +3,8 @@
 Each job goes through the app's own delivery (``Background.deliver``: its lock, retries and
 exactly-once rules); this module only picks the jobs, waits for those another worker is
 delivering, and reports, naming the jobs spooled for another destination, which it never
-delivers.
+delivers. Without ``--storage`` it drains every storage of the app that has background uploads,
+each from its own spool, one after the other.
 """
 
 from __future__ import annotations
@@ -15,13 +16,16 @@ import anyio
 import anyio.to_thread
 import click
 
-from ._app import load_state, progress_bar, run
+from .._storages import DEFAULT
+from ..exceptions import StoreError
+from ._app import load_state, pick_storage, progress_bar, run, storage_option
 
 if TYPE_CHECKING:
     from .._background import Background
     from .._spool import Job
+    from ..extension import StoreState
 
-__all__ = ["drain"]
+__all__ = ["OTHERS_FIX", "describe_others", "drain", "split_others"]
 
 # How often to look again at a job another process (or the app's own loop) is delivering.
 _POLL = 0.1
@@ -37,14 +41,41 @@ OTHERS_FIX = (
 )
 
 
-def describe_others(background: Background, others: list[Job]) -> list[str]:
+def split_others(state: StoreState, others: list[Job]) -> tuple[dict[str, list[Job]], list[Job]]:
+    """Of the jobs in ``state``'s spool that are not its own: those of another storage of the
+    same app that spools in the same folder (by its name; its drain delivers them), and the
+    rest, spooled for a store this app does not have."""
+    background = state.provider_class._background
+    assert background is not None
+    here = os.path.realpath(background.spool.path)
+    siblings = [
+        (each.name, other)
+        for each in state.storages.values()
+        if each is not state
+        and (other := each.provider_class._background) is not None
+        and os.path.realpath(other.spool.path) == here
+    ]
+    theirs: dict[str, list[Job]] = {}
+    foreign: list[Job] = []
+    for job in others:
+        owner = next((name for name, other in siblings if other.owns(job.target)), None)
+        if owner is None:
+            foreign.append(job)
+        else:
+            theirs.setdefault(owner, []).append(job)
+    return theirs, foreign
+
+
+def describe_others(state: StoreState, others: list[Job]) -> list[str]:
     """Lines naming the spooled jobs of other destinations, by destination."""
+    background = state.provider_class._background
+    assert background is not None
     by_target: dict[str, list[Job]] = {}
     for job in others:
         by_target.setdefault(job.target, []).append(job)
     lines = [
         f"{len(others)} spooled uploads in {background.spool.path!r} are for another store, "
-        f"not this one ({background.target}):"
+        f"not the storage {state.name!r} ({background.target}):"
     ]
     for target, jobs in sorted(by_target.items()):
         jobs.sort(key=lambda job: job.key)
@@ -74,27 +105,52 @@ async def _deliver(background: Background, job: Job) -> str | None:
 
 
 @click.command()
+@storage_option("Drain only this storage (default: every one with background uploads on).")
 @click.pass_context
-def drain(ctx: click.Context) -> None:
+def drain(ctx: click.Context, storage: str | None) -> None:
     """Deliver the spooled background uploads now (STORE_BACKGROUND), with progress.
 
-    Uploads another worker is delivering are waited for, not sent twice. Exits with status 1
-    if some could not be delivered (they stay spooled; the message says why), or if some were
-    spooled for another store (another provider, bucket or STORE_PATH): they are named.
+    Every storage of the app with background uploads on is drained, each from its own spool,
+    unless --storage names one. Uploads another worker is delivering are waited for, not sent
+    twice. Exits with status 1 if some could not be delivered (they stay spooled; the message
+    says why), or if some were spooled for another store (another provider, bucket or
+    STORE_PATH): they are named.
     """
     state = load_state(ctx)
-    background = state.provider_class._background
-    if background is None:
-        click.echo("STORE_BACKGROUND is off: no uploads are spooled")
-        return
+    if storage is None:
+        chosen = [s for s in state.storages.values() if s.provider_class._background]
+        if not chosen:
+            every = " for every storage" if len(state.storages) > 1 else ""
+            click.echo(f"STORE_BACKGROUND is off{every}: no uploads are spooled")
+            return
+    else:
+        chosen = [pick_storage(state, storage)]
+        if chosen[0].provider_class._background is None:
+            name = chosen[0].name
+            off = "STORE_BACKGROUND" if name == DEFAULT else f"STORE_STORAGES[{name!r}]: BACKGROUND"
+            click.echo(f"{off} is off: no uploads are spooled")
+            return
+    failed = [each.name for each in chosen if not _drain(each, alone=storage is not None)]
+    if failed:
+        raise SystemExit(1)
 
+
+def _drain(state: StoreState, *, alone: bool) -> bool:
+    """Drain one storage's spool and report, each line naming it; whether all went well.
+    ``alone``: the only storage drained, so the uploads of another storage in its spool are
+    pointed out (otherwise that storage's drain delivers them)."""
+    background = state.provider_class._background
+    assert background is not None
+    name = state.name
+    # Each line names the storage, unless it is the app's only one (the seed's lines).
+    say = f"{name}: " if len(state.storages) > 1 else ""
     others: list[Job] = []
 
     async def main() -> dict[str, str]:
         jobs, foreign = await background.jobs()
         others.extend(foreign)
         failed: dict[str, str] = {}
-        bar = progress_bar(sum(job.size for job in jobs), f"{len(jobs)} uploads")
+        bar = progress_bar(sum(job.size for job in jobs), f"{say}{len(jobs)} uploads")
         limiter = anyio.CapacityLimiter(background.concurrency)
 
         async def one(job: Job) -> None:
@@ -111,7 +167,7 @@ def drain(ctx: click.Context) -> None:
                     tg.start_soon(one, job)
         finally:
             bar.close()
-        click.echo(f"delivered {len(jobs) - len(failed)} of {len(jobs)} spooled uploads")
+        click.echo(f"{say}delivered {len(jobs) - len(failed)} of {len(jobs)} spooled uploads")
         return failed
 
     try:
@@ -119,11 +175,20 @@ def drain(ctx: click.Context) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted: what was not delivered stays spooled; run it again")
         raise SystemExit(130) from None
+    except StoreError as exc:
+        click.echo(f"{say}failed: {exc}")
+        return False
     for key, error in sorted(failed.items()):
-        click.echo(f"not delivered: {key}: {error}")
-    if others:
-        for line in describe_others(background, others):
-            click.echo(line)
-        click.echo(f"fix: {OTHERS_FIX}")
-    if failed or others:
-        raise SystemExit(1)
+        click.echo(f"{say}not delivered: {key}: {error}")
+    theirs, foreign = split_others(state, others)
+    if alone:
+        for sibling, jobs in sorted(theirs.items()):
+            click.echo(
+                f"{say}{len(jobs)} uploads in the same spool are the storage {sibling!r}'s: "
+                f"'store drain --storage {sibling}' delivers them"
+            )
+    if foreign:
+        for line in describe_others(state, foreign):
+            click.echo(f"{say}{line}")
+        click.echo(f"{say}fix: {OTHERS_FIX}")
+    return not (failed or foreign)

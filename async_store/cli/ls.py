@@ -6,28 +6,35 @@ import os
 
 import click
 
+from .._storages import DEFAULT
 from ..exceptions import StoreError
-from ._app import human_size, load_state, run
+from ._app import human_size, keys_of, load_state, pick_storage, run, storage_option
 
 
 @click.command()
 @click.argument("prefix", default="")
 @click.option("-h", "--human", is_flag=True, help="Sizes in KiB, MiB, … instead of bytes.")
+@storage_option("The storage to list (default: 'default', the one of the STORE_* keys).")
 @click.pass_context
-def ls(ctx: click.Context, prefix: str, human: bool) -> None:
+def ls(ctx: click.Context, prefix: str, human: bool, storage: str | None) -> None:
     """List stored files whose path starts with PREFIX ('avatars/' for a folder).
 
     One line per file: size, modification time (UTC) and the relative path, which is what
-    store.Provider(path) takes and a StoreType column holds. A last line counts them.
+    store.Provider(path) (store['NAME'].Provider(path) for the storage NAME) takes and a
+    StoreType column holds. A last line counts them.
     """
-    state = load_state(ctx)
+    state = pick_storage(load_state(ctx), storage)
     provider = state.provider_class
     if provider.config_backend == "local" and not os.path.isdir(state.config.path):
         # A local store is created by its first save: a missing folder is a store that has
         # never stored anything, or a mistyped STORE_PATH. Say which path, create nothing.
+        where = "" if state.name == DEFAULT else f"STORE_STORAGES[{state.name!r}]: "
         raise click.ClickException(
-            f"STORE_PATH {state.config.path!r} does not exist: nothing has been stored there "
-            f"yet, or STORE_PATH is mistyped"
+            keys_of(
+                state,
+                f"{where}STORE_PATH {state.config.path!r} does not exist: nothing has been "
+                f"stored there yet, or STORE_PATH is mistyped",
+            )
         )
 
     async def listing() -> tuple[int, int]:

@@ -18,16 +18,27 @@ from urllib.parse import urlsplit
 import anyio
 import click
 
+from .._background import destination
 from .._sources import Source, SourceFailure
+from .._storages import DEFAULT
 from ..config import parse_value
 from ..exceptions import StoreError
 from ..providers.base import NoFreeName
-from ._app import human_size, load_state, progress_bar, run, store_for_config
+from ._app import (
+    human_size,
+    load_state,
+    pick_storage,
+    progress_bar,
+    run,
+    storage_option,
+    store_for_config,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
     from ..config import StoreConfig
+    from ..extension import StoreState
     from ..providers.base import Provider, StoredFile
 
 __all__ = ["Migration", "Tally", "migrate", "target_config"]
@@ -131,9 +142,11 @@ class Migration:
         return digests["source"] == digests["target"]
 
 
-def _identity(config: StoreConfig, provider: type[Provider]) -> tuple[Any, ...]:
-    keys = ("STORE_PATH", "STORE_S3_BUCKET", "STORE_S3_ENDPOINT_URL")
-    return (provider.__mro__[1].__name__, *(config.get(k) for k in keys))
+def _place(provider: type[Provider]) -> tuple[str, str]:
+    """Where a provider's files are: its backend's identity (kind, bucket or folder, prefix),
+    and the S3 endpoint it is reached at; one bucket name on two servers is two places."""
+    endpoint = str(provider.config.get("STORE_S3_ENDPOINT_URL") or "").rstrip("/")
+    return destination(provider), endpoint
 
 
 def target_config(to: str, options: tuple[str, ...], source: StoreConfig) -> dict[str, Any]:
@@ -167,7 +180,6 @@ def target_config(to: str, options: tuple[str, ...], source: StoreConfig) -> dic
 @click.option(
     "--to",
     "to",
-    required=True,
     metavar="TARGET",
     help="Where to copy to: s3://BUCKET[/PREFIX] or a local folder.",
 )
@@ -176,42 +188,66 @@ def target_config(to: str, options: tuple[str, ...], source: StoreConfig) -> dic
     "to_config",
     multiple=True,
     metavar="STORE_KEY=VALUE",
-    help="Another STORE_* key of the destination (repeat it), such as "
+    help="Another STORE_* key of the --to destination (repeat it), such as "
     "STORE_S3_ENDPOINT_URL=http://127.0.0.1:8333 or STORE_S3_REGION=eu-west-1.",
 )
+@click.option(
+    "--to-storage",
+    "to_storage",
+    metavar="NAME",
+    help="Copy to another storage of the app instead (a STORE_STORAGES name, or 'default').",
+)
+@storage_option("The storage to copy from (default: 'default', the one of the STORE_* keys).")
 @click.option("--prefix", default="", help="Only the files whose path starts with this.")
 @click.option(
     "--jobs", default=4, show_default=True, type=click.IntRange(1, 64), help="Files copied at once."
 )
 @click.pass_context
 def migrate(
-    ctx: click.Context, to: str, to_config: tuple[str, ...], prefix: str, jobs: int
+    ctx: click.Context,
+    to: str | None,
+    to_config: tuple[str, ...],
+    to_storage: str | None,
+    storage: str | None,
+    prefix: str,
+    jobs: int,
 ) -> None:
-    """Copy every stored file to another provider (local disk to S3, S3 to local, …).
+    """Copy every stored file to another provider (local disk to S3, S3 to local, …) with
+    --to, or to another storage of the app with --to-storage.
 
     Every file keeps its relative path, so StoreType columns and other saved paths need no
-    rewrite: once it is done, point STORE_PROVIDER / STORE_PATH / STORE_S3_* at the destination.
-    Files already there with the same size and SHA-256 are skipped, so an interrupted run
-    resumes when started again; a file there with other content is never overwritten (it is
-    reported as a conflict). Each copy appears at its path only once complete.
+    rewrite: once it is done, point STORE_PROVIDER / STORE_PATH / STORE_S3_* at the destination
+    (or the columns at the other storage). Files already there with the same size and SHA-256
+    are skipped, so an interrupted run resumes when started again; a file there with other
+    content is never overwritten (it is reported as a conflict). Each copy appears at its path
+    only once complete.
 
-    S3 credentials of the destination come from --to-config STORE_S3_ACCESS_KEY=… and
+    S3 credentials of a --to destination come from --to-config STORE_S3_ACCESS_KEY=… and
     STORE_S3_SECRET_KEY=…, else from boto's credential chain; from S3 to S3 the source's
     STORE_S3_* keys are the default.
     """
-    state = load_state(ctx)
-    source = state.provider_class
-    try:
-        target = store_for_config(target_config(to, to_config, state.config)).provider_class
-    except StoreError as exc:
-        raise click.ClickException(f"the destination's configuration is wrong: {exc}") from exc
-    if _identity(source.config, source) == _identity(target.config, target):
-        raise click.UsageError("the destination is the store itself")
-    if source._background is not None and (pending := source._background.spool.job_ids()):
-        click.echo(
-            f"warning: {len(pending)} background uploads are still spooled and are not copied; "
-            f"run 'store drain' first"
+    if (to is None) == (to_storage is None):
+        raise click.UsageError("give where to copy to: --to TARGET or --to-storage NAME (one)")
+    if to_storage is not None and to_config:
+        raise click.UsageError(
+            "--to-config is for --to: the keys of a storage are set in the app's config"
         )
+    state = load_state(ctx)
+    from_state = pick_storage(state, storage)
+    source = from_state.provider_class
+    if to_storage is not None:
+        target, where = _storage_target(from_state, to_storage), f"the storage {to_storage!r}"
+    else:
+        assert to is not None
+        try:
+            config = target_config(to, to_config, from_state.config)
+            target = store_for_config(config).provider_class
+        except StoreError as exc:
+            raise click.ClickException(f"the destination's configuration is wrong: {exc}") from exc
+        where = to
+        if _place(source) == _place(target):
+            raise click.UsageError("the destination is the store itself")
+    _warn_spooled(from_state)
     bar = None
     migration = Migration(source, target, jobs=jobs, on_bytes=lambda n: bar and bar.update(n))
 
@@ -233,12 +269,46 @@ def migrate(
     except KeyboardInterrupt:
         click.echo(f"interrupted after copying {tally.copied} files: run it again to resume")
         raise SystemExit(130) from None
-    _summary(tally, to)
+    _summary(tally, where, to_storage)
     if tally.conflicts or tally.failed:
         raise SystemExit(1)
 
 
-def _summary(tally: Tally, to: str) -> None:
+def _storage_target(source: StoreState, name: str) -> type[Provider]:
+    """The provider class of the app's storage ``name``, which is not ``source`` itself.
+
+    :raises click.UsageError: for an unknown name (listing the storages), the source storage, or
+        a storage that keeps its files where the source does.
+    """
+    try:
+        target = source.storage(name)
+    except StoreError as exc:
+        raise click.BadParameter(str(exc), param_hint="--to-storage") from None
+    if target is source:
+        raise click.UsageError(
+            f"--to-storage {name!r} is the storage the files are copied from: name another one "
+            f"(or pick the source with --storage)"
+        )
+    if _place(source.provider_class) == _place(target.provider_class):
+        raise click.UsageError(
+            f"the storages {source.name!r} and {name!r} keep their files in the same place "
+            f"({destination(source.provider_class)}): the destination is the store itself"
+        )
+    return target.provider_class
+
+
+def _warn_spooled(state: StoreState) -> None:
+    """Background uploads still spooled are not stored yet, so not copied: say so."""
+    background = state.provider_class._background
+    if background is not None and (pending := background.spool.job_ids()):
+        drain = "store drain" if state.name == DEFAULT else f"store drain --storage {state.name}"
+        click.echo(
+            f"warning: {len(pending)} background uploads are still spooled and are not copied; "
+            f"run '{drain}' first"
+        )
+
+
+def _summary(tally: Tally, to: str, to_storage: str | None) -> None:
     click.echo(
         f"copied {tally.copied} files ({human_size(tally.copied_bytes)}) to {to}, skipped "
         f"{tally.skipped} already there, {len(tally.conflicts)} conflicts, "
@@ -248,8 +318,15 @@ def _summary(tally: Tally, to: str) -> None:
         click.echo(f"conflict: {path} is there with other content (left as it is)")
     for line in tally.failed:
         click.echo(f"failed: {line}")
-    if not (tally.conflicts or tally.failed):
+    if tally.conflicts or tally.failed:
+        return
+    if to_storage is None:
         click.echo(
             "Relative paths are unchanged, so StoreType columns need no rewrite: point the "
             "app's STORE_* config at the destination."
+        )
+    else:
+        click.echo(
+            f"Relative paths are unchanged, so StoreType columns need no rewrite: point them at "
+            f"the storage (StoreType(storage={to_storage!r}))."
         )
