@@ -24,7 +24,7 @@ from .exceptions import (
     UploadError,
     UploadTooLargeError,
 )
-from .extension import Store, StoreState, store_provider
+from .extension import AsyncStore, Store, StoreState, SyncStore, store_provider
 from .providers.base import Provider
 from .providers.local import LocalProvider
 from .sync import SyncFile, SyncProvider
@@ -32,6 +32,7 @@ from .sync import SyncFile, SyncProvider
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncStore",
     "BadUploadError",
     "LocalProvider",
     "NotConfiguredError",
@@ -46,6 +47,7 @@ __all__ = [
     "StoredForm",
     "SyncFile",
     "SyncProvider",
+    "SyncStore",
     "UnsafePathError",
     "UploadError",
     "UploadTooLargeError",

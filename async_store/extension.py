@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, cast, overload
 
 from ._background import Background
 from ._cli_hook import register_commands
@@ -27,13 +27,30 @@ from .serve import register_route
 from .sync import PortalOwner
 from .sync import SyncProvider as _SyncProvider
 
+if sys.version_info >= (3, 13):
+    from typing import TypeVar
+else:  # TypeVar(default=...): PEP 696
+    from typing_extensions import TypeVar
+
 if TYPE_CHECKING:
+    from flask import Flask
     from flask.sansio.app import App
+    from quart import Quart
 
     from .config import StoreConfig
-    from .providers.base import Provider as _Provider
+from .providers.base import Provider as _Provider
 
-__all__ = ["Store", "StoreState", "store_provider"]
+__all__ = ["AsyncStore", "Store", "StoreState", "SyncStore", "store_provider"]
+
+#: What ``store.Provider`` is: the async provider class for a Quart app's Store, the sync shim's
+#: for a Flask app's; either, for a ``Store()`` made before its app (annotate it:
+#: ``store: AsyncStore = Store()``).
+P = TypeVar(
+    "P",
+    bound="type[_Provider] | type[_SyncProvider]",
+    default="type[_Provider] | type[_SyncProvider]",
+    covariant=True,
+)
 
 EXTENSION_KEY = "store"
 
@@ -53,7 +70,7 @@ def _current_app() -> App | None:
 
 
 @dataclass(eq=False)
-class StoreState:
+class StoreState(Generic[P]):
     """What ``init_app`` set up for one storage of an app: the default storage's is in
     ``app.extensions['store']``, every storage's in its :attr:`storages`."""
 
@@ -69,7 +86,7 @@ class StoreState:
     #: key.
     name: str = DEFAULT
     #: The app's storages by name, this one included.
-    storages: dict[str, StoreState] = field(default_factory=dict, repr=False)
+    storages: dict[str, StoreState[P]] = field(default_factory=dict, repr=False)
 
     async def startup(self) -> None:
         """Run in a long-lived loop before it stores files (Quart's before_serving)."""
@@ -84,9 +101,9 @@ class StoreState:
         await self.provider_class.shutdown()
 
     @property
-    def Provider(self) -> type[_Provider] | type[_SyncProvider]:
+    def Provider(self) -> P:
         """This storage's provider class: async in Quart, the sync shim in Flask."""
-        return self.provider_class if self.is_async else self.sync_provider_class
+        return cast("P", self.provider_class if self.is_async else self.sync_provider_class)
 
     @property
     def AsyncProvider(self) -> type[_Provider]:
@@ -103,7 +120,7 @@ class StoreState:
         Flask)."""
         return self.Provider.save_request(request, **options)
 
-    def storage(self, name: str) -> StoreState:
+    def storage(self, name: str) -> StoreState[P]:
         """Another storage of the same app.
 
         :raises StoreError: naming the storages there are, when none is called ``name``.
@@ -117,7 +134,7 @@ class StoreState:
         return found
 
 
-class Store:
+class Store(Generic[P]):
     """The async_store extension for Quart and Flask.
 
     ::
@@ -128,10 +145,21 @@ class Store:
         provider = store.AsyncProvider(upload)  # async anywhere (Flask async def views too)
 
     :param app: an app to set up now; omit it and call :meth:`init_app` later.
+
+    Typed: ``Store(quart_app).Provider`` is the async provider class, ``Store(flask_app)``'s
+    the sync shim's; a ``Store()`` made before its app says which in its annotation
+    (``store: AsyncStore = Store()``, or ``SyncStore``).
     """
 
+    @overload
+    def __init__(self: Store[type[_Provider]], app: Quart) -> None: ...
+    @overload
+    def __init__(self: Store[type[_SyncProvider]], app: Flask) -> None: ...
+    @overload
+    def __init__(self, app: App | None = None) -> None: ...
+
     def __init__(self, app: App | None = None) -> None:
-        self._states: list[StoreState] = []
+        self._states: list[StoreState[Any]] = []
         self._portal = PortalOwner(self._start_sync_loop, self._stop_sync_loop)
         self._default_app: App | None = None
         if app is not None:
@@ -154,7 +182,7 @@ class Store:
         for key, value in read[0][3].items():  # the app shows what is in force
             app.config.setdefault(key, value)
         is_async = _is_async_app(app)
-        storages: dict[str, StoreState] = {}
+        storages: dict[str, StoreState[Any]] = {}
         for spec, provider_class, config, _ in read:
             bound = provider_class.bind(config)
             if config["STORE_BACKGROUND"]:
@@ -268,7 +296,7 @@ class Store:
 
     # --- per-app lookups --------------------------------------------------------------------------
 
-    def state(self, app: App | None = None, storage: str = DEFAULT) -> StoreState:
+    def state(self, app: App | None = None, storage: str = DEFAULT) -> StoreState[P]:
         """The :class:`StoreState` of a storage (default: the ``STORE_*`` keys' one) of
         ``app``, else of the current app, else of ``Store(app)``'s.
 
@@ -281,12 +309,12 @@ class Store:
                 "No app: use the Store inside a request or app context (with app.app_context()), "
                 "or create it with Store(app)."
             )
-        state = app.extensions.get(EXTENSION_KEY)
+        state: StoreState[P] | None = app.extensions.get(EXTENSION_KEY)
         if not isinstance(state, StoreState) or state.store is not self:
             raise StoreError(f"This Store is not registered on {app!r}: call store.init_app(app).")
         return state if storage == DEFAULT else state.storage(storage)
 
-    def __getitem__(self, storage: str) -> StoreState:
+    def __getitem__(self, storage: str) -> StoreState[P]:
         """A storage of the current app: ``store['documents'].Provider(upload)``.
 
         :raises StoreError: when the app has no storage of that name.
@@ -294,7 +322,7 @@ class Store:
         return self.state(storage=storage)
 
     @property
-    def Provider(self) -> Any:
+    def Provider(self) -> P:
         """The current app's provider class: async in Quart, the sync shim in Flask."""
         return self.state().Provider
 
@@ -329,6 +357,12 @@ class Store:
         self._portal.close()
 
 
+#: A Store of a Quart app (``store.Provider`` is async), for a ``Store()`` made before its app.
+AsyncStore = Store[type[_Provider]]
+#: A Store of a Flask app (``store.Provider`` is the sync shim).
+SyncStore = Store[type[_SyncProvider]]
+
+
 class _Scratch:
     """An app's folders and a copy of its config, for provider hooks that set defaults
     (``app_defaults``) without touching the app itself."""
@@ -339,13 +373,13 @@ class _Scratch:
         self.instance_path = app.instance_path
 
 
-def current_state(who: str, storage: str = DEFAULT) -> StoreState:
+def current_state(who: str, storage: str = DEFAULT) -> StoreState[Any]:
     """The :class:`StoreState` of a storage of the current app, whichever Store registered it.
 
     :raises StoreError: naming ``who`` when there is no app context or the app has no Store.
     """
     app = _current_app()
-    state = app.extensions.get(EXTENSION_KEY) if app is not None else None
+    state: StoreState[Any] | None = app.extensions.get(EXTENSION_KEY) if app is not None else None
     if not isinstance(state, StoreState):
         raise StoreError(
             f"{who} needs an app context of an app with a Store, to know where files live: "
