@@ -1,38 +1,34 @@
-"""What ``Provider(fp)`` accepts, turned into one thing that yields chunks.
+"""The write loop: a :class:`Source` streamed into a file, cleaned up on any failure or cancel.
 
-Blocking sources (a Werkzeug or Quart ``FileStorage``, an open binary file, a path, bytes, a plain
-iterator of bytes) are read in a worker thread: a provider that writes to disk copies them in one
-thread hop (see ``LocalProvider``); others pull chunks, one hop per chunk. Async sources (an async
-iterator of bytes, an object with ``async read()``) are read on the event loop.
+``write_source`` copies a source into the file a backend opens and publishes, in as few
+worker-thread hops as the source allows; ``Guard`` orders those blocking steps against the
+cleanup, and ``finish_anyway`` runs a cleanup to its end even when its task is cancelled again.
 
-Quart's ``FileStorage.save`` is async and slow (16 KiB per step); its ``.stream`` is an ordinary
-spooled file, so it is read like Werkzeug's.
+The source types themselves (what ``Provider(fp)`` accepts, ``to_source``) are in
+``_source_types``; they are re-exported here, where the rest of the package imports them from.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
-import os
 import threading
-import weakref
-from collections.abc import (
-    AsyncIterable,
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Iterable,
-    Iterator,
-)
-from inspect import iscoroutinefunction
-from tempfile import SpooledTemporaryFile
-from typing import IO, Any, Protocol, TypeVar, Union, runtime_checkable
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
+from ._source_types import (
+    AsyncReadable,
+    FileLike,
+    Source,
+    SourceFailure,
+    SourceInput,
+    to_source,
+)
 from ._threads import run_blocking, run_small
-from .exceptions import StoreError
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
 __all__ = [
     "AsyncReadable",
@@ -47,248 +43,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-
-class SourceFailure(Exception):
-    """Carries an error raised while *reading* the upload (a client that went away, a broken
-    generator) past the provider's backend-error mapping: it is the caller's error, not the
-    store's, and ``Provider.save`` re-raises the original unchanged."""
-
-    def __init__(self, error: Exception) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-@runtime_checkable
-class FileLike(Protocol):
-    """Anything with a blocking ``read(size)`` (and, optionally, a ``filename`` or ``name``)."""
-
-    def read(self, size: int = -1, /) -> bytes: ...
-
-
-@runtime_checkable
-class AsyncReadable(Protocol):
-    """Anything with ``async read(size)``: an aiofiles file, an asyncio ``StreamReader``…"""
-
-    async def read(self, size: int = -1, /) -> bytes: ...
-
-
-#: Everything ``Provider(fp)`` takes as a new file (a ``str`` instead names a stored file).
-SourceInput = Union[
-    "os.PathLike[str]",
-    bytes,
-    bytearray,
-    memoryview,
-    FileLike,
-    AsyncReadable,
-    AsyncIterable[bytes],
-    Iterable[bytes],
-]
-
-
-# The caller's upload objects (a FileStorage's stream, a file, an iterator) that a save has
-# read, with where their content began. The same upload given to two saves (assigned to two
-# rows, passed to two Providers) would otherwise store an empty file the second time: a seekable
-# one is read again from its start, a one-shot stream is refused. Objects without weak
-# references (a list iterator) are known by id while the Source that read them lives.
-_read: weakref.WeakKeyDictionary[object, int | None] = weakref.WeakKeyDictionary()
-_read_by_id: weakref.WeakValueDictionary[int, Source] = weakref.WeakValueDictionary()
-_read_lock = threading.Lock()
-_TEXT_CHUNK = "the upload yields str, not bytes: yield text.encode() (files are stored as bytes)"
-
-
-def _first_read(origin: object, source: Source) -> tuple[bool, int | None]:
-    """Record that ``source`` reads ``origin``: ``(True, start)`` if another Source read it
-    before, and where its content began then."""
-    with _read_lock:
-        try:
-            if origin in _read:
-                return True, _read[origin]
-            _read[origin] = source._start
-            return False, None
-        except TypeError:  # no weak references to it
-            earlier = _read_by_id.get(id(origin))
-            if earlier is not None and earlier._origin is origin:
-                return True, earlier._start
-            _read_by_id[id(origin)] = source
-            return False, None
-
-
-class Source:
-    """A normalised upload: a name and its content as chunks, read at most once."""
-
-    def __init__(
-        self,
-        filename: str | None,
-        *,
-        blocking: Iterable[bytes] | None = None,
-        file: IO[bytes] | None = None,
-        path: str | None = None,
-        chunks: AsyncIterable[bytes] | None = None,
-        origin: object = None,
-    ) -> None:
-        self.filename = filename
-        self._file = file
-        self._path = path
-        self._iterable = blocking
-        self._chunks = chunks
-        #: The caller's object whose content this is, when reading it uses it up.
-        self._origin = origin
-        self.used = False
-        self._rewound = False
-        self._start: int | None = None
-        if file is not None:
-            try:
-                self._start = file.tell() if file.seekable() else None
-            except (AttributeError, OSError, ValueError):
-                self._start = None
-
-    def rewind(self) -> bool:
-        """Make the content readable again, if it can be (a path, a seekable file)."""
-        if self._path is None and self._start is None:
-            return False
-        if self._file is not None and self._start is not None:
-            self._file.seek(self._start)
-        self.used = False
-        self._rewound = True  # read again by its own save (a lost name race), not another
-        return True
-
-    @property
-    def size(self) -> int | None:
-        """The size still to read when the content is in memory (else None: finding out could
-        block)."""
-        file = self._file
-        if file is None or self.used:
-            return None
-        if isinstance(file, SpooledTemporaryFile):
-            # What Werkzeug and Quart give an upload: in memory until 500 KiB, then on disk.
-            if getattr(file, "_rolled", True):
-                return None
-            file = file._file
-        if isinstance(file, io.BytesIO):
-            with file.getbuffer() as view:
-                return max(view.nbytes - file.tell(), 0)
-        return None
-
-    @property
-    def is_blocking(self) -> bool:
-        """True when reading needs a worker thread (use :meth:`blocking_chunks` there)."""
-        return self._chunks is None
-
-    def _take(self) -> None:
-        if self.used:
-            raise RuntimeError("an upload source can be read only once")
-        self.used = True
-        origin = self._origin
-        if origin is None or self._rewound:
-            return
-        again, start = _first_read(origin, self)
-        if not again:
-            return
-        if self._file is None or start is None:
-            raise StoreError(
-                f"the upload {self.filename or type(origin).__name__!r} was already read by "
-                f"another save (the same upload stored twice?) and cannot be read again: save "
-                f"it once and reuse that provider (or its relative_path), or pass bytes, a path "
-                f"or a seekable file"
-            )
-        self._file.seek(start)  # the same upload saved again: all of it, not what is left
-        self._start = start
-
-    def blocking_chunks(self, size: int) -> Iterator[bytes]:
-        """Yield the content; call it from a worker thread, it blocks."""
-        self._take()
-        try:
-            yield from self._blocking_chunks(size)
-        except Exception as exc:
-            raise SourceFailure(exc) from exc
-
-    def _blocking_chunks(self, size: int) -> Iterator[bytes]:
-        if self._path is not None:
-            with open(self._path, "rb") as f:
-                yield from iter(lambda: f.read(size), b"")
-        elif self._file is not None:
-            yield from iter(lambda: self._file.read(size), b"")  # type: ignore[union-attr]
-        else:
-            assert self._iterable is not None
-            for chunk in self._iterable:
-                if isinstance(chunk, str):
-                    raise TypeError(_TEXT_CHUNK)
-                if chunk:
-                    yield bytes(chunk)
-
-    async def chunks(self, size: int) -> AsyncIterator[bytes]:
-        """Yield the content on the event loop (blocking sources cost a thread hop a chunk)."""
-        if self._chunks is not None:
-            self._take()
-            try:
-                async for chunk in self._chunks:
-                    if isinstance(chunk, str):
-                        raise TypeError(_TEXT_CHUNK)
-                    if chunk:
-                        yield bytes(chunk)
-            except Exception as exc:
-                raise SourceFailure(exc) from exc
-            return
-        iterator = self.blocking_chunks(size)
-        sentinel = b""
-        while chunk := await run_blocking(next, iterator, sentinel):
-            yield chunk
-
-
-async def _read_all(reader: AsyncReadable, size: int) -> AsyncIterator[bytes]:
-    while chunk := await reader.read(size):
-        yield chunk
-
-
-def _name_of(obj: Any) -> str | None:
-    for attr in ("filename", "name"):
-        value = getattr(obj, attr, None)
-        if isinstance(value, (str, bytes)) and value:
-            return os.path.basename(os.fsdecode(value))
-    return None
-
-
-def to_source(fp: Any, filename: str | None = None, chunk_size: int = 1024 * 1024) -> Source:
-    """Normalise anything ``Provider(fp)`` accepts.
-
-    :param filename: overrides the name the input carries (the client's name, a path's basename).
-    :raises TypeError: for anything else, ``None`` included (a missing form field).
-    """
-    stream = getattr(fp, "stream", None)
-    if stream is not None and hasattr(fp, "filename"):  # Werkzeug's or Quart's FileStorage
-        return Source(filename or fp.filename, file=stream, origin=stream)
-    if isinstance(fp, os.PathLike):
-        path = os.fspath(fp)
-        return Source(filename or os.path.basename(path), path=path)
-    if isinstance(fp, (bytes, bytearray, memoryview)):
-        return Source(filename, file=io.BytesIO(fp))
-    if isinstance(fp, io.TextIOBase):
-        raise TypeError(
-            f"Provider() got a file opened in text mode ({_name_of(fp) or type(fp).__name__}): "
-            f"open it with 'rb'; files are stored byte for byte"
-        )
-    read = getattr(fp, "read", None)
-    if read is not None:
-        name = filename or _name_of(fp)
-        if iscoroutinefunction(read):
-            return Source(name, chunks=_read_all(fp, chunk_size), origin=fp)
-        return Source(name, file=fp, origin=fp)
-    if isinstance(fp, AsyncIterable):
-        # An async iterator is used up by reading; an iterable that makes new ones is not.
-        return Source(filename, chunks=fp, origin=fp if isinstance(fp, AsyncIterator) else None)
-    if isinstance(fp, Iterable) and not isinstance(fp, (str, dict)):
-        return Source(filename, blocking=fp, origin=fp if isinstance(fp, Iterator) else None)
-    if fp is None:
-        raise TypeError(
-            "Provider() got None instead of a file: was the upload field missing from the form? "
-            "(request.files.get(...) returns None for a missing field)"
-        )
-    raise TypeError(
-        f"Provider() cannot store a {type(fp).__name__}: pass a FileStorage, a path "
-        f"(pathlib.Path), bytes, a binary file, or an (async) iterator of bytes; a str names a "
-        f"file that is already stored."
-    )
 
 
 async def write_source(
