@@ -20,6 +20,7 @@ from ._cli_hook import register_commands
 from ._limits import install as describe_413s
 from ._paths import load_mimetypes
 from ._storages import DEFAULT, StorageSpec, check_apart, named_error, storage_specs
+from .backends.background import BackgroundBackend, background_of
 from .config import Folders, defaults, read_config
 from .exceptions import NotConfiguredError, StoreError
 from .providers import get_provider_class
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from flask.sansio.app import App
     from quart import Quart
 
+    from .backends.base import Backend
     from .config import StoreConfig
 from .providers.base import Provider as _Provider
 
@@ -89,16 +91,19 @@ class StoreState(Generic[P]):
     storages: dict[str, StoreState[P]] = field(default_factory=dict, repr=False)
 
     async def startup(self) -> None:
-        """Run in a long-lived loop before it stores files (Quart's before_serving)."""
+        """Run in a long-lived loop before it stores files (Quart's before_serving): the
+        backend's clients for it (and its background deliveries)."""
         await self.provider_class.startup()
-        if self.provider_class._background is not None:
-            await self.provider_class._background.startup()
 
     async def shutdown(self) -> None:
         """Run in that loop before it ends: drain background uploads, close clients."""
-        if self.provider_class._background is not None:
-            await self.provider_class._background.shutdown()
         await self.provider_class.shutdown()
+
+    @property
+    def background(self) -> Background | None:
+        """The storage's background uploads (spool, deliveries), if ``STORE_BACKGROUND`` is on."""
+        backend = getattr(self.provider_class, "backend", None)
+        return background_of(backend) if backend is not None else None
 
     @property
     def Provider(self) -> P:
@@ -184,10 +189,7 @@ class Store(Generic[P]):
         is_async = _is_async_app(app)
         storages: dict[str, StoreState[Any]] = {}
         for spec, provider_class, config, _ in read:
-            bound = provider_class.bind(config)
-            if config["STORE_BACKGROUND"]:
-                config["STORE_SPOOL_PATH"] = os.path.join(app.root_path, config["STORE_SPOOL_PATH"])
-                bound._background = Background(config, bound, self._start_fallback_loop)
+            bound = provider_class.bind(config, self._backend(app, provider_class, config))
             storages[spec.name] = StoreState(
                 store=self,
                 config=config,
@@ -216,7 +218,7 @@ class Store(Generic[P]):
             for each in storages.values():
                 app.before_serving(each.startup)  # type: ignore[attr-defined]
                 app.after_serving(each.shutdown)  # type: ignore[attr-defined]
-        elif any(each.provider_class._background for each in storages.values()):
+        elif any(each.background for each in storages.values()):
             # A Flask app has no serving hook: start the shim's loop now, so what an earlier
             # run left spooled is delivered at start, not at the first request.
             self._start_fallback_loop()
@@ -224,6 +226,25 @@ class Store(Generic[P]):
             if each.config["STORE_SERVE_FILES"] and each.provider_class.register_route:
                 register_route(app, each)
         register_commands(app)  # flask store …, quart store …
+
+    def _backend(
+        self, app: App, provider_class: type[_Provider], config: StoreConfig
+    ) -> Backend | None:
+        """A storage's backend: its provider's kind, wrapped for background uploads."""
+        if provider_class.backend_class is None:
+            if config["STORE_BACKGROUND"]:
+                raise NotConfiguredError(
+                    f"STORE_BACKGROUND needs a provider with a backend object, and "
+                    f"{provider_class.__name__} has none (backend_class): give it one, or set "
+                    f"STORE_BACKGROUND = False."
+                )
+            return None
+        backend = provider_class.backend_class(config)
+        if not config["STORE_BACKGROUND"]:
+            return backend
+        config["STORE_SPOOL_PATH"] = os.path.join(app.root_path, config["STORE_SPOOL_PATH"])
+        background = Background(config, backend, self._start_fallback_loop)
+        return BackgroundBackend(backend, background)
 
     # --- the seed's helpers, kept ---------------------------------------------------------------
 

@@ -208,6 +208,7 @@ def test_flask_shim_saves_in_background_and_drains_at_close(
     s3_server: SeaweedFS, bucket: str, spool: Path
 ) -> None:
     app = s3_app("flask", s3_server, bucket, spool)
+    assert isinstance(app, flask.Flask)
     store = Store(app)
 
     @app.post("/upload")
@@ -354,7 +355,7 @@ def test_seed_gevent_path_turns_background_on(spool: Path) -> None:
     )
     store = Store(app)
     assert app.config["STORE_BACKGROUND"] is True
-    assert store.AsyncProvider._background is not None
+    assert store.state(app).background is not None
     store.close()
 
 

@@ -76,7 +76,7 @@ async def test_a_save_cancelled_while_publishing_leaves_no_file(
 
 
 async def test_a_background_save_cancelled_while_its_job_is_published_uploads_nothing(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The same for background mode: a job published for a caller that got no answer would be
     delivered behind its back, an orphan in the bucket."""
@@ -91,7 +91,9 @@ async def test_a_background_save_cancelled_while_its_job_is_published_uploads_no
     publishing = asyncio.Event()
     loop = asyncio.get_running_loop()
     async with app.app_context():
-        spool = store.AsyncProvider._background.spool
+        background = store.state().background
+        assert background is not None
+        spool = background.spool
         write_job = spool.write_job
 
         def slow_write_job(*args: Any) -> None:
@@ -99,7 +101,7 @@ async def test_a_background_save_cancelled_while_its_job_is_published_uploads_no
             time.sleep(0.3)
             write_job(*args)
 
-        spool.write_job = slow_write_job
+        monkeypatch.setattr(spool, "write_job", slow_write_job)
         task = asyncio.ensure_future(store.AsyncProvider(b"x" * 5000, filename="a.txt").save())
         await asyncio.wait_for(publishing.wait(), 5)
         for _ in range(2):
@@ -107,10 +109,10 @@ async def test_a_background_save_cancelled_while_its_job_is_published_uploads_no
             await asyncio.sleep(0)
         with pytest.raises(asyncio.CancelledError):
             await task
-        spool.write_job = write_job
+        monkeypatch.setattr(spool, "write_job", write_job)
         # A save after it is delivered as usual: the cancelled one never appears.
         await store.AsyncProvider(b"kept", filename="b.txt").save()
-        spooled = store.AsyncProvider._background.spool.job_ids
+        spooled = spool.job_ids
         deadline = time.monotonic() + 5
         while (spooled() or not store_path.exists()) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)

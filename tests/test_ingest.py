@@ -18,7 +18,9 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+import flask
 import pytest
+import quart
 
 from async_store import BadUploadError, Store, StoreError, UploadTooLargeError
 
@@ -56,18 +58,21 @@ class Client:
             }
 
         if kind == "quart":
+            assert isinstance(app, quart.Quart)
 
             @app.post("/up")
             async def up_quart() -> Any:
                 return report(await store.save_request(**self.options))
 
         elif kind == "flask":
+            assert isinstance(app, flask.Flask)
 
             @app.post("/up")
             def up_flask() -> Any:
                 return report(store.save_request(**self.options))
 
         else:
+            assert isinstance(app, flask.Flask)
 
             @app.post("/up")
             async def up_flask_async() -> Any:
@@ -378,17 +383,21 @@ async def test_quart_buffers_at_most_about_a_mebibyte_of_a_streamed_body(
     from async_store import LocalProvider
     from async_store._quart import QUEUE_MESSAGES
     from async_store._sources import Source
+    from async_store.backends.local import LocalBackend
 
-    class SlowDisk(LocalProvider):
+    class SlowBackend(LocalBackend):
         """A disk slower than the network: the consumer falls behind."""
 
-        async def _save(self, location: str, names: Any, source: Source) -> str:
+        async def write(self, location: str, names: Any, source: Source) -> str:
             async def slow() -> Any:
                 async for chunk in source.chunks(65536):
                     await anyio.sleep(0.002)
                     yield chunk
 
-            return await super()._save(location, names, Source(source.filename, chunks=slow()))
+            return await super().write(location, names, Source(source.filename, chunks=slow()))
+
+    class SlowDisk(LocalProvider):
+        backend_class = SlowBackend
 
     app = make_app("quart", store_path, MAX_CONTENT_LENGTH=None, STORE_PROVIDER=SlowDisk)
     store = Store(app)
@@ -442,7 +451,8 @@ async def test_quart_buffers_at_most_about_a_mebibyte_of_a_streamed_body(
         "extensions": {},
     }
     with anyio.fail_after(60):
-        await app(scope, receive, send)
+        # Hand-made ASGI messages: plain dicts, not hypercorn's TypedDicts (every key required).
+        await app(scope, receive, send)  # type: ignore[arg-type]
     store.close()
     assert sent[0]["status"] == 200
     assert written() == 24 << 20

@@ -43,9 +43,10 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from .._sources import AsyncReadable, Source
+    from .._uploads import BackgroundUpload
     from ..config import StoreConfig
 
-__all__ = ["MAX_NAMES", "Backend", "NoFreeName", "StoredFile", "no_free_name"]
+__all__ = ["MAX_NAMES", "Backend", "NoFreeName", "StoredFile", "Written", "no_free_name"]
 
 #: How many collision names a save tries after the client's (each has 128 random bits).
 MAX_NAMES = 16
@@ -61,6 +62,15 @@ class StoredFile:
     size: int
     #: When it was last written (timezone-aware, UTC).
     modified: datetime
+
+
+@dataclass(frozen=True)
+class Written:
+    """What :meth:`Backend.save` gives ``Provider.save``: the name claimed, and the upload's
+    handle when the bytes reach the store later (background uploads)."""
+
+    name: str
+    upload: BackgroundUpload | None = None
 
 
 class NoFreeName(ProviderError):
@@ -166,6 +176,12 @@ class Backend(ABC):
 
         :raises NoFreeName: (made by ``no_free_name(location)``) when every candidate is taken.
         """
+
+    async def save(self, location: str, names: Iterator[str], source: Source) -> Written:
+        """What ``Provider.save`` calls: :meth:`write`, and the name it claimed. A backend that
+        stores later (the background wrapper) returns the upload's handle with it; others do
+        not override it."""
+        return Written(await self.write(location, names, source))
 
     @abstractmethod
     async def exists(self, key: str) -> bool:

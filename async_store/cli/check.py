@@ -161,7 +161,7 @@ def _check(state: StoreState, width: int) -> bool:
         ("read", read),
         ("delete", delete),
     ]
-    background = provider._background
+    background = state.background
     if background is not None:
         steps.append(("spool", spool))
 

@@ -45,14 +45,14 @@ def split_others(state: StoreState, others: list[Job]) -> tuple[dict[str, list[J
     """Of the jobs in ``state``'s spool that are not its own: those of another storage of the
     same app that spools in the same folder (by its name; its drain delivers them), and the
     rest, spooled for a store this app does not have."""
-    background = state.provider_class._background
+    background = state.background
     assert background is not None
     here = os.path.realpath(background.spool.path)
     siblings = [
         (each.name, other)
         for each in state.storages.values()
         if each is not state
-        and (other := each.provider_class._background) is not None
+        and (other := each.background) is not None
         and os.path.realpath(other.spool.path) == here
     ]
     theirs: dict[str, list[Job]] = {}
@@ -68,7 +68,7 @@ def split_others(state: StoreState, others: list[Job]) -> tuple[dict[str, list[J
 
 def describe_others(state: StoreState, others: list[Job]) -> list[str]:
     """Lines naming the spooled jobs of other destinations, by destination."""
-    background = state.provider_class._background
+    background = state.background
     assert background is not None
     by_target: dict[str, list[Job]] = {}
     for job in others:
@@ -118,14 +118,14 @@ def drain(ctx: click.Context, storage: str | None) -> None:
     """
     state = load_state(ctx)
     if storage is None:
-        chosen = [s for s in state.storages.values() if s.provider_class._background]
+        chosen = [s for s in state.storages.values() if s.background]
         if not chosen:
             every = " for every storage" if len(state.storages) > 1 else ""
             click.echo(f"STORE_BACKGROUND is off{every}: no uploads are spooled")
             return
     else:
         chosen = [pick_storage(state, storage)]
-        if chosen[0].provider_class._background is None:
+        if chosen[0].background is None:
             name = chosen[0].name
             off = "STORE_BACKGROUND" if name == DEFAULT else f"STORE_STORAGES[{name!r}]: BACKGROUND"
             click.echo(f"{off} is off: no uploads are spooled")
@@ -139,7 +139,7 @@ def _drain(state: StoreState, *, alone: bool) -> bool:
     """Drain one storage's spool and report, each line naming it; whether all went well.
     ``alone``: the only storage drained, so the uploads of another storage in its spool are
     pointed out (otherwise that storage's drain delivers them)."""
-    background = state.provider_class._background
+    background = state.background
     assert background is not None
     name = state.name
     # Each line names the storage, unless it is the app's only one (the seed's lines).

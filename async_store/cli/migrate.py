@@ -21,6 +21,7 @@ import click
 from .._background import destination
 from .._sources import Source, SourceFailure
 from .._storages import DEFAULT
+from ..backends.background import background_of, direct
 from ..config import parse_value
 from ..exceptions import StoreError
 from ..providers.base import NoFreeName
@@ -68,6 +69,8 @@ class Migration:
     ) -> None:
         self.source = source
         self.target = target
+        #: Where copies are written: the target's own backend, never its spool.
+        self.writer = direct(target.backend)
         self.jobs = jobs
         self.on_bytes = on_bytes
         self.chunk_size = source.config.chunk_size
@@ -104,23 +107,17 @@ class Migration:
             self.tally.failed.append(f"{file.path}: {exc}")
 
     async def _copy(self, file: StoredFile) -> None:
-        source, target = self.source(file.path), self.target(file.path)
         location, _, name = file.path.rpartition("/")
-        async with source.open() as f:
+        async with self.source(file.path).open() as f:
 
             async def chunks() -> AsyncIterator[bytes]:
-                while True:
-                    with source._map_errors(file.path):
-                        chunk = await f.read(self.chunk_size)
-                    if not chunk:
-                        return
+                while chunk := await f.read(self.chunk_size):
                     self.on_bytes(len(chunk))
                     yield chunk
 
             try:
-                with target._map_errors(file.path):
-                    # The backend half of save(): this exact name or NoFreeName, never another.
-                    await target._save(location, iter([name]), Source(name, chunks=chunks()))
+                # This exact name or NoFreeName, never another.
+                await self.writer.write(location, iter([name]), Source(name, chunks=chunks()))
             except SourceFailure as failure:
                 raise failure.error from failure.error.__cause__
 
@@ -299,7 +296,7 @@ def _storage_target(source: StoreState, name: str) -> type[Provider]:
 
 def _warn_spooled(state: StoreState) -> None:
     """Background uploads still spooled are not stored yet, so not copied: say so."""
-    background = state.provider_class._background
+    background = background_of(state.provider_class.backend)
     if background is not None and (pending := background.spool.job_ids()):
         drain = "store drain" if state.name == DEFAULT else f"store drain --storage {state.name}"
         click.echo(

@@ -1,13 +1,14 @@
 """The provider base class: everything providers share, written once.
 
-Public methods live here only (a template method, as in django-storages): :meth:`Provider.save`
-cleans the name, offers the backend a sequence of candidate names (the client's name first, then
-the manual's ``{root}_{shortuuid}{ext}`` form) and records which one the backend claimed. A
-backend implements the private half: ``_save`` (write, then claim a candidate atomically),
-``_exists``, ``_open``, ``_delete`` and, optionally, ``_map_errors`` and ``app_defaults``.
+A provider is a file: a key in a storage, or an upload to save there. :meth:`Provider.save`
+cleans the name, offers the storage's backend (``backends/``) a sequence of candidate names (the
+client's name first, then the manual's ``{root}_{shortuuid}{ext}`` form) and records which one
+the backend claimed; every other call is the backend's, which maps its own errors. Background
+uploads are a backend too (``backends/background.py`` wraps the storage's), so nothing here
+knows whether a save is direct.
 
-A provider class is bound to one app's config by :meth:`Provider.bind` at ``init_app``; two apps
-get two bound classes, each with its own paths.
+A provider class is bound to one storage's config and backend by :meth:`Provider.bind` at
+``init_app``; two apps (or two storages) get two bound classes, each with its own paths.
 """
 
 from __future__ import annotations
@@ -22,16 +23,15 @@ from .. import _ingest
 from .._paths import clean_filename, clean_key, clean_location, collision_name
 from .._sources import AsyncReadable, Source, SourceFailure, to_source
 from ..backends.base import MAX_NAMES, NoFreeName, StoredFile, no_free_name
-from ..exceptions import NotConfiguredError, NotFoundError, ProviderUnavailableError, StoreError
+from ..exceptions import NotConfiguredError, NotFoundError, StoreError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Collection, Iterator
-    from contextlib import AbstractAsyncContextManager
 
     from flask.sansio.app import App
 
-    from .._background import Background, BackgroundUpload
     from .._ingest import StoredForm
+    from .._uploads import BackgroundUpload
     from ..backends.base import Backend
     from ..config import StoreConfig
 
@@ -93,10 +93,9 @@ class Provider(ABC):
     config: ClassVar[StoreConfig]
     #: The backend class a bound provider makes its :attr:`backend` from.
     backend_class: ClassVar[type[Backend] | None] = None
-    #: The app's backend (the I/O); set on the per-app subclass :meth:`bind` makes.
+    #: The storage's backend (the I/O; the background wrapper with ``STORE_BACKGROUND``); set
+    #: on the per-storage subclass :meth:`bind` makes.
     backend: ClassVar[Backend]
-    #: Background uploads of the app, when ``STORE_BACKGROUND`` is on.
-    _background: ClassVar[Background | None] = None
 
     # --- configuration, at init_app -----------------------------------------------------------
 
@@ -121,17 +120,19 @@ class Provider(ABC):
                 )
 
     @classmethod
-    def bind(cls, config: StoreConfig) -> type[Self]:
-        """Return a subclass of this provider bound to one app's ``config`` (and a backend
-        made from it)."""
+    def bind(cls, config: StoreConfig, backend: Backend | None = None) -> type[Self]:
+        """Return a subclass of this provider bound to one storage's ``config`` and
+        ``backend`` (default: one made from :attr:`backend_class`)."""
         namespace: dict[str, Any] = {
             "config": config,
             "__module__": cls.__module__,
             "__qualname__": cls.__qualname__,
         }
-        if cls.backend_class is not None:
-            namespace["backend"] = cls.backend_class(config)
-            namespace["loop_bound"] = cls.backend_class.loop_bound
+        if backend is None and cls.backend_class is not None:
+            backend = cls.backend_class(config)
+        if backend is not None:
+            namespace["backend"] = backend
+            namespace["loop_bound"] = backend.loop_bound
         return type(cls.__name__, (cls,), namespace)
 
     @classmethod
@@ -214,13 +215,8 @@ class Provider(ABC):
         :raises UnsafePathError: if ``prefix`` would leave the store.
         :raises ProviderError: if the backend fails.
         """
-        prefix = clean_prefix(prefix)
-        # Error mapping is per instance (it names a file); this one names no file, only the
-        # prefix, and never touches its own path.
-        mapper = cls.__new__(cls)
-        with mapper._map_errors(prefix or "/"):
-            async for file in cls._list(prefix):
-                yield file
+        async for file in cls.backend.list(clean_prefix(prefix)):
+            yield file
 
     # --- instances ------------------------------------------------------------------------------
 
@@ -332,15 +328,12 @@ class Provider(ABC):
         if source is None or source.used:
             raise StoreError(f"{self!r}: an earlier save failed after reading the upload")
         try:
-            with self._map_errors(self.relative_path):
-                if self._background is not None:
-                    job = await self._background.submit(self, source, self._candidates())
-                    self._filename = job.name
-                else:
-                    self._filename = await self._save(self._location, self._candidates(), source)
+            written = await self.backend.save(self._location, self._candidates(), source)
         except SourceFailure as failure:
             # The upload's own error, unchanged: its type, traceback and cause are the caller's.
             raise failure.error from failure.error.__cause__
+        self._filename = written.name
+        self._background_upload = written.upload
         self._saved = True
         return self.absolute_url
 
@@ -352,8 +345,7 @@ class Provider(ABC):
         key = self.relative_path
         if filename is not None:
             key = clean_key(f"{self._location}/{filename}" if self._location else filename)
-        with self._map_errors(key):
-            return await self._exists(key)
+        return await self.backend.exists(key)
 
     @contextlib.asynccontextmanager
     async def open(self) -> AsyncIterator[AsyncReadable]:
@@ -362,9 +354,8 @@ class Provider(ABC):
         :raises NotFoundError: if nothing is stored at :attr:`relative_path`.
         """
         self._require_saved()
-        with self._map_errors(self.relative_path):
-            async with self._open(self.relative_path) as f:
-                yield f
+        async with self.backend.open(self.relative_path) as f:
+            yield f
 
     async def delete(self, *, missing_ok: bool = False) -> None:
         """Delete the stored file.
@@ -373,16 +364,10 @@ class Provider(ABC):
         :raises NotFoundError: if nothing is stored there (unless ``missing_ok``).
         """
         self._require_saved()
-        background = self._background
-        # Still spooled (by this provider's save, or by any earlier one: a provider made from a
-        # stored path): the job is cancelled, or deletes what it delivers. Never delivered later.
-        if background is not None and await background.discard(
-            self.relative_path, self._background_upload
-        ):
-            return
         try:
-            with self._map_errors(self.relative_path):
-                await self._delete(self.relative_path)
+            # With background uploads, a file still spooled (by this provider's save or any
+            # earlier one) has its upload cancelled instead: it never reaches the store.
+            await self.backend.delete(self.relative_path)
         except NotFoundError:
             if not missing_ok:
                 raise
@@ -442,8 +427,9 @@ class Provider(ABC):
 
     @property
     def _saves_on_any_loop(self) -> bool:
-        """Whether :meth:`save` may run on any event loop (background uploads live in one)."""
-        return not self.loop_bound and self._background is None
+        """Whether :meth:`save` may run on any event loop (background uploads live in one: their
+        backend is loop-bound)."""
+        return not self.loop_bound
 
     def _require_saved(self) -> None:
         if not self._saved:
@@ -452,13 +438,7 @@ class Provider(ABC):
                 f"and another file may be stored under {self.relative_path!r})"
             )
 
-    # --- the backend's half: the backend object's calls, unless a provider overrides them -----
-
-    @contextlib.contextmanager
-    def _map_errors(self, key: str) -> Iterator[None]:
-        """Turn backend exceptions into ours (``raise … from exc``); a backend object maps its
-        own, so the default maps nothing."""
-        yield
+    # --- URLs of a provider of the old kind, without a backend object ---------------------
 
     def _absolute_path(self, key: str) -> str:
         return self.backend.absolute_path(key)
@@ -469,33 +449,3 @@ class Provider(ABC):
     def _default_domain(self) -> str | None:
         """The base URL when ``STORE_DOMAIN`` is unset; None gives relative URLs."""
         return self.backend.default_domain if self.backend_class else None
-
-    async def _save(self, location: str, names: Iterator[str], source: Source) -> str:
-        """Write ``source`` and publish it under the first of ``names`` that is free (see
-        :meth:`Backend.write <async_store.backends.base.Backend.write>`)."""
-        return await self.backend.write(location, names, source)
-
-    async def _exists(self, key: str) -> bool:
-        return await self.backend.exists(key)
-
-    async def _exists_now(self, key: str) -> bool:
-        """:meth:`_exists` for a caller that must not wait (background mode's name check)."""
-        return await self.backend.exists_now(key)
-
-    def _is_outage(self, exc: Exception) -> bool:
-        """Whether a backend call's ``exc`` means the backend is down or failing for now
-        (background uploads then spool anyway), rather than refusing for good."""
-        return isinstance(exc, ProviderUnavailableError)
-
-    def _open(self, key: str) -> AbstractAsyncContextManager[AsyncReadable]:
-        return self.backend.open(key)
-
-    async def _delete(self, key: str) -> None:
-        """Delete ``key``; raise :class:`NotFoundError` when it is not there."""
-        await self.backend.delete(key)
-
-    @classmethod
-    def _list(cls, prefix: str) -> AsyncIterator[StoredFile]:
-        """The stored files below ``prefix`` (already checked), in the backend's order
-        (see :meth:`files`)."""
-        return cls.backend.list(prefix)
