@@ -20,7 +20,8 @@ from inspect import iscoroutinefunction
 from tempfile import SpooledTemporaryFile
 from typing import IO, Any, Protocol, Union, runtime_checkable
 
-from ._threads import run_blocking
+import anyio.to_thread
+
 from .exceptions import StoreError
 
 __all__ = ["AsyncReadable", "FileLike", "Source", "SourceFailure", "SourceInput", "to_source"]
@@ -209,7 +210,7 @@ class Source:
             return
         iterator = self.blocking_chunks(size)
         sentinel = b""
-        while chunk := await run_blocking(next, iterator, sentinel):
+        while chunk := await anyio.to_thread.run_sync(next, iterator, sentinel):
             yield chunk
 
 

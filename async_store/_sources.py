@@ -16,6 +16,7 @@ import threading
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import anyio
+import anyio.to_thread
 
 from ._source_types import (
     AsyncReadable,
@@ -25,7 +26,7 @@ from ._source_types import (
     SourceInput,
     to_source,
 )
-from ._threads import run_blocking, run_small
+from ._threads import run_small
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -75,13 +76,13 @@ async def write_source(
             size = source.size
             if size is not None and size <= chunk_size:
                 return await run_small(lambda: guard.run(everything))
-            return await run_blocking(guard.run, everything)
-        f = await run_blocking(guard.open, open_file)
+            return await anyio.to_thread.run_sync(guard.run, everything)
+        f = await anyio.to_thread.run_sync(guard.open, open_file)
         with f:
             await _write_pipelined(source.chunks(chunk_size), f, chunk_size)
-            return await run_blocking(guard.run, finish, f)
+            return await anyio.to_thread.run_sync(guard.run, finish, f)
     except BaseException:
-        await finish_anyway(lambda: run_blocking(guard.clean))
+        await finish_anyway(lambda: anyio.to_thread.run_sync(guard.clean))
         raise
 
 
@@ -159,7 +160,7 @@ async def _write_pipelined(chunks: AsyncIterator[bytes], f: IO[bytes], chunk_siz
     async def writer() -> None:
         async with receive:
             async for batch in receive:
-                await run_blocking(write, batch)
+                await anyio.to_thread.run_sync(write, batch)
 
     try:
         async with anyio.create_task_group() as tg:

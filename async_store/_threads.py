@@ -13,9 +13,9 @@ already running is waited for, shielded, and runs to its end (a failed job clean
 itself). Jobs run without the caller's context variables.
 
 A loop that only serves blocking callers (see :func:`serve_blocking_callers`: the sync shim's
-loop thread, and the private loops on which it runs a local save in the view's own thread) runs
-small jobs itself: its callers wait in threads of their own anyway, so a handoff to the writer
-would only add a round trip.
+loop thread) runs small jobs itself: its callers wait in threads of their own anyway, so a
+handoff to the writer would only add a round trip. (The shim's local saves need no loop at
+all: they run in the caller's thread, ``Provider._save_blocking``.)
 
 The inbox needs the asyncio loop (``call_soon_threadsafe``); on other backends (trio) the lane is
 plain ``to_thread.run_sync``.
@@ -41,7 +41,7 @@ import anyio.to_thread
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["run_blocking", "run_small", "serve_blocking_callers", "serve_one_caller"]
+__all__ = ["run_small", "serve_blocking_callers"]
 
 T = TypeVar("T")
 
@@ -162,10 +162,6 @@ _writer = _Writer()
 _inboxes: dict[asyncio.AbstractEventLoop, _Inbox] = {}
 # Loops whose every caller is a blocked thread: small jobs run on them directly.
 _inline_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
-# Loops that serve a single blocked caller, in its own thread (the shim's run_here): every
-# blocking step runs on them directly. anyio would hand it to a worker thread that it starts for
-# the run and stops when the run's root task ends: a new thread per save.
-_private_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
 atexit.register(lambda: _writer.stop())
 
 
@@ -174,7 +170,6 @@ def _reset_after_fork() -> None:
     _writer = _Writer()  # the child has no writer thread, and its queue may hold the parent's
     _inboxes.clear()
     _inline_loops.clear()
-    _private_loops.clear()
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
@@ -203,23 +198,6 @@ async def serve_blocking_callers() -> None:
     sync shim's portal): :func:`run_small` then runs jobs on it directly, skipping the writer."""
     if _on_asyncio():
         _inline_loops.add(asyncio.get_running_loop())
-
-
-async def serve_one_caller() -> None:
-    """Mark the running loop as a private one of a single blocked thread (``run_here``):
-    :func:`run_blocking` and :func:`run_small` then run their jobs on it directly."""
-    await serve_blocking_callers()
-    if _on_asyncio():
-        _private_loops.add(asyncio.get_running_loop())
-
-
-async def run_blocking(fn: Callable[..., T], *args: Any) -> T:
-    """``anyio.to_thread.run_sync(fn, *args)``, but on a private loop of one blocked caller
-    (see :func:`serve_one_caller`) in the caller's own thread, which waits for it anyway."""
-    if _on_asyncio() and asyncio.get_running_loop() in _private_loops:
-        await anyio.lowlevel.checkpoint_if_cancelled()
-        return fn(*args)
-    return await anyio.to_thread.run_sync(fn, *args)
 
 
 async def run_small(fn: Callable[[], T]) -> T:

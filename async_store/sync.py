@@ -24,7 +24,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from werkzeug.datastructures import MultiDict
 
 from ._ingest import StoredForm, current_request
-from ._threads import serve_blocking_callers, serve_one_caller
+from ._threads import serve_blocking_callers
 from .exceptions import StoreError
 
 if TYPE_CHECKING:
@@ -54,8 +54,6 @@ class PortalOwner:
         self._portal: BlockingPortal | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running: set[asyncio.Future[Any]] = set()  # calls in flight, awaited at close
-        self._idle_loops: list[asyncio.AbstractEventLoop] = []  # for run_here, one per caller
-        self._exit_hook = False
 
     @property
     def portal(self) -> BlockingPortal:
@@ -93,28 +91,6 @@ class PortalOwner:
         # (a round trip of its own), then for the result: a third of a small save's time.
         return asyncio.run_coroutine_threadsafe(run(), loop).result()
 
-    def run_here(self, func: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run ``await func(*args, **kwargs)`` in this thread, on a private event loop: no
-        handoff at all. Only for work that needs none of the shim loop's clients (a local save,
-        see ``Provider.loop_bound``); small jobs run in this thread too (``_threads``)."""
-        _refuse_inside_loop(getattr(func, "__qualname__", repr(func)))
-        try:
-            loop = self._idle_loops.pop()  # atomic: each loop serves one thread at a time
-        except IndexError:
-            loop = asyncio.new_event_loop()
-            loop.run_until_complete(serve_one_caller())
-            if not self._exit_hook:  # close() closes the idle loops: at exit, if not before
-                self._exit_hook = True
-                atexit.register(self.close)
-
-        async def run() -> T:
-            return await func(*args, **kwargs)
-
-        try:
-            return loop.run_until_complete(run())
-        finally:
-            self._idle_loops.append(loop)
-
     async def _drain(self) -> None:
         while self._running:  # what started before close() ends, as the portal's tasks would
             await asyncio.wait(set(self._running))
@@ -124,8 +100,6 @@ class PortalOwner:
         with self._lock:
             stack, portal = self._stack, self._portal
             self._stack = self._portal = self._loop = None
-        while self._idle_loops:
-            self._idle_loops.pop().close()
         if stack is None or portal is None:
             return
         with stack:
@@ -265,9 +239,11 @@ class SyncProvider:
 
     def save(self) -> str:
         """Store the file and return its URL; see :meth:`Provider.save`."""
-        if self._provider._saves_on_any_loop:
-            return self._owner.run_here(self._provider.save)
-        return self._owner.call(self._provider.save)
+        provider = self._provider
+        if provider._saves_here:  # local disk, memory: in this thread, no event loop
+            _refuse_inside_loop("SyncProvider.save")
+            return provider._save_blocking()
+        return self._owner.call(provider.save)
 
     def exists(self, filename: str | None = None) -> bool:
         """See :meth:`Provider.exists`."""

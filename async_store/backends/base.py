@@ -97,6 +97,9 @@ class Backend(ABC):
     loop_bound: ClassVar[bool] = True
     #: Whether :meth:`sign` makes URLs that expire (S3 presigning).
     signs: ClassVar[bool] = False
+    #: Whether it has :meth:`write_blocking`: the sync shim then saves a blocking source (a
+    #: ``FileStorage``, bytes, a path) in the caller's thread, with no event loop at all.
+    writes_blocking: ClassVar[bool] = False
 
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
@@ -176,6 +179,11 @@ class Backend(ABC):
 
         :raises NoFreeName: (made by ``no_free_name(location)``) when every candidate is taken.
         """
+
+    def write_blocking(self, location: str, names: Iterator[str], source: Source) -> str:
+        """:meth:`write`, blocking, for a blocking ``source`` (``source.is_blocking``), run in
+        the caller's thread: the same rules, no event loop. Only when :attr:`writes_blocking`."""
+        raise NotImplementedError(f"{type(self).__name__} has no blocking write")
 
     async def save(self, location: str, names: Iterator[str], source: Source) -> Written:
         """What ``Provider.save`` calls: :meth:`write`, and the name it claimed. A backend that

@@ -15,9 +15,12 @@ all the way down is used as is; anything else (a missing folder, a symlink) take
 path, ``makedirs`` then ``realpath``, and a link out of ``STORE_PATH`` is refused. Nothing is
 cached, so a folder swapped for a symlink is seen by the next save.
 
-Blocking sources are copied in one worker-thread hop (create, copy, publish together; small
-in-memory ones in the batched lane of ``_threads``); async sources cost one hop per
-``STORE_CHUNK_SIZE`` written. Reads, listings, stats and deletes take one hop each.
+These rules are written once, in :class:`_Write` (open the temp file, publish it, clean up).
+The sync shim runs them in the caller's thread (:meth:`LocalBackend.write_blocking`: no event
+loop at all); the async API runs them in a worker thread: blocking sources in one hop (create,
+copy, publish together; small in-memory ones in the batched lane of ``_threads``), async sources
+one hop per ``STORE_CHUNK_SIZE`` written, pipelined with the reading. Reads, listings, stats
+and deletes take one hop each.
 
 This module holds ``LocalBackend`` and its reader; the blocking steps they run in worker threads
 (temp file, claiming a name, fsync, containment checks, error mapping) are in ``_local_fs``.
@@ -120,6 +123,45 @@ class _Reader:
             await anyio.to_thread.run_sync(self._file.close)
 
 
+class _Write:
+    """One save's blocking steps, the rules of every local write: a temp file in the target
+    folder, published under the first free name without replacing (fsynced with
+    ``STORE_FSYNC``), and a cleanup that removes whatever was made, a published file included
+    (a caller cancelled while it was published never learnt the name)."""
+
+    def __init__(self, backend: LocalBackend, location: str, names: Iterator[str]) -> None:
+        first = next(names, None)  # a failure is reported under the caller's own name
+        if first is None:
+            raise no_free_name(location)
+        self._names = itertools.chain((first,), names)
+        self._root, self._fsync, self._location = backend._root, backend._fsync, location
+        #: The key errors name: the client's own name in ``location``.
+        self.key = f"{location}/{first}" if location else first
+        self._temp = self._directory = self._published = ""
+
+    def open(self) -> IO[bytes]:
+        self._directory = _directory(self._root, self._location)
+        self._temp, f = _new_temp(self._directory)
+        return f
+
+    def finish(self, f: IO[bytes]) -> str:
+        f.flush()
+        if self._fsync:
+            os.fsync(f.fileno())
+        f.close()
+        # The temp file is gone once claimed.
+        self._published = _claim(self._temp, self._directory, self._names, self._location)
+        if self._fsync:
+            _fsync_folder(self._directory)
+        return self._published
+
+    def cleanup(self) -> None:
+        if self._published:
+            _remove(os.path.join(self._directory, self._published))
+        if self._temp:
+            _remove(self._temp)
+
+
 class LocalBackend(Backend):
     """Stores files on the local file system below ``STORE_PATH`` (made a realpath by
     ``store_root()``); ``STORE_FSYNC`` flushes each file and its folder to disk before
@@ -132,6 +174,7 @@ class LocalBackend(Backend):
 
     kind = "local"
     loop_bound = False  # only files and worker threads: any event loop, or none, will do
+    writes_blocking = True
 
     def __init__(self, config: StoreConfig) -> None:
         super().__init__(config)
@@ -157,46 +200,31 @@ class LocalBackend(Backend):
     # --- I/O -----------------------------------------------------------------------------------
 
     async def write(self, location: str, names: Iterator[str], source: Source) -> str:
-        first = next(names, None)  # a failure is reported under the caller's own name
-        if first is None:
-            raise no_free_name(location)
-        names = itertools.chain((first,), names)
-        root, fsync = self._root, self._fsync
-        temp = ""
-        directory = ""
-        published = ""
-
-        def open_temp() -> IO[bytes]:
-            nonlocal temp, directory
-            directory = _directory(root, location)
-            temp, f = _new_temp(directory)
-            return f
-
-        def finish(f: IO[bytes]) -> str:
-            nonlocal published
-            f.flush()
-            if fsync:
-                os.fsync(f.fileno())
-            f.close()
-            published = _claim(temp, directory, names, location)  # temp is gone now
-            if fsync:
-                _fsync_folder(directory)
-            return published
-
-        def cleanup() -> None:
-            # After a publish only when the caller was cancelled during it: it never got the
-            # name, so the file would be an orphan.
-            if published:
-                _remove(os.path.join(directory, published))
-            if temp:
-                _remove(temp)
-
+        write = _Write(self, location, names)
         try:
-            return await write_source(source, open_temp, finish, cleanup, self.config.chunk_size)
+            return await write_source(
+                source, write.open, write.finish, write.cleanup, self.config.chunk_size
+            )
         except NotFoundError:
             raise
         except OSError as exc:
-            raise os_error(exc, f"{location}/{first}" if location else first, root) from exc
+            raise os_error(exc, write.key, self._root) from exc
+
+    def write_blocking(self, location: str, names: Iterator[str], source: Source) -> str:
+        write = _Write(self, location, names)
+        try:
+            try:
+                with write.open() as f:
+                    for chunk in source.blocking_chunks(self.config.chunk_size):
+                        f.write(chunk)
+                    return write.finish(f)
+            except BaseException:
+                write.cleanup()
+                raise
+        except NotFoundError:
+            raise
+        except OSError as exc:
+            raise os_error(exc, write.key, self._root) from exc
 
     async def exists(self, key: str) -> bool:
         try:

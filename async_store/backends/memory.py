@@ -71,6 +71,7 @@ class MemoryBackend(Backend):
 
     kind = "memory"
     loop_bound = False  # a dict and a lock: any loop will do
+    writes_blocking = True
 
     def __init__(self, config: StoreConfig) -> None:
         super().__init__(config)
@@ -96,8 +97,17 @@ class MemoryBackend(Backend):
         content = bytearray()
         async for chunk in source.chunks(self.config.chunk_size):
             content += chunk
-        data, now = bytes(content), datetime.now(UTC)
-        with self._lock:  # the claim: check and store in one step
+        return self._claim(location, names, bytes(content))
+
+    def write_blocking(self, location: str, names: Iterator[str], source: Source) -> str:
+        return self._claim(
+            location, names, b"".join(source.blocking_chunks(self.config.chunk_size))
+        )
+
+    def _claim(self, location: str, names: Iterator[str], data: bytes) -> str:
+        """Store ``data`` under the first free name: check and store in one step."""
+        now = datetime.now(UTC)
+        with self._lock:
             for name in names:
                 key = f"{location}/{name}" if location else name
                 if key not in self.files:

@@ -22,7 +22,7 @@ from urllib.parse import quote
 from .. import _ingest
 from .._paths import clean_filename, clean_key, clean_location, collision_name
 from .._sources import AsyncReadable, Source, SourceFailure, to_source
-from ..backends.base import MAX_NAMES, NoFreeName, StoredFile, no_free_name
+from ..backends.base import MAX_NAMES, NoFreeName, StoredFile, Written, no_free_name
 from ..exceptions import NotConfiguredError, NotFoundError, StoreError
 
 if TYPE_CHECKING:
@@ -38,6 +38,16 @@ if TYPE_CHECKING:
 __all__ = ["NoFreeName", "Provider", "StoredFile", "no_free_name"]
 #: Paths that ``quote(path, safe="/")`` returns unchanged: skip it for them.
 _URL_PLAIN = re.compile(r"[A-Za-z0-9_.\-~/]*")
+
+
+@contextlib.contextmanager
+def _upload_errors() -> Iterator[None]:
+    """An error raised while reading the upload comes out as itself: its type, traceback and
+    cause are the caller's, not the store's."""
+    try:
+        yield
+    except SourceFailure as failure:
+        raise failure.error from failure.error.__cause__
 
 
 def url_join(*parts: str) -> str:
@@ -316,6 +326,29 @@ class Provider(ABC):
         :raises StoreError: if this provider has no new file (already saved, or made from a path).
         :raises ProviderError: if the backend fails (disk full, permission denied, …).
         """
+        source = self._unsaved_source()
+        with _upload_errors():
+            written = await self.backend.save(self._location, self._candidates(), source)
+        return self._stored(written)
+
+    @property
+    def _saves_here(self) -> bool:
+        """Whether :meth:`_save_blocking` can store this upload in the caller's thread: a
+        blocking source and a backend that writes blocking (local disk, memory)."""
+        source, backend = self._source, getattr(self, "backend", None)
+        return (
+            backend is not None and backend.writes_blocking and bool(source and source.is_blocking)
+        )
+
+    def _save_blocking(self) -> str:
+        """:meth:`save` in the caller's thread, for the sync shim (see :attr:`_saves_here`)."""
+        source = self._unsaved_source()
+        with _upload_errors():
+            name = self.backend.write_blocking(self._location, self._candidates(), source)
+        return self._stored(Written(name))
+
+    def _unsaved_source(self) -> Source:
+        """The upload :meth:`save` stores, or a :class:`StoreError` saying why there is none."""
         if self._from_path:
             raise StoreError(
                 f"{self!r} has nothing to save: a str names a file stored before (its "
@@ -327,11 +360,9 @@ class Provider(ABC):
         source = self._source
         if source is None or source.used:
             raise StoreError(f"{self!r}: an earlier save failed after reading the upload")
-        try:
-            written = await self.backend.save(self._location, self._candidates(), source)
-        except SourceFailure as failure:
-            # The upload's own error, unchanged: its type, traceback and cause are the caller's.
-            raise failure.error from failure.error.__cause__
+        return source
+
+    def _stored(self, written: Written) -> str:
         self._filename = written.name
         self._background_upload = written.upload
         self._saved = True
@@ -424,12 +455,6 @@ class Provider(ABC):
         return await self.backend.sign(
             self.relative_path, expires, download_name=download_name, content_type=content_type
         )
-
-    @property
-    def _saves_on_any_loop(self) -> bool:
-        """Whether :meth:`save` may run on any event loop (background uploads live in one: their
-        backend is loop-bound)."""
-        return not self.loop_bound
 
     def _require_saved(self) -> None:
         if not self._saved:
