@@ -13,7 +13,7 @@ import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn, overload
 
 import anyio.to_thread
 import flask
@@ -43,7 +43,17 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@overload
+def make_app(kind: Literal["quart"], store_path: Path | None, **config: Any) -> quart.Quart: ...
+@overload
+def make_app(kind: Literal["flask"], store_path: Path | None, **config: Any) -> flask.Flask: ...
+@overload
+def make_app(kind: str, store_path: Path | None, **config: Any) -> Any: ...
+
+
 def make_app(kind: str, store_path: Path | None, **config: Any) -> Any:
+    """A Quart or a Flask app (typed as such when ``kind`` is a literal) storing in
+    ``store_path``; ``config`` adds keys."""
     app = quart.Quart(__name__) if kind == "quart" else flask.Flask(__name__)
     if store_path is not None:
         app.config["STORE_PATH"] = str(store_path)
@@ -92,7 +102,7 @@ def signed_s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seawe
 
 def s3_client(server: SeaweedFS) -> Any:
     """A plain boto3 client, to look at the bucket behind the library's back."""
-    import boto3
+    import boto3  # type: ignore[import-untyped]  # no stubs in the test extra: the client is Any
     from botocore.config import Config
 
     return boto3.client(

@@ -133,7 +133,7 @@ class FaultProxy:
                 f"<Message>injected by the fault proxy</Message>{echo}</Error>"
             )
             return web.Response(status=status, text=body, content_type="application/xml")
-        body = await request.read()
+        payload = await request.read()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
         headers["Host"] = request.headers.get("Host", "")
         async with (
@@ -141,7 +141,7 @@ class FaultProxy:
             session.request(
                 request.method,
                 f"{self.upstream}{request.path_qs}",
-                data=io.BytesIO(body),
+                data=io.BytesIO(payload),
                 headers=headers,
                 allow_redirects=False,
             ) as upstream,
@@ -170,8 +170,8 @@ def fault_proxy(upstream: str) -> Iterator[FaultProxy]:
         site = web.TCPSite(app_runner, "127.0.0.1", 0)
         await site.start()
         server = site._server
-        assert server is not None
-        proxy.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        assert isinstance(server, asyncio.Server)  # typed as AbstractServer, which has no sockets
+        proxy.port = server.sockets[0].getsockname()[1]
         runner["runner"] = app_runner
         proxy._loop, proxy._runner, proxy._site = loop, app_runner, site
 

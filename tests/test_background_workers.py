@@ -21,7 +21,7 @@ import anyio
 import pytest
 import quart
 
-from async_store import Store, UploadError
+from async_store import AsyncStore, Store, UploadError
 from tests.conftest import s3_client, s3_config
 from tests.faultproxy import FaultProxy, Recorded
 from tests.seaweed import SeaweedFS
@@ -100,7 +100,7 @@ async def until(what: str, check: Any, timeout: float = 20) -> None:
             await anyio.sleep(0.05)
 
 
-async def hold_the_slot(store: Store, proxy: FaultProxy) -> None:
+async def hold_the_slot(store: AsyncStore, proxy: FaultProxy) -> None:
     """Worker A's one delivery slot is taken by slow.txt, waiting out its backoff."""
     proxy.fail_with = (lambda r: r.method == "PUT" and r.path.endswith("/slow.txt"), 500)
     await store.Provider(b"slow", filename="slow.txt").save()

@@ -21,7 +21,7 @@ import pytest
 import quart
 
 from async_store import Store
-from async_store.backends import local
+from async_store.backends import _local_fs, local
 
 
 async def _chunks() -> AsyncIterator[bytes]:
@@ -38,7 +38,7 @@ async def test_a_save_cancelled_while_publishing_leaves_no_file(
     store = Store(app)
     publishing = asyncio.Event()
     loop = asyncio.get_running_loop()
-    claim = local._claim
+    claim = _local_fs._claim  # what local imported (and calls)
 
     def slow_claim(*args: Any) -> str:
         """The local backend's publishing step, stretched to hit it with a cancel."""

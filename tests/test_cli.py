@@ -56,9 +56,9 @@ def env_of(config: dict[str, Any]) -> dict[str, str]:
 
 def invoke(args: list[str], config: dict[str, Any] | None = None) -> Result:
     """``python -m async_store ARGS`` in this process, configured by the environment."""
-    env = {k: None for k in os.environ if k.startswith("STORE_")}
+    env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("STORE_")}
     env.update(env_of(config or {}))
-    return CliRunner().invoke(main, args, env=env)  # type: ignore[arg-type]
+    return CliRunner().invoke(main, args, env=env)
 
 
 def tree(path: Path) -> dict[str, bytes]:

@@ -239,7 +239,7 @@ def test_ls_of_a_mistyped_store_path_creates_nothing_and_says_so(tmp_path: Path,
     assert f"STORE_PATH {str(typo)!r} does not exist" in result.output
     assert not typo.exists()
     env = {k: None for k in os.environ if k.startswith("STORE_")} | {"STORE_PATH": str(typo)}
-    result = CliRunner().invoke(main, ["ls"], env=env)  # type: ignore[arg-type]
+    result = CliRunner().invoke(main, ["ls"], env=env)
     assert result.exit_code == 1 and "does not exist" in result.output
     assert not typo.exists()
 

@@ -25,7 +25,7 @@ import pytest
 
 from bench.load import Target, free_port, spooled_jobs, start_server, stop_server
 from tests.conftest import s3_client, s3_config
-from tests.faultproxy import fault_proxy
+from tests.faultproxy import Recorded, fault_proxy
 from tests.helpers import CONTENT_TYPE, multipart
 from tests.seaweed import SeaweedFS
 
@@ -167,7 +167,10 @@ def test_kill_9_mid_background_delivery_delivers_each_upload_once(
                     "the spooling of the cut-off upload",
                     lambda: any(p.name.startswith(".tmp-") for p in spool.iterdir()),
                 )
-                writes = lambda: [r for r in proxy.requests if r.method in ("PUT", "POST")]  # noqa: E731
+
+                def writes() -> list[Recorded]:
+                    return [r for r in proxy.requests if r.method in ("PUT", "POST")]
+
                 wait_for("deliveries to start", lambda: len(writes()) >= 3)
                 time.sleep(1.2)
                 kill_9(server)

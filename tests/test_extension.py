@@ -12,6 +12,7 @@ import pytest
 import quart
 
 from async_store import (
+    AsyncStore,
     LocalProvider,
     NotConfiguredError,
     Provider,
@@ -86,7 +87,7 @@ def test_factory_with_two_apps_keeps_their_own_paths(tmp_path: Path) -> None:
 
 
 async def test_factory_with_quart_apps(tmp_path: Path) -> None:
-    store = Store()
+    store: AsyncStore = Store()
     one, two = make_app("quart", tmp_path / "one"), make_app("quart", tmp_path / "two")
     store.init_app(one)
     store.init_app(two)

@@ -114,34 +114,36 @@ class RoundTrip:
     def __init__(self, kind: str, root: Path) -> None:
         self.kind = kind
         self.root = root
-        self.app: Any = quart.Quart(__name__) if kind == "quart" else flask.Flask(__name__)
-        self.app.config.update(STORE_PATH=str(root), TESTING=False)
-        store = self.store = Store(self.app)
+        app = quart.Quart(__name__) if kind == "quart" else flask.Flask(__name__)
+        app.config.update(STORE_PATH=str(root), TESTING=False)
+        self.app: Any = app  # its test client is awaited for Quart, not for Flask
+        self.store: Store
+        if isinstance(app, quart.Quart):
+            store = self.store = Store(app)
 
-        if kind == "quart":
-
-            @self.app.post("/classic")
+            @app.post("/classic")
             async def classic_quart() -> str:
                 provider = store.Provider((await quart.request.files)["f"])
                 await provider.save()
                 return str(provider.relative_path)
 
-            @self.app.post("/stream")
+            @app.post("/stream")
             async def stream_quart() -> str:
                 stored = await store.save_request()
                 return str(stored.files["f"].relative_path)
 
         else:
+            sync_store = self.store = Store(app)
 
-            @self.app.post("/classic")
+            @app.post("/classic")
             def classic_flask() -> str:
-                provider = store.Provider(flask.request.files["f"])
+                provider = sync_store.Provider(flask.request.files["f"])
                 provider.save()
                 return str(provider.relative_path)
 
-            @self.app.post("/stream")
+            @app.post("/stream")
             def stream_flask() -> str:
-                return str(store.save_request().files["f"].relative_path)
+                return str(sync_store.save_request().files["f"].relative_path)
 
     def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
         headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}

@@ -30,12 +30,14 @@ def stores() -> Iterator[list[Store]]:
         store.close()  # the Flask shim's loop thread, started by save_request
 
 
-def quick_start(stores: list[Store], kind: str, store_path: Path, **config: Any) -> Any:
+def quick_start(
+    stores: list[Store], kind: str, store_path: Path, **config: Any
+) -> quart.Quart | flask.Flask:
     """The README's Quick Start view, and a save_request view beside it."""
-    app = make_app(kind, store_path, **config)
-    store = Store(app)
-    stores.append(store)
-    if kind == "quart":
+    app: quart.Quart | flask.Flask = make_app(kind, store_path, **config)
+    if isinstance(app, quart.Quart):
+        store = Store(app)
+        stores.append(store)
 
         @app.post("/upload")
         async def upload() -> str:
@@ -49,21 +51,25 @@ def quick_start(stores: list[Store], kind: str, store_path: Path, **config: Any)
             return str(stored.files["afile"].absolute_url)
 
     else:
+        sync_store = Store(app)
+        stores.append(sync_store)
 
         @app.post("/upload")
-        def upload() -> str:
-            provider = store.Provider(flask.request.files.get("afile"))
+        def upload_sync() -> str:
+            provider = sync_store.Provider(flask.request.files.get("afile"))
             provider.save()
             return str(provider.absolute_url)
 
         @app.post("/stream")
-        def stream() -> str:
-            return str(store.save_request(fields=["afile"]).files["afile"].absolute_url)
+        def stream_sync() -> str:
+            return str(sync_store.save_request(fields=["afile"]).files["afile"].absolute_url)
 
     return app
 
 
-async def post(app: Any, path: str, body: bytes, *, chunked: bool = False) -> bytes:
+async def post(
+    app: quart.Quart | flask.Flask, path: str, body: bytes, *, chunked: bool = False
+) -> bytes:
     """The raw answer of a real server to a multipart POST, read while the body is sent (a
     server that answers a 413 early closes the connection: a client library would see a reset)."""
     framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {len(body)}"

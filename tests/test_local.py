@@ -24,7 +24,7 @@ from werkzeug.datastructures import FileStorage
 from werkzeug.formparser import default_stream_factory
 
 from async_store import NotFoundError, ProviderError, _rename, _sources, _threads
-from async_store.backends import local
+from async_store.backends import _local_fs, local
 from tests.conftest import unavailable
 
 COLLISION = re.compile(r"^(?P<root>.+)_[2-9A-HJ-NP-Za-km-z]{22}(?P<ext>\.\w+)?$")
@@ -55,7 +55,7 @@ def publish(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
 def lane_jobs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts the jobs that go through the batched lane."""
     jobs: list[int] = []
-    real = _sources.run_small
+    real = _threads.run_small  # what _sources imported
 
     async def counted(fn: Any) -> Any:
         jobs.append(1)
@@ -207,9 +207,12 @@ async def test_fsync_flushes_file_and_folder(
 
     synced: list[str] = []
     real_fsync = os.fsync
-    monkeypatch.setattr(
-        os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real_fsync(fd)
-    )
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
     for fsync in (False, True):
         store = Store(make_app(app_kind, store_path / str(fsync), STORE_FSYNC=fsync))
         provider = store.state().provider_class(agen(b"x"), "sub", filename="a.txt")
@@ -299,7 +302,7 @@ async def test_failed_small_saves_leave_no_temp_file(
             raise OSError(errno.EACCES, "Permission denied")
         real_fchmod(fd, mode)
 
-    real_claim = local._claim
+    real_claim = _local_fs._claim  # what local imported (and calls)
     claims = 0
 
     def every_fourth_claim_fails(temp: str, *args: Any) -> str:

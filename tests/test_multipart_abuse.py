@@ -36,14 +36,13 @@ LIMIT = 1024 * 1024  # MAX_CONTENT_LENGTH of the apps under attack
 SERVER_TIMEOUT = 1
 
 
-def abuse_app() -> Any:
+def abuse_app() -> quart.Quart | flask.Flask:
     """The app the server subprocess runs: ``ABUSE_KIND``, ``STORE_PATH`` and ``ABUSE_CONFIG``
     (JSON) come from the environment."""
     kind = os.environ["ABUSE_KIND"]
-    app: Any = quart.Quart(__name__) if kind == "quart" else flask.Flask(__name__)
+    app = quart.Quart(__name__) if kind == "quart" else flask.Flask(__name__)
     app.config["STORE_PATH"] = os.environ["STORE_PATH"]
     app.config.update(json.loads(os.environ.get("ABUSE_CONFIG", "{}")))
-    store = Store(app)
 
     @app.post("/gc")
     def collect() -> str:
@@ -53,7 +52,8 @@ def abuse_app() -> Any:
 
         return str(gc.collect())
 
-    if kind == "quart":
+    if isinstance(app, quart.Quart):
+        store = Store(app)
 
         @app.post("/stream")
         async def stream_quart() -> Any:
@@ -67,15 +67,16 @@ def abuse_app() -> Any:
             return {"files": [provider.relative_path]}
 
     else:
+        sync_store = Store(app)
 
         @app.post("/stream")
         def stream_flask() -> Any:
-            stored = store.save_request()
+            stored = sync_store.save_request()
             return {"files": [p.relative_path for p in stored.files.values()]}
 
         @app.post("/classic")
         def classic_flask() -> Any:
-            provider = store.Provider(flask.request.files["f"])
+            provider = sync_store.Provider(flask.request.files["f"])
             provider.save()
             return {"files": [provider.relative_path]}
 

@@ -60,7 +60,7 @@ import httpx
 import pytest
 import quart
 
-from async_store import Store
+from async_store import Provider, Store, SyncProvider
 from tests.conftest import S3_CREDENTIALS, s3_client
 from tests.seaweed import SeaweedFS
 
@@ -550,12 +550,16 @@ def run_factory(run: Harness) -> None:
 
             async def save(app: Any = app, content: bytes = content) -> None:
                 async with app.app_context():
-                    await store.Provider(content, filename="f.txt").save()
+                    provider = store.Provider(content, filename="f.txt")
+                    assert isinstance(provider, Provider)  # a Quart app's: the async class
+                    await provider.save()
 
             anyio.run(save)
         else:
             with app.app_context():
-                store.Provider(content, filename="f.txt").save()
+                sync_provider = store.Provider(content, filename="f.txt")
+                assert isinstance(sync_provider, SyncProvider)
+                sync_provider.save()
         assert (run.tmp / name / "f.txt").read_bytes() == content, f"app {name}: not its file"
 
 

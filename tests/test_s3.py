@@ -19,7 +19,7 @@ import flask
 import pytest
 import quart
 
-from async_store import NotConfiguredError, ProviderError, Store
+from async_store import AsyncStore, NotConfiguredError, ProviderError, Store
 from tests.conftest import S3_CREDENTIALS, s3_app, s3_client, s3_config
 from tests.faultproxy import FaultProxy
 from tests.seaweed import SeaweedFS, free_port
@@ -29,7 +29,7 @@ MIB = 1024 * 1024
 SMALL_PARTS = {"STORE_S3_PART_SIZE": 5 * MIB, "STORE_S3_MULTIPART_THRESHOLD": 5 * MIB}
 
 
-def quart_store(server: SeaweedFS, bucket: str, **config: Any) -> tuple[quart.Quart, Store]:
+def quart_store(server: SeaweedFS, bucket: str, **config: Any) -> tuple[quart.Quart, AsyncStore]:
     app = s3_app(server, bucket, **config)
     return app, Store(app)
 
@@ -111,9 +111,13 @@ async def test_public_url_and_presigned_url_fetch_the_file(
         signed = await provider.url(expires=60)
         assert signed.startswith(f"{public}/{bucket}/media/a.png?")
         assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in signed and "AWSAccessKeyId" not in signed
+
+    def fetch(link: str) -> bytes:
+        with urllib.request.urlopen(link) as response:
+            return bytes(response.read())
+
     for link in (url, signed):
-        data = await anyio.to_thread.run_sync(lambda u=link: urllib.request.urlopen(u).read())
-        assert data == b"picture"
+        assert await anyio.to_thread.run_sync(fetch, link) == b"picture"
 
 
 async def test_content_type_and_object_params(s3_server: SeaweedFS, bucket: str) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,6 +35,15 @@ def backend_for(server: SeaweedFS, bucket: str, **config: Any) -> S3Backend:
     return backend
 
 
+@asynccontextmanager
+async def opened(server: SeaweedFS, bucket: str, **config: Any) -> AsyncIterator[S3Backend]:
+    """``backend_for``'s backend, closed after the block (``async with`` on it directly gives a
+    ``Backend`` to a type checker: ``Backend.__aenter__`` is not typed as returning ``Self``)."""
+    backend = backend_for(server, bucket, **config)
+    async with backend:
+        yield backend
+
+
 async def write(backend: S3Backend, name: str, data: bytes, location: str = "") -> str:
     return await backend.write(location, iter([name]), Source(name, blocking=[data]))
 
@@ -57,7 +67,7 @@ async def read(backend: S3Backend, key: str, start: int = 0, end: int | None = N
 async def test_open_reads_a_byte_range(
     s3_server: SeaweedFS, bucket: str, proxy: FaultProxy, start: int, end: int | None
 ) -> None:
-    async with backend_for(s3_server, bucket, STORE_S3_ENDPOINT_URL=proxy.endpoint) as backend:
+    async with opened(s3_server, bucket, STORE_S3_ENDPOINT_URL=proxy.endpoint) as backend:
         await write(backend, "a.bin", DATA, "docs")
         proxy.requests.clear()
         assert await read(backend, "docs/a.bin", start, end) == DATA[start:end]
@@ -74,7 +84,7 @@ async def test_open_reads_a_byte_range(
 async def test_a_range_past_the_end_reads_what_there_is(
     s3_server: SeaweedFS, bucket: str, start: int, end: int | None
 ) -> None:
-    async with backend_for(s3_server, bucket) as backend:
+    async with opened(s3_server, bucket) as backend:
         await write(backend, "a.bin", DATA)
         assert await read(backend, "a.bin", start, end) == DATA[start:end]
 
@@ -83,7 +93,7 @@ async def test_a_range_of_a_multipart_object_crosses_its_parts(
     s3_server: SeaweedFS, bucket: str
 ) -> None:
     data = os.urandom(12 * MIB)
-    async with backend_for(s3_server, bucket, **SMALL_PARTS) as backend:
+    async with opened(s3_server, bucket, **SMALL_PARTS) as backend:
         await write(backend, "big.bin", data)
         start, end = 5 * MIB - 10, 10 * MIB + 10
         async with backend.open("big.bin", start, end) as f:
@@ -98,7 +108,7 @@ async def test_a_range_of_a_multipart_object_crosses_its_parts(
 async def test_open_of_a_missing_key_is_not_found(
     s3_server: SeaweedFS, bucket: str, start: int, end: int | None
 ) -> None:
-    async with backend_for(s3_server, bucket) as backend:
+    async with opened(s3_server, bucket) as backend:
         with pytest.raises(NotFoundError, match="'gone.txt' in bucket"):
             await read(backend, "gone.txt", start, end)
 
@@ -107,13 +117,13 @@ async def test_open_of_a_missing_key_is_not_found(
 async def test_a_reversed_or_negative_range_is_refused(
     s3_server: SeaweedFS, bucket: str, start: int, end: int | None
 ) -> None:
-    async with backend_for(s3_server, bucket) as backend:
+    async with opened(s3_server, bucket) as backend:
         with pytest.raises(ValueError, match="not a byte range of 'a.bin'"):
             await read(backend, "a.bin", start, end)
 
 
 async def test_stat_gives_size_and_time(s3_server: SeaweedFS, bucket: str) -> None:
-    async with backend_for(s3_server, bucket) as backend:
+    async with opened(s3_server, bucket) as backend:
         before = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=2)
         await write(backend, "a.bin", DATA, "docs")
         stat = await backend.stat("docs/a.bin")
@@ -194,7 +204,7 @@ async def test_5xx_is_unavailable_and_403_is_not(
 
 
 async def test_a_missing_bucket_is_refused_for_good(s3_server: SeaweedFS) -> None:
-    async with backend_for(s3_server, "no-such-bucket") as backend:
+    async with opened(s3_server, "no-such-bucket") as backend:
         with pytest.raises(ProviderError, match="does not exist") as info:
             await listed(backend)
     assert not isinstance(info.value, ProviderUnavailableError)
@@ -206,7 +216,7 @@ async def test_the_uploads_own_error_passes_unmapped(s3_server: SeaweedFS, bucke
             yield b"x" * MIB
         raise OSError("client went away")
 
-    async with backend_for(s3_server, bucket, **SMALL_PARTS) as backend:
+    async with opened(s3_server, bucket, **SMALL_PARTS) as backend:
         for source in (Source("a", chunks=broken()), Source("a", blocking=iter_broken())):
             with pytest.raises(SourceFailure) as info:
                 await backend.write("", iter(["a.bin"]), source)

@@ -16,7 +16,7 @@ import anyio
 import pytest
 import quart
 
-from async_store import Store
+from async_store import AsyncStore, Store
 from tests.conftest import s3_app, s3_client
 from tests.seaweed import SeaweedFS
 
@@ -37,7 +37,7 @@ async def fetch(url: str) -> tuple[int, Any, bytes]:
     return await anyio.to_thread.run_sync(get, url)
 
 
-def quart_store(server: SeaweedFS, bucket: str, **config: Any) -> tuple[quart.Quart, Store]:
+def quart_store(server: SeaweedFS, bucket: str, **config: Any) -> tuple[quart.Quart, AsyncStore]:
     app = s3_app(server, bucket, **config)
     return app, Store(app)
 

@@ -12,14 +12,14 @@ import itertools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import anyio
 import flask
 import pytest
 import quart
 import werkzeug.datastructures
-from sqlalchemy import ForeignKey, String, create_engine, delete, insert, text, update
+from sqlalchemy import ForeignKey, String, Table, create_engine, delete, insert, text, update
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
@@ -35,6 +35,13 @@ _databases = itertools.count()
 
 class Base(DeclarativeBase):
     pass
+
+
+def table_of(model: type[Base]) -> Table:
+    """A mapped class's Core table (DeclarativeBase types ``__table__`` as any FromClause)."""
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
 
 
 class Doc(Base):
@@ -257,13 +264,13 @@ async def test_replacing_deletes_the_old_file_only_after_commit(db: DB) -> None:
         session.add(doc)
         session.commit()
         session.expire_all()
-        doc = session.get(Doc, doc.id)
+        doc = session.get_one(Doc, doc.id)
         doc.file = upload(b"v2", "v2.txt")
         session.flush()
         assert set(db.files()) == {"docs/v1.txt", "docs/v2.txt"}
         session.rollback()  # v2 goes, v1 stays
         assert db.files() == {"docs/v1.txt": b"v1"}
-        doc = session.get(Doc, doc.id)
+        doc = session.get_one(Doc, doc.id)
         doc.file = upload(b"v3", "v3.txt")
         session.commit()
 
@@ -461,7 +468,7 @@ async def test_bulk_update_by_primary_key_core_update_and_returning(db: DB) -> N
         session.execute(update(Doc), [{"id": 1, "file": "docs/c.txt"}, {"id": 2, "title": "x"}])
         session.commit()
         assert set(db.files()) == {"docs/b.txt", "docs/c.txt", "docs/d.txt"}
-        table = Doc.__table__
+        table = table_of(Doc)
         core = update(table).where(table.c.title == "x").values(file=None)
         assert session.execute(core.returning(table.c.id)).scalars().all() == [2]
         orm = update(Doc).where(Doc.title == "d").values(file="docs/c.txt").returning(Doc)
@@ -482,7 +489,7 @@ async def test_bulk_delete_deletes_the_files_after_commit(db: DB) -> None:
         assert len(db.files()) == 3
         with session.begin_nested():
             session.execute(delete(Doc).where(Doc.title == "a"))
-        session.execute(delete(Doc.__table__).where(Doc.__table__.c.title == "b"))
+        session.execute(delete(table_of(Doc)).where(table_of(Doc).c.title == "b"))
         session.commit()
 
     await db(scenario)
@@ -532,7 +539,8 @@ class OneShot(io.RawIOBase):
 
 async def test_one_shot_upload_assigned_twice_is_refused(db: DB) -> None:
     def scenario(session: Session) -> None:
-        once = werkzeug.datastructures.FileStorage(OneShot(b"once"), "once.txt")
+        # A binary stream at runtime; typeshed's RawIOBase is no IO[bytes], which werkzeug wants.
+        once = werkzeug.datastructures.FileStorage(cast("IO[bytes]", OneShot(b"once")), "once.txt")
         session.add(Pair(file=once, copy=once))
         with pytest.raises(StoreError):
             session.flush()
@@ -601,7 +609,7 @@ def test_flask_sqlalchemy_quick_start(tmp_path: Path) -> None:
 
     @app.get("/bar/<int:id>")
     def bar(id: int) -> str:
-        return str(db.session.get(MyModel, id).field.absolute_url)
+        return str(db.session.get_one(MyModel, id).field.absolute_url)
 
     with app.app_context():
         db.create_all()

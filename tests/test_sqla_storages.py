@@ -25,6 +25,7 @@ import werkzeug.datastructures
 from sqlalchemy import (
     ForeignKey,
     String,
+    Table,
     create_engine,
     delete,
     insert,
@@ -47,6 +48,13 @@ __all__ = ["postgres"]  # test_sqla's fixture: one PostgreSQL server for both mo
 
 class Base(DeclarativeBase):
     pass
+
+
+def table_of(model: type[Base]) -> Table:
+    """A mapped class's Core table (DeclarativeBase types ``__table__`` as any FromClause)."""
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
 
 
 class Shelf(Base):
@@ -328,7 +336,7 @@ async def test_bulk_update_deletes_the_replaced_files_from_their_columns_storage
         loaded = session.scalars(select(Record).order_by(Record.id)).all()
         session.execute(update(Record).where(Record.title == "1").values(document="f/other.txt"))
         session.execute(update(Record), [{"id": 2, "avatar": None}])  # by primary key
-        table = Record.__table__
+        table = table_of(Record)
         session.execute(update(table).where(table.c.title == "3").values(document=None))  # Core
         session.commit()
         return loaded[0].document, loaded[1].avatar
@@ -356,7 +364,7 @@ async def test_bulk_delete_deletes_each_file_from_its_storage(db: DB) -> None:
         session.rollback()
         assert len(db.files()["documents"]) == 3
         session.execute(delete(Record).where(Record.title == "1"))
-        session.execute(delete(Record.__table__).where(Record.__table__.c.title == "2"))
+        session.execute(delete(table_of(Record)).where(table_of(Record).c.title == "2"))
         session.commit()
 
     await db(scenario)
@@ -395,7 +403,7 @@ async def test_a_provider_of_another_storage_is_refused(db: DB) -> None:
 @pytest.mark.parametrize("second", ["memory"])
 async def test_an_unknown_storage_is_named_when_the_column_is_used(db: DB) -> None:
     with db.sync_engine.begin() as connection:
-        connection.execute(insert(Lost.__table__).values(id=1, file="f/a.txt"))
+        connection.execute(insert(table_of(Lost)).values(id=1, file="f/a.txt"))
     message = (
         r"^the StoreType column lost\.file keeps its files in the storage 'archive', and this app "
         r"has no storage of that name \(it has 'default', 'documents'\): add 'archive' to "

@@ -14,6 +14,7 @@ import pytest
 import quart
 
 from async_store import NotConfiguredError, Store, StoreError
+from async_store.backends.memory import MemoryBackend
 from async_store.config import StoreConfigWarning
 from async_store.serve import endpoint
 
@@ -48,7 +49,9 @@ async def test_each_storage_keeps_its_own_files_urls_and_route(tmp_path: Path, k
         assert (tmp_path / "media" / "a.txt").read_bytes() == b"default"
         assert (tmp_path / "instance" / "uploads-avatars" / "a.txt").read_bytes() == b"avatars"
         assert (tmp_path / "exports" / "a.txt").read_bytes() == b"exports"
-        assert store.state(app, "scratch").provider_class.backend.files["a.txt"].data == b"scratch"
+        scratch = store.state(app, "scratch").provider_class.backend
+        assert isinstance(scratch, MemoryBackend)
+        assert scratch.files["a.txt"].data == b"scratch"
         # Every storage has the name: none was renamed for another's file.
         assert {p.filename for p in found.values()} == {"a.txt"}
         assert found["default"].absolute_url == "https://files.example.org/uploads/a.txt"

@@ -5,22 +5,23 @@ from __future__ import annotations
 import io
 import shutil
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from async_store import Store, StoreError
+from async_store import Store, StoreError, SyncStore
 from tests.conftest import make_app
 
 
 @pytest.fixture
-def flask_store(store_path: Path):  # type: ignore[no-untyped-def]
-    store = Store(make_app("flask", store_path))
+def flask_store(store_path: Path) -> Iterator[SyncStore]:
+    store: SyncStore = Store(make_app("flask", store_path))
     yield store
     store.close()
 
 
-def test_sync_file_is_a_real_binary_file(flask_store: Store) -> None:
+def test_sync_file_is_a_real_binary_file(flask_store: SyncStore) -> None:
     data = bytes(range(256)) * 1000
     provider = flask_store.Provider(data, filename="a.bin")
     provider.save()
@@ -31,12 +32,12 @@ def test_sync_file_is_a_real_binary_file(flask_store: Store) -> None:
         assert f.read() == data[-6:]
         f.seek(0)
         out = io.BytesIO()
-        shutil.copyfileobj(io.BufferedReader(f), out)  # type: ignore[arg-type]
+        shutil.copyfileobj(io.BufferedReader(f), out)
     assert out.getvalue() == data
     assert f.closed
 
 
-def test_one_loop_thread_serves_every_call(flask_store: Store) -> None:
+def test_one_loop_thread_serves_every_call(flask_store: SyncStore) -> None:
     warmup = flask_store.Provider(b"x", filename="warmup")
     warmup.save()  # a local save runs in this thread (Provider.loop_bound)...
     assert warmup.exists()  # ...exists() starts the loop thread
@@ -48,14 +49,14 @@ def test_one_loop_thread_serves_every_call(flask_store: Store) -> None:
     assert threading.active_count() <= before + 1
 
 
-def test_close_then_use_again(flask_store: Store) -> None:
+def test_close_then_use_again(flask_store: SyncStore) -> None:
     flask_store.Provider(b"1", filename="a.txt").save()
     flask_store.close()
     assert not [t for t in threading.enumerate() if t.name == "async_store"]
     assert flask_store.Provider(b"2", filename="b.txt").save() == "/uploads/b.txt"
 
 
-def test_mirrors_the_async_provider(flask_store: Store) -> None:
+def test_mirrors_the_async_provider(flask_store: SyncStore) -> None:
     provider = flask_store.Provider(b"x", "docs", filename="r.txt")
     assert repr(provider) == "<SyncLocalProvider unsaved 'docs/r.txt'>"
     assert not provider.saved
@@ -68,7 +69,7 @@ def test_mirrors_the_async_provider(flask_store: Store) -> None:
     assert not provider.exists()
 
 
-async def test_shim_inside_a_running_loop_is_refused(flask_store: Store) -> None:
+async def test_shim_inside_a_running_loop_is_refused(flask_store: SyncStore) -> None:
     provider = flask_store.Provider(b"x", filename="a.txt")
     with pytest.raises(StoreError, match=r"AsyncProvider\(\.\.\.\)\.save\(\)"):
         provider.save()
@@ -78,12 +79,14 @@ async def test_shim_inside_a_running_loop_is_refused(flask_store: Store) -> None
 
 
 @pytest.mark.parametrize("kind", ["bytes", "path", "iterator"])
-def test_large_saves_start_no_thread_each(flask_store: Store, tmp_path: Path, kind: str) -> None:
+def test_large_saves_start_no_thread_each(
+    flask_store: SyncStore, tmp_path: Path, kind: str
+) -> None:
     # Each save above one chunk used to start a worker thread for its private loop's run, and
     # stop it again at the end of the run: a thread per upload.
     data = b"x" * (3 * 1024 * 1024)
     (tmp_path / "big.bin").write_bytes(data)
-    make = {
+    make: Callable[[], object] = {
         "bytes": lambda: data,
         "path": lambda: tmp_path / "big.bin",
         "iterator": lambda: iter([data[:1000], data[1000:]]),
@@ -100,6 +103,6 @@ def test_large_saves_start_no_thread_each(flask_store: Store, tmp_path: Path, ki
         for provider in saved:
             provider.save()
     finally:
-        threading.settrace(None)  # type: ignore[arg-type]
+        threading.settrace(None)
     assert started == []
     assert all(Path(p.absolute_path).read_bytes() == data for p in saved)
