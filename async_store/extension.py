@@ -15,13 +15,14 @@ import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, cast, overload
 
+from ._app_config import read_storages
 from ._background import Background
 from ._cli_hook import register_commands
 from ._limits import install as describe_413s
 from ._paths import load_mimetypes
-from ._storages import DEFAULT, StorageSpec, check_apart, named_error, storage_specs
+from ._storages import DEFAULT
 from .backends.background import BackgroundBackend, background_of
-from .config import Folders, defaults, read_config
+from .config import Folders, defaults
 from .exceptions import NotConfiguredError, StoreError
 from .providers import get_provider_class
 from .serve import register_route
@@ -182,9 +183,9 @@ class Store(Generic[P]):
                 "A Store is already registered on this app: call init_app once per app, and "
                 "use the same Store object everywhere (store.Provider follows the current app)."
             )
-        read = self._read_config(app)
+        read = read_storages(app)
         load_mimetypes()
-        for key, value in read[0][3].items():  # the app shows what is in force
+        for key, value in read[0].given.items():  # the app shows what is in force
             app.config.setdefault(key, value)
         is_async = _is_async_app(app)
         storages: dict[str, StoreState[Any]] = {}
@@ -254,52 +255,7 @@ class Store(Generic[P]):
 
         :raises NotConfiguredError: naming the key, its value and what is allowed.
         """
-        self._read_config(app)
-
-    def _read_config(
-        self, app: App
-    ) -> list[tuple[StorageSpec, type[_Provider], StoreConfig, dict[str, Any]]]:
-        """Per storage, the default one first: its spec, provider class, checked config, and
-        config with every default filled in (what init_app writes back); no side effects."""
-        read: list[tuple[StorageSpec, type[_Provider], StoreConfig, dict[str, Any]]] = []
-        for spec in storage_specs(app.config):
-            try:
-                read.append((spec, *self._read_storage(app, spec, read)))
-            except NotConfiguredError as exc:
-                if spec.name == DEFAULT:
-                    raise
-                raise named_error(spec, exc) from exc
-        check_apart(
-            [
-                (
-                    spec.name,
-                    config,
-                    cls.config_backend,
-                    bool(config["STORE_SERVE_FILES"] and cls.register_route),
-                )
-                for spec, cls, config, _ in read
-            ]
-        )
-        return read
-
-    def _read_storage(
-        self,
-        app: App,
-        spec: StorageSpec,
-        read: list[tuple[StorageSpec, type[_Provider], StoreConfig, dict[str, Any]]],
-    ) -> tuple[type[_Provider], StoreConfig, dict[str, Any]]:
-        provider_class = get_provider_class(spec.config.get("STORE_PROVIDER", "local"))
-        folders = Folders(app.root_path, app.instance_path, provider_class.config_backend)
-        own = dict(app.config) if spec.name == DEFAULT else dict(spec.config)
-        scratch = _Scratch(app, own)
-        provider_class.app_defaults(scratch)  # type: ignore[arg-type]  # its defaults first
-        prefix = read[0][2].url_prefix if read else ""
-        given = {**defaults(folders), **spec.defaults(app.instance_path, prefix), **scratch.config}
-        extra = (*provider_class.REQUIRED_CONFIGURATION, *provider_class.config_keys)
-        named = None if spec.name == DEFAULT else spec.name
-        config = read_config(given, folders, extra, named)
-        provider_class.check_config(config)
-        return provider_class, config, given
+        read_storages(app)
 
     def provider(self, app: App) -> type[_Provider]:
         """The (unbound) provider class ``STORE_PROVIDER`` names for ``app``."""
@@ -382,16 +338,6 @@ class Store(Generic[P]):
 AsyncStore = Store[type[_Provider]]
 #: A Store of a Flask app (``store.Provider`` is the sync shim).
 SyncStore = Store[type[_SyncProvider]]
-
-
-class _Scratch:
-    """An app's folders and a copy of its config, for provider hooks that set defaults
-    (``app_defaults``) without touching the app itself."""
-
-    def __init__(self, app: App, config: dict[str, Any]) -> None:
-        self.config = config
-        self.root_path = app.root_path
-        self.instance_path = app.instance_path
 
 
 def current_state(who: str, storage: str = DEFAULT) -> StoreState[Any]:
