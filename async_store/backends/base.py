@@ -30,9 +30,11 @@ Keys are relative paths below the storage's root (``STORE_PATH``), already check
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
+
+from anyio.abc import AsyncResource
 
 from ..exceptions import ProviderError, StoreError
 
@@ -40,7 +42,6 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
     from contextlib import AbstractAsyncContextManager
     from datetime import datetime
-    from types import TracebackType
 
     from .._sources import AsyncReadable, Source
     from .._uploads import BackgroundUpload
@@ -82,10 +83,11 @@ def no_free_name(location: str) -> ProviderError:
     return NoFreeName(f"no free name in {location or 'the store'!r} after {MAX_NAMES + 1} attempts")
 
 
-class Backend(ABC):
+class Backend(AsyncResource):
     """The I/O of one configured storage. Subclasses implement the abstract methods.
 
-    ``async with backend:`` or :meth:`aclose` release what it holds at the end.
+    An anyio ``AsyncResource``: ``async with backend:`` or :meth:`aclose` release what it
+    holds at the end.
 
     :param config: the storage's checked ``STORE_*`` config (``StoreConfig``).
     """
@@ -154,17 +156,6 @@ class Backend(ABC):
     async def aclose(self) -> None:
         """Release what the backend holds (files, clients); called once, at the end."""
         return None  # optional, as enter_loop
-
-    async def __aenter__(self) -> Backend:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     # --- I/O -----------------------------------------------------------------------------------
 
