@@ -4,10 +4,11 @@
 ``bench/results/latest.md`` (figure, baseline, ratio, target, met?) and ``latest.png``.
 Each measurement is repeated (median, with the range), because 2-core machines are noisy.
 
-Measured: large multipart uploads through hypercorn (``bench/http.py``), direct saves against
-``shutil.copyfileobj``, many small files against plain blocking writes, the sync shim against
-the async API, S3 on a SeaweedFS the run starts on 127.0.0.1 against raw aioboto3, background
-latency (``bench/s3.py``), and the peers on the same work (``bench/peers.py``).
+Measured: large multipart uploads through hypercorn (``bench/http.py``) and 4 KiB ones
+(``bench/http_small.py``), direct saves against ``shutil.copyfileobj``, many small files
+against plain blocking writes, the sync shim against the async API, S3 on a SeaweedFS the run
+starts on 127.0.0.1 against raw aioboto3, background latency (``bench/s3.py``), and the peers
+on the same work (``bench/peers.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import quart
 from async_store import Store
 
 from .http import bench_http
+from .http_small import bench_small_http
 from .load import bench_load
 from .peers import bench_peers
 from .report import Row, fmt, write_report
@@ -251,7 +253,7 @@ def bench_shim(work: Path, count: int, repeats: int) -> Row:
     )
 
 
-PARTS = ("http", "large", "small", "shim", "s3", "peers", "load")
+PARTS = ("http", "small_http", "large", "small", "shim", "s3", "peers", "load")
 
 
 def main() -> None:
@@ -281,6 +283,7 @@ def main() -> None:
     s3_large = 16 * MIB if quick else 512 * MIB
     s3_small = 50 if quick else 1_000
     http_sizes = [16 * MIB, 64 * MIB] if quick else [256 * MIB, 1024 * MIB]
+    small_http = 200 if quick else 2_000  # 4 KiB uploads through hypercorn per run
     args.out.parent.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
     sections: list[str] = []
@@ -300,6 +303,10 @@ def main() -> None:
             http_rows, http_table = bench_http(work, http_sizes, repeats)
             add(*http_rows)
             sections += [*http_table, ""]
+        if "small_http" in args.only:
+            small_http_rows, small_http_table = bench_small_http(work, small_http, repeats)
+            add(*small_http_rows)
+            sections += small_http_table
         if "large" in args.only:
             add(bench_large_local(work, large, repeats))
         if "small" in args.only:
