@@ -7,6 +7,7 @@ shim (in a worker thread, as a Flask view would), so one suite covers both.
 
 from __future__ import annotations
 
+import inspect
 import io
 import itertools
 import os
@@ -19,6 +20,7 @@ import anyio.to_thread
 import flask
 import pytest
 import quart
+from blockbuster import BlockBuster, blockbuster_ctx
 
 from async_store import Store, UploadError
 from async_store.backends.memory import MemoryBackend
@@ -41,6 +43,47 @@ def unavailable(reason: str) -> NoReturn:
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def blockbuster(request: pytest.FixtureRequest) -> Iterator[None]:
+    """In an async test, a blocking call (file, socket, sleep, a held lock) made on an event
+    loop's thread with async_store on the stack fails with BlockingError. Only async_store is
+    scanned: the tests' own blocking (reading what was stored, behind the library's back) is
+    theirs. Sync tests block legitimately and run without it."""
+    if not inspect.iscoroutinefunction(request.function):
+        yield
+        return
+    with blockbuster_ctx("async_store") as bb:
+        allow_blocking(bb)
+        yield
+
+
+def allow_blocking(bb: BlockBuster) -> None:
+    """What may block on the loop though async_store called it: each by module and function."""
+    for name, function in bb.functions.items():
+        if name.startswith(("os.", "io.")):
+            # aiobotocore creates a client on the loop, and botocore reads its JSON models and
+            # endpoint data from disk then (once per client: the backend keeps its clients)...
+            function.can_block_in("aiobotocore/session.py", {"_create_client"})
+            # ...and the rest on first use (a paginator's model), cached for the process.
+            function.can_block_in("botocore/loaders.py", {"load_service_model", "load_data"})
+            # The test's own look at the disk, from inside the ASGI receive() it hands Quart.
+            function.can_block_in("tests/test_ingest.py", {"written"})
+        # By design: a loop that only serves threads blocked on it (the sync shim's) runs small
+        # jobs itself, its callers wait anyway (async_store/_threads.py's docstring). Elsewhere
+        # run_small hands the job to its writer thread, so this allows nothing on other loops.
+        function.can_block_in("async_store/_threads.py", {"run_small"})
+        # Sync setup (config checks, the store's folder), run at import or in the app factory,
+        # before serving; the tests call it inside async tests.
+        function.can_block_in("async_store/extension.py", {"init_app"})
+        # The sync teardown: it joins the shim's loop thread. Tests call it last, on the loop.
+        function.can_block_in("async_store/extension.py", {"close"})
+        # TODO(issue 13): a background upload with no serving loop (a Quart app used outside
+        # app.test_app() / serving) starts the shim's portal thread from the event loop, and
+        # start_blocking_portal waits for that thread's loop: _background.py's _uploader ->
+        # extension.py's _start_fallback_loop -> sync.py's PortalOwner.portal.
+        function.can_block_in("async_store/extension.py", {"_start_fallback_loop"})
 
 
 @overload

@@ -69,11 +69,11 @@ async def test_each_storage_keeps_its_own_files_urls_and_route(tmp_path: Path, k
             ("/uploads-exports/a.txt", 404, None),
             ("/uploads/uploads-avatars/a.txt", 404, None),
         ):
-            response = client.get(url)
             if kind == "quart":
-                response = await response
+                response = await client.get(url)
                 data = await response.get_data()
-            else:
+            else:  # in a thread, as a WSGI server would: Flask's views block
+                response = await anyio.to_thread.run_sync(client.get, url)
                 data = response.get_data()
                 response.close()  # send_file's file
             assert response.status_code == status, url
