@@ -211,12 +211,19 @@ class Background:
             self._scheduled.add(job_id)
         uploader.submit(job_id)
 
+    async def ready(self) -> None:
+        """Make sure this loop's uploads have an uploader, before anything is spooled: on a
+        loop that is not long-lived, the sync shim's loop thread, started in a worker thread
+        (starting it waits for the thread: never on the event loop)."""
+        if asyncio.get_running_loop() not in self._uploaders:
+            await anyio.to_thread.run_sync(self._start_fallback_loop)
+
     def _uploader(self) -> Uploader:
         uploader = self._uploaders.get(asyncio.get_running_loop())
         if uploader is not None:
             return uploader
         # This loop is not long-lived (a Flask async view's, a script's): deliver on the sync
-        # shim's loop thread, which outlives it and is drained at exit.
+        # shim's loop thread, which outlives it and is drained at exit (started by ready()).
         self._start_fallback_loop()
         for loop, uploader in list(self._uploaders.items()):
             if not loop.is_closed():

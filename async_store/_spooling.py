@@ -48,6 +48,7 @@ async def spool_upload(
     :raises ProviderError: when the name check is refused for good (access denied).
     :raises StoreError: naming ``STORE_SPOOL_PATH`` when the spool's own disk fails.
     """
+    await background.ready()  # before the job exists: a cancel here loses nothing
     spool = background.spool
     first = next(candidates, "")
     names = itertools.chain([first], candidates)  # made as needed: a collision name costs ~7 µs

@@ -79,11 +79,6 @@ def allow_blocking(bb: BlockBuster) -> None:
         function.can_block_in("async_store/extension.py", {"init_app"})
         # The sync teardown: it joins the shim's loop thread. Tests call it last, on the loop.
         function.can_block_in("async_store/extension.py", {"close"})
-        # TODO(issue 13): a background upload with no serving loop (a Quart app used outside
-        # app.test_app() / serving) starts the shim's portal thread from the event loop, and
-        # start_blocking_portal waits for that thread's loop: _background.py's _uploader ->
-        # extension.py's _start_fallback_loop -> sync.py's PortalOwner.portal.
-        function.can_block_in("async_store/extension.py", {"_start_fallback_loop"})
 
 
 @overload
