@@ -106,3 +106,30 @@ def test_large_saves_start_no_thread_each(
         threading.settrace(None)
     assert started == []
     assert all(Path(p.absolute_path).read_bytes() == data for p in saved)
+
+
+def test_a_local_save_runs_in_the_calling_thread_with_no_loop(
+    flask_store: SyncStore, store_path: Path
+) -> None:
+    """A FileStorage, bytes or a path saved to local disk through the shim never starts the
+    shim's loop thread: the blocking steps run where the view runs."""
+    flask_store.close()
+    (store_path.parent / "src.bin").write_bytes(b"p" * 5000)
+    for fp in (b"b" * 10, store_path.parent / "src.bin", io.BytesIO(b"f" * 70_000)):
+        flask_store.Provider(fp, filename="a.bin").save()
+    assert not [t for t in threading.enumerate() if t.name == "async_store"]
+    assert sorted(p.stat().st_size for p in store_path.iterdir()) == [10, 5000, 70_000]
+
+    class Broken(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: object) -> int:
+            raise ConnectionResetError("the client went away")
+
+    before = sorted(p.name for p in store_path.iterdir())
+    with pytest.raises(ConnectionResetError, match="the client went away"):
+        flask_store.Provider(io.BufferedReader(Broken()), filename="b.bin").save()
+    # The upload's own error, and nothing left of it: no temp file, no file under its name.
+    assert sorted(p.name for p in store_path.iterdir()) == before
+    assert not [t for t in threading.enumerate() if t.name == "async_store"]
