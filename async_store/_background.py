@@ -63,17 +63,10 @@ if TYPE_CHECKING:
 
     from .backends.base import Backend
     from .config import StoreConfig
-    from .providers.base import Provider
 
-__all__ = ["Background", "BackgroundUpload", "destination"]
+__all__ = ["Background", "BackgroundUpload"]
 
 log = logging.getLogger("async_store.background")
-
-
-def destination(provider_class: type[Provider]) -> str:
-    """Where a provider's files go: its backend's identity (kind, bucket, key prefix), never
-    the endpoint (what a job names, and what ``store migrate`` compares)."""
-    return provider_class.backend.identity
 
 
 def _kind(cls: type) -> str:
@@ -358,20 +351,13 @@ class Background:
             await self.outcomes.report(job, "discarded" if discarded else "delivered")
             await anyio.to_thread.run_sync(self.spool.clear, job)
 
-    async def discard(self, key: str, upload: BackgroundUpload | None = None) -> bool:
+    async def discard(self, key: str) -> bool:
         """Cancel the upload of ``key`` (its file was deleted before delivery) if it is still
         spooled: True then, and the backend holds nothing to delete (or will not, once the
         delivery under way lands). False if nothing is spooled for it: delete the stored file.
-
-        ``upload`` is the provider's handle when it spooled the file; without it (a provider made
-        from a stored path) the name's reservation leads to the job.
+        The name's reservation leads to the job, whichever worker or provider spooled it.
         """
-        if upload is not None:
-            if upload.status in ("delivered", "discarded"):
-                return False
-            job_id: str | None = upload.job_id
-        else:
-            job_id = await anyio.to_thread.run_sync(self.spool.reserved_job, self.target, key)
+        job_id = await anyio.to_thread.run_sync(self.spool.reserved_job, self.target, key)
         if job_id is None:
             return False
         spooled, removed = await anyio.to_thread.run_sync(self._cancel, job_id)

@@ -37,7 +37,7 @@ class Base(DeclarativeBase):
     pass
 
 
-def table_of(model: type[Base]) -> Table:
+def table_of(model: type[DeclarativeBase]) -> Table:
     """A mapped class's Core table (DeclarativeBase types ``__table__`` as any FromClause)."""
     table = model.__table__
     assert isinstance(table, Table)

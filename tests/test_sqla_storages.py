@@ -25,7 +25,6 @@ import werkzeug.datastructures
 from sqlalchemy import (
     ForeignKey,
     String,
-    Table,
     create_engine,
     delete,
     insert,
@@ -41,20 +40,13 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 from async_store import Store, StoreError
 from async_store.sqla import StoreType
 from tests.conftest import s3_client, s3_config
-from tests.test_sqla import new_database, postgres
+from tests.test_sqla import new_database, postgres, table_of
 
 __all__ = ["postgres"]  # test_sqla's fixture: one PostgreSQL server for both modules
 
 
 class Base(DeclarativeBase):
     pass
-
-
-def table_of(model: type[Base]) -> Table:
-    """A mapped class's Core table (DeclarativeBase types ``__table__`` as any FromClause)."""
-    table = model.__table__
-    assert isinstance(table, Table)
-    return table
 
 
 class Shelf(Base):

@@ -47,7 +47,15 @@ if TYPE_CHECKING:
     from .._uploads import BackgroundUpload
     from ..config import StoreConfig
 
-__all__ = ["MAX_NAMES", "Backend", "NoFreeName", "StoredFile", "Written", "no_free_name"]
+__all__ = [
+    "MAX_NAMES",
+    "Backend",
+    "NoFreeName",
+    "StoredFile",
+    "Written",
+    "check_range",
+    "no_free_name",
+]
 
 #: How many collision names a save tries after the client's (each has 128 random bits).
 MAX_NAMES = 16
@@ -76,6 +84,16 @@ class Written:
 
 class NoFreeName(ProviderError):
     """Every candidate name was taken (background delivery and migrate tell it apart)."""
+
+
+def check_range(key: str, start: int, end: int | None) -> None:
+    """What :meth:`Backend.open` checks first: a byte range that starts at 0 or later and does
+    not end before it starts.
+
+    :raises ValueError: naming ``key`` and the range, otherwise.
+    """
+    if start < 0 or (end is not None and end < start):
+        raise ValueError(f"not a byte range of {key!r}: start {start}, end {end}")
 
 
 def no_free_name(location: str) -> ProviderError:

@@ -53,7 +53,7 @@ from ._local_fs import (
     resolve_file,
     store_root,
 )
-from .base import Backend, StoredFile, no_free_name
+from .base import Backend, StoredFile, check_range, no_free_name
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -237,8 +237,7 @@ class LocalBackend(Backend):
     async def open(
         self, key: str, start: int = 0, end: int | None = None
     ) -> AsyncIterator[_Reader]:
-        if start < 0 or (end is not None and end < start):
-            raise ValueError(f"not a byte range of {key!r}: start {start}, end {end}")
+        check_range(key, start, end)
 
         def open_at() -> IO[bytes]:
             path, _ = resolve_file(self._root, key)  # refuses what the store would not serve

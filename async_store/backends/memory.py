@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import anyio.lowlevel
 
 from ..exceptions import NotFoundError
-from .base import Backend, StoredFile, no_free_name
+from .base import Backend, StoredFile, check_range, no_free_name
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -123,8 +123,7 @@ class MemoryBackend(Backend):
     async def open(
         self, key: str, start: int = 0, end: int | None = None
     ) -> AsyncIterator[_Reader]:
-        if start < 0 or (end is not None and end < start):
-            raise ValueError(f"not a byte range of {key!r}: start {start}, end {end}")
+        check_range(key, start, end)
         await anyio.lowlevel.checkpoint()
         yield _Reader(memoryview(self._file(key).data)[start:end])
 

@@ -33,7 +33,7 @@ from .._multipart import Budgets, Charge, Claims, Parts, read_head, send_parts
 from .._paths import content_type as guess_type
 from ..exceptions import NotFoundError, ProviderError
 from ._s3_clients import ClientError, Clients
-from .base import Backend, StoredFile, no_free_name
+from .base import Backend, StoredFile, check_range, no_free_name
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
@@ -266,8 +266,7 @@ class S3Backend(Backend):
     async def open(
         self, key: str, start: int = 0, end: int | None = None
     ) -> AsyncIterator[AsyncReadable]:
-        if start < 0 or (end is not None and end < start):
-            raise ValueError(f"not a byte range of {key!r}: start {start}, end {end}")
+        check_range(key, start, end)
         async with contextlib.AsyncExitStack() as stack:
             with self._clients.errors(key):
                 s3 = await stack.enter_async_context(self._clients.client())

@@ -18,7 +18,6 @@ from urllib.parse import urlsplit
 import anyio
 import click
 
-from .._background import destination
 from .._sources import Source, SourceFailure
 from .._storages import DEFAULT
 from ..backends.background import background_of, direct
@@ -143,7 +142,7 @@ def _place(provider: type[Provider]) -> tuple[str, str]:
     """Where a provider's files are: its backend's identity (kind, bucket or folder, prefix),
     and the S3 endpoint it is reached at; one bucket name on two servers is two places."""
     endpoint = str(provider.config.get("STORE_S3_ENDPOINT_URL") or "").rstrip("/")
-    return destination(provider), endpoint
+    return provider.backend.identity, endpoint
 
 
 def target_config(to: str, options: tuple[str, ...], source: StoreConfig) -> dict[str, Any]:
@@ -289,7 +288,7 @@ def _storage_target(source: StoreState, name: str) -> type[Provider]:
     if _place(source.provider_class) == _place(target.provider_class):
         raise click.UsageError(
             f"the storages {source.name!r} and {name!r} keep their files in the same place "
-            f"({destination(source.provider_class)}): the destination is the store itself"
+            f"({source.provider_class.backend.identity}): the destination is the store itself"
         )
     return target.provider_class
 

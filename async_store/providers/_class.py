@@ -86,16 +86,15 @@ class ProviderClass(ABC):
                 )
 
     @classmethod
-    def bind(cls, config: StoreConfig, backend: Backend | None = None) -> type[Self]:
+    def bind(cls, config: StoreConfig, backend: Backend | None) -> type[Self]:
         """Return a subclass of this provider bound to one storage's ``config`` and
-        ``backend`` (default: one made from :attr:`backend_class`)."""
+        ``backend`` (``init_app`` makes it from :attr:`backend_class`; None for a provider
+        without one)."""
         namespace: dict[str, Any] = {
             "config": config,
             "__module__": cls.__module__,
             "__qualname__": cls.__qualname__,
         }
-        if backend is None and cls.backend_class is not None:
-            backend = cls.backend_class(config)
         if backend is not None:
             namespace["backend"] = backend
             namespace["loop_bound"] = backend.loop_bound
