@@ -87,13 +87,6 @@ def split_ext(name: str) -> tuple[str, str]:
     return root, ext
 
 
-def _truncate(text: str, max_bytes: int) -> str:
-    encoded = text.encode()
-    if len(encoded) <= max_bytes:
-        return text
-    return encoded[:max_bytes].decode("utf-8", "ignore")
-
-
 def _visible(text: str) -> str:
     return "".join(ch for ch in text if unicodedata.category(ch) not in _DROP_CATEGORIES)
 
@@ -125,7 +118,10 @@ def _clean_segment(text: str, default: str) -> str:
     if stem.upper() in _WINDOWS_DEVICES:
         # Windows opens the device for "CON", "con.txt" and "CON.a.b" alike; "CON_.a.b" is a file.
         root = f"{stem}_{dot}{rest}"
-    return _truncate(root, _CLEAN_NAME_BYTES - len(ext.encode())).rstrip(".") + ext
+    max_bytes = _CLEAN_NAME_BYTES - len(ext.encode())
+    if len(encoded := root.encode()) > max_bytes:
+        root = encoded[:max_bytes].decode("utf-8", "ignore")  # never half a character
+    return root.rstrip(".") + ext
 
 
 def clean_filename(name: str | bytes | None, default: str = "file") -> str:
@@ -151,33 +147,29 @@ def clean_filename(name: str | bytes | None, default: str = "file") -> str:
     if name and _PLAIN_ASCII.fullmatch(name):
         # The common name ("IMG_0042.jpg"): nothing for NFKC, the invisible-character filter,
         # the separators or the per-character pass to do; the result is the same, byte for byte.
-        plain = _UNDERSCORES.sub("_", name)
-        return _fixed_point(plain if _strip(plain) else "", default)
-    return _clean_any(name, default)
+        segment = _UNDERSCORES.sub("_", name)
+        segment = segment if _strip(segment) else ""
+    else:
+        segment = _segment_of(name)
+    # A pass can expose what only the next one sees: "x_.tar_.gz" becomes "x_.tar.gz", whose
+    # extension is now ".tar.gz" and whose root "x_" loses its "_". Passes only ever shorten the
+    # name (a device's "_" is added once), so a few reach the fixed point; for the usual name
+    # the first pass changes nothing, and the next one would not either.
+    cleaned = _clean_segment(segment, default)
+    for _ in range(_MAX_PASSES):
+        if cleaned == segment:
+            break
+        segment, cleaned = cleaned, _clean_segment(cleaned, default)
+    return cleaned
 
 
-def _clean_any(name: str | None, default: str) -> str:
-    """:func:`clean_filename` for any text (the slow path)."""
+def _segment_of(name: str | None) -> str:
+    """The last segment of any text, its characters cleaned (the slow path)."""
     # Invisible characters go before NFKC: left in, they keep it from composing what they
     # separate ("=", U+200B, U+0338), and cleaning the result again would compose it ("≠").
     text = unicodedata.normalize("NFKC", _visible(name or ""))
     parts = [p for p in _SEPARATORS.split(text) if _strip(_clean_chars(p))]
-    return _fixed_point(_clean_chars(parts[-1]) if parts else "", default)
-
-
-def _fixed_point(segment: str, default: str) -> str:
-    cleaned = _clean_segment(segment, default)
-    if cleaned == segment:
-        return cleaned  # a pass changed nothing: the next one would not either (the usual name)
-    # A pass can expose what only the next one sees: "x_.tar_.gz" becomes "x_.tar.gz", whose
-    # extension is now ".tar.gz" and whose root "x_" loses its "_". Passes only ever shorten the
-    # name (a device's "_" is added once), so a few reach the fixed point.
-    for _ in range(_MAX_PASSES):
-        again = _clean_segment(cleaned, default)
-        if again == cleaned:
-            break
-        cleaned = again
-    return cleaned
+    return _clean_chars(parts[-1]) if parts else ""
 
 
 def collision_name(name: str) -> str:

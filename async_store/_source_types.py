@@ -75,23 +75,6 @@ _read_lock = threading.Lock()
 _TEXT_CHUNK = "the upload yields str, not bytes: yield text.encode() (files are stored as bytes)"
 
 
-def _first_read(origin: object, source: Source) -> tuple[bool, int | None]:
-    """Record that ``source`` reads ``origin``: ``(True, start)`` if another Source read it
-    before, and where its content began then."""
-    with _read_lock:
-        try:
-            if origin in _read:
-                return True, _read[origin]
-            _read[origin] = source._start
-            return False, None
-        except TypeError:  # no weak references to it
-            earlier = _read_by_id.get(id(origin))
-            if earlier is not None and earlier._origin is origin:
-                return True, earlier._start
-            _read_by_id[id(origin)] = source
-            return False, None
-
-
 class Source:
     """A normalised upload: a name and its content as chunks, read at most once."""
 
@@ -110,6 +93,8 @@ class Source:
         self._path = path
         self._iterable = blocking
         self._chunks = chunks
+        #: True when reading needs a worker thread (use :meth:`blocking_chunks` there).
+        self.is_blocking = chunks is None
         #: The caller's object whose content this is, when reading it uses it up.
         self._origin = origin
         self.used = False
@@ -148,11 +133,6 @@ class Source:
                 return max(view.nbytes - file.tell(), 0)
         return None
 
-    @property
-    def is_blocking(self) -> bool:
-        """True when reading needs a worker thread (use :meth:`blocking_chunks` there)."""
-        return self._chunks is None
-
     def _take(self) -> None:
         if self.used:
             raise RuntimeError("an upload source can be read only once")
@@ -160,9 +140,20 @@ class Source:
         origin = self._origin
         if origin is None or self._rewound:
             return
-        again, start = _first_read(origin, self)
-        if not again:
-            return
+        # Record that this source reads ``origin``, and learn whether another read it before
+        # (and where its content began then).
+        with _read_lock:
+            try:
+                if origin not in _read:
+                    _read[origin] = self._start
+                    return
+                start = _read[origin]
+            except TypeError:  # no weak references to it
+                earlier = _read_by_id.get(id(origin))
+                if earlier is None or earlier._origin is not origin:
+                    _read_by_id[id(origin)] = self
+                    return
+                start = earlier._start
         if self._file is None or start is None:
             raise StoreError(
                 f"the upload {self.filename or type(origin).__name__!r} was already read by "
@@ -177,23 +168,20 @@ class Source:
         """Yield the content; call it from a worker thread, it blocks."""
         self._take()
         try:
-            yield from self._blocking_chunks(size)
+            if self._path is not None:
+                with open(self._path, "rb") as f:
+                    yield from iter(lambda: f.read(size), b"")
+            elif self._file is not None:
+                yield from iter(lambda: self._file.read(size), b"")  # type: ignore[union-attr]
+            else:
+                assert self._iterable is not None
+                for chunk in self._iterable:
+                    if isinstance(chunk, str):
+                        raise TypeError(_TEXT_CHUNK)
+                    if chunk:
+                        yield bytes(chunk)
         except Exception as exc:
             raise SourceFailure(exc) from exc
-
-    def _blocking_chunks(self, size: int) -> Iterator[bytes]:
-        if self._path is not None:
-            with open(self._path, "rb") as f:
-                yield from iter(lambda: f.read(size), b"")
-        elif self._file is not None:
-            yield from iter(lambda: self._file.read(size), b"")  # type: ignore[union-attr]
-        else:
-            assert self._iterable is not None
-            for chunk in self._iterable:
-                if isinstance(chunk, str):
-                    raise TypeError(_TEXT_CHUNK)
-                if chunk:
-                    yield bytes(chunk)
 
     async def chunks(self, size: int) -> AsyncIterator[bytes]:
         """Yield the content on the event loop (blocking sources cost a thread hop a chunk)."""

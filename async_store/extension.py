@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Generic, cast, overload
 
 from ._app_config import read_storages
@@ -106,7 +107,7 @@ class StoreState(Generic[P]):
         backend = getattr(self.provider_class, "backend", None)
         return background_of(backend) if backend is not None else None
 
-    @property
+    @cached_property
     def Provider(self) -> P:
         """This storage's provider class: async in Quart, the sync shim in Flask."""
         return cast("P", self.provider_class if self.is_async else self.sync_provider_class)
@@ -228,18 +229,15 @@ class Store(Generic[P]):
                 register_route(app, each)
         register_commands(app)  # flask store …, quart store …
 
-    def _backend(
-        self, app: App, provider_class: type[_Provider], config: StoreConfig
-    ) -> Backend | None:
+    def _backend(self, app: App, provider_class: type[_Provider], config: StoreConfig) -> Backend:
         """A storage's backend: its provider's kind, wrapped for background uploads."""
         if provider_class.backend_class is None:
-            if config["STORE_BACKGROUND"]:
-                raise NotConfiguredError(
-                    f"STORE_BACKGROUND needs a provider with a backend object, and "
-                    f"{provider_class.__name__} has none (backend_class): give it one, or set "
-                    f"STORE_BACKGROUND = False."
-                )
-            return None
+            raise NotConfiguredError(
+                f"{provider_class.__name__} (STORE_PROVIDER) has no backend: a provider stores "
+                f"through a Backend object, named by its backend_class (see the README's "
+                f"'Backends'): class {provider_class.__name__}(Provider): "
+                f"backend_class = MyBackend."
+            )
         backend = provider_class.backend_class(config)
         if not config["STORE_BACKGROUND"]:
             return backend

@@ -239,11 +239,9 @@ class SyncProvider:
 
     def save(self) -> str:
         """Store the file and return its URL; see :meth:`Provider.save`."""
-        provider = self._provider
-        if provider._saves_here:  # local disk, memory: in this thread, no event loop
-            _refuse_inside_loop("SyncProvider.save")
-            return provider._save_blocking()
-        return self._owner.call(provider.save)
+        _refuse_inside_loop("SyncProvider.save")
+        url = self._provider.save_blocking()  # local disk, memory: in this thread, no loop
+        return url if url is not None else self._owner.call(self._provider.save)
 
     def exists(self, filename: str | None = None) -> bool:
         """See :meth:`Provider.exists`."""

@@ -339,6 +339,27 @@ def driver(request: pytest.FixtureRequest, store: Store, app: Any, backend: str)
     return Driver(str(request.param), store, app, storage_of(backend))
 
 
+def save_undeliverable(app: Any, storages: list[str], count: int) -> None:
+    """Save ``count`` files into ``docs/`` of each of the app's ``storages`` (background mode,
+    one retry) whose delivery fails for good: a file must stand where their folder goes."""
+    store = Store(app)
+
+    async def save() -> None:
+        async with app.app_context():
+            for name in storages:
+                for i in range(count):
+                    data = bytes(1000 * (i + 1))
+                    provider = store[name].AsyncProvider(data, "docs", filename=f"{i}.bin")
+                    await provider.save()
+                    with pytest.raises(UploadError):
+                        await provider.wait()
+
+    try:
+        anyio.run(save)
+    finally:
+        store.close()
+
+
 def spool_undeliverable(
     tmp_path: Path, count: int, store_path: Path | None = None
 ) -> tuple[Path, dict[str, Any]]:
@@ -352,19 +373,5 @@ def spool_undeliverable(
         "STORE_BACKGROUND_RETRIES": 1,
         "STORE_SPOOL_PATH": str(tmp_path / "spool"),
     }
-    app = make_app("quart", store_path, **config)
-    store = Store(app)
-
-    async def save() -> None:
-        async with app.app_context():
-            for i in range(count):
-                provider = store.Provider(bytes(1000 * (i + 1)), "docs", filename=f"{i}.bin")
-                await provider.save()
-                with pytest.raises(UploadError):
-                    await provider.wait()
-
-    try:
-        anyio.run(save)
-    finally:
-        store.close()
+    save_undeliverable(make_app("quart", store_path, **config), ["default"], count)
     return store_path, config

@@ -21,8 +21,8 @@ import pytest
 from click.testing import Result
 
 from async_store import Store
-from async_store.exceptions import NotConfiguredError, UploadError
-from tests.conftest import make_app, s3_client, s3_config
+from async_store.exceptions import NotConfiguredError
+from tests.conftest import make_app, s3_client, s3_config, save_undeliverable
 from tests.seaweed import SeaweedFS, free_port
 from tests.test_cli import FILES, bucket_files, fill, invoke, tree
 
@@ -326,23 +326,7 @@ def spool_undeliverable(tmp_path: Path, config: dict[str, Any], count: int) -> N
     for name in ("default", "exports"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "docs").write_bytes(b"")
-    app = make_app("quart", None, **config)
-    store = Store(app)
-
-    async def save() -> None:
-        async with app.app_context():
-            for name in ("default", "exports"):
-                for i in range(count):
-                    data = bytes(1000 * (i + 1))
-                    provider = store[name].AsyncProvider(data, "docs", filename=f"{i}.bin")
-                    await provider.save()
-                    with pytest.raises(UploadError):
-                        await provider.wait()
-
-    try:
-        anyio.run(save)
-    finally:
-        store.close()
+    save_undeliverable(make_app("quart", None, **config), ["default", "exports"], count)
 
 
 def spooled(path: Path) -> list[str]:

@@ -13,7 +13,7 @@ import errno
 import os
 import random
 import stat
-from typing import IO, TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from .. import _rename
 from .._paths import safe_join
@@ -167,23 +167,6 @@ def _remove(path: str) -> None:
         os.unlink(path)
 
 
-def _new_temp(directory: str) -> tuple[str, IO[bytes]]:
-    while True:
-        temp = os.path.join(directory, f"{TEMP_PREFIX}{_temp_names.getrandbits(64):016x}.part")
-        try:
-            fd = os.open(temp, _TEMP_FLAGS, 0o644)
-            break
-        except FileExistsError:
-            continue
-    try:
-        os.fchmod(fd, 0o644)  # whatever the umask: a web server may serve the folder
-        return temp, cast("IO[bytes]", _TempFile(fd))
-    except BaseException:
-        os.close(fd)
-        _remove(temp)
-        raise
-
-
 def _fsync_folder(directory: str) -> None:
     # The new directory entry must reach the disk too, or a power cut loses the name.
     fd = os.open(directory, os.O_RDONLY)
@@ -197,37 +180,3 @@ def store_root(config: StoreConfig) -> str:
     """``STORE_PATH`` as the one realpath every containment check compares against (relative
     paths are taken relative to the app's root)."""
     return os.path.realpath(os.path.join(config.root_path, os.path.expanduser(config.path)))
-
-
-class _TempFile:
-    """The temp file's descriptor with the little of ``IO[bytes]`` a save uses.
-
-    ``os.fdopen`` would cost three more syscalls per file (fstat, isatty, lseek), each a trip
-    through the GIL, and a buffer a single-chunk save does not need.
-    """
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def write(self, data: bytes) -> int:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view) :]  # a short write (disk full) is no silent cut
-        return len(data)
-
-    def flush(self) -> None:
-        return None  # nothing is buffered
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            fd, self.fd = self.fd, -1
-            os.close(fd)
-
-    def __enter__(self) -> _TempFile:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()

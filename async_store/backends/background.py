@@ -49,13 +49,8 @@ class BackgroundBackend(Backend):
     def absolute_path(self, key: str) -> str:
         return self.inner.absolute_path(key)
 
-    @property
-    def url_base(self) -> str:
-        return self.inner.url_base
-
-    @property
-    def default_domain(self) -> str | None:
-        return self.inner.default_domain
+    def url(self, key: str, *, relative: bool = False) -> str:
+        return self.inner.url(key, relative=relative)
 
     async def sign(
         self,

@@ -30,9 +30,12 @@ Keys are relative paths below the storage's root (``STORE_PATH``), already check
 
 from __future__ import annotations
 
+import re
 from abc import abstractmethod
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, ClassVar
+from urllib.parse import quote
 
 from anyio.abc import AsyncResource
 
@@ -59,6 +62,8 @@ __all__ = [
 
 #: How many collision names a save tries after the client's (each has 128 random bits).
 MAX_NAMES = 16
+#: Keys that ``quote(key, safe="/")`` returns unchanged: skip it for them.
+_URL_PLAIN = re.compile(r"[A-Za-z0-9_.\-~/]*")
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,8 @@ class Backend(AsyncResource):
 
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
+        #: ``STORE_CHUNK_SIZE``: how much of an upload is read, or a file written, at a time.
+        self.chunk_size = config.chunk_size
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.identity}>"
@@ -148,6 +155,20 @@ class Backend(AsyncResource):
     def default_domain(self) -> str | None:
         """The base URL when ``STORE_DOMAIN`` is unset; None gives relative URLs."""
         return None
+
+    @cached_property
+    def _url_roots(self) -> tuple[str, str]:
+        # (the relative root, the absolute one): worked out once per storage, on first use.
+        base = "/" + self.url_base.strip("/")
+        relative = base.rstrip("/") + "/"
+        domain = self.config.domain or self.default_domain
+        return relative, f"{domain.rstrip('/')}{relative}" if domain else relative
+
+    def url(self, key: str, *, relative: bool = False) -> str:
+        """The URL of ``key``: ``STORE_DOMAIN`` (or :attr:`default_domain`) + :attr:`url_base`
+        + the key, quoted; without the domain when ``relative`` (or when there is none)."""
+        path = key if _URL_PLAIN.fullmatch(key) else quote(key, safe="/")
+        return self._url_roots[0 if relative else 1] + path
 
     async def sign(
         self,

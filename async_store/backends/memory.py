@@ -95,14 +95,12 @@ class MemoryBackend(Backend):
 
     async def write(self, location: str, names: Iterator[str], source: Source) -> str:
         content = bytearray()
-        async for chunk in source.chunks(self.config.chunk_size):
+        async for chunk in source.chunks(self.chunk_size):
             content += chunk
         return self._claim(location, names, bytes(content))
 
     def write_blocking(self, location: str, names: Iterator[str], source: Source) -> str:
-        return self._claim(
-            location, names, b"".join(source.blocking_chunks(self.config.chunk_size))
-        )
+        return self._claim(location, names, b"".join(source.blocking_chunks(self.chunk_size)))
 
     def _claim(self, location: str, names: Iterator[str], data: bytes) -> str:
         """Store ``data`` under the first free name: check and store in one step."""

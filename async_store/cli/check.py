@@ -38,7 +38,7 @@ def _describe(state: StoreState) -> str:
             f"bucket {config['STORE_S3_BUCKET']!r}, prefix {config.path!r}, endpoint "
             f"{config.get('STORE_S3_ENDPOINT_URL') or 'AWS'}"
         )
-    elif provider.config_backend == "local" or provider.backend_class is None:
+    elif provider.config_backend == "local":
         where = f"STORE_PATH {config.path!r}"
     else:  # the memory backend, a third party's: what it says it is
         where = provider.backend.identity
@@ -59,7 +59,7 @@ def _fixes(state: StoreState) -> dict[str, str]:
             "read": "grant s3:GetObject on the bucket's objects",
             "delete": "grant s3:DeleteObject on the bucket's objects",
         }
-    elif provider.config_backend == "local" or provider.backend_class is None:
+    elif provider.config_backend == "local":
         writable = "make STORE_PATH writable by this user, or set STORE_PATH to another folder"
         fixes = dict.fromkeys(("reach", "write", "read", "delete"), writable)
     else:

@@ -86,32 +86,28 @@ class ProviderClass(ABC):
                 )
 
     @classmethod
-    def bind(cls, config: StoreConfig, backend: Backend | None) -> type[Self]:
+    def bind(cls, config: StoreConfig, backend: Backend) -> type[Self]:
         """Return a subclass of this provider bound to one storage's ``config`` and
-        ``backend`` (``init_app`` makes it from :attr:`backend_class`; None for a provider
-        without one)."""
+        ``backend`` (``init_app`` makes it from :attr:`backend_class`)."""
         namespace: dict[str, Any] = {
             "config": config,
+            "backend": backend,
+            "loop_bound": backend.loop_bound,
             "__module__": cls.__module__,
             "__qualname__": cls.__qualname__,
         }
-        if backend is not None:
-            namespace["backend"] = backend
-            namespace["loop_bound"] = backend.loop_bound
         return type(cls.__name__, (cls,), namespace)
 
     @classmethod
     async def startup(cls) -> None:
         """Called in a long-lived event loop before it stores files: Quart's serving loop, or
         the sync shim's loop. Providers with loop-bound clients keep one for that loop."""
-        if cls.backend_class is not None:
-            await cls.backend.enter_loop()
+        await cls.backend.enter_loop()
 
     @classmethod
     async def shutdown(cls) -> None:
         """Called in that loop before it ends: close its clients."""
-        if cls.backend_class is not None:
-            await cls.backend.leave_loop()
+        await cls.backend.leave_loop()
 
     @classmethod
     async def save_request(

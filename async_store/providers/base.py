@@ -16,13 +16,11 @@ bound class knows and does for its whole storage (config, backend, loops, ``save
 from __future__ import annotations
 
 import contextlib
-import re
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 from .._paths import clean_filename, clean_key, clean_location, collision_name
 from .._sources import AsyncReadable, Source, SourceFailure, to_source
-from ..backends.base import MAX_NAMES, NoFreeName, StoredFile, Written, no_free_name
+from ..backends.base import MAX_NAMES, NoFreeName, StoredFile, no_free_name
 from ..exceptions import NotFoundError, StoreError
 from ._class import ProviderClass, clean_prefix
 
@@ -32,18 +30,6 @@ if TYPE_CHECKING:
     from .._uploads import BackgroundUpload
 
 __all__ = ["NoFreeName", "Provider", "StoredFile", "clean_prefix", "no_free_name"]
-#: Paths that ``quote(path, safe="/")`` returns unchanged: skip it for them.
-_URL_PLAIN = re.compile(r"[A-Za-z0-9_.\-~/]*")
-
-
-@contextlib.contextmanager
-def _upload_errors() -> Iterator[None]:
-    """An error raised while reading the upload comes out as itself: its type, traceback and
-    cause are the caller's, not the store's."""
-    try:
-        yield
-    except SourceFailure as failure:
-        raise failure.error from failure.error.__cause__
 
 
 def url_join(*parts: str) -> str:
@@ -89,7 +75,7 @@ class Provider(ProviderClass):
             key = clean_key("/".join(p for p in (clean_location(location), fp) if p))
             self._location, _, self._filename = key.rpartition("/")
         else:
-            self._source = to_source(fp, filename, self.config.chunk_size)
+            self._source = to_source(fp, filename, self.backend.chunk_size)
             self._location = clean_location(location)
             self._filename = clean_filename(self._source.filename)
 
@@ -129,9 +115,7 @@ class Provider(ProviderClass):
         :raises StoreError: before :meth:`save` (a forgotten ``await``), as :attr:`absolute_path`.
         """
         self._require_saved()
-        path = self.relative_path
-        plain = _URL_PLAIN.fullmatch(path)
-        return url_join(self._url_base(), path if plain else quote(path, safe="/"))
+        return self.backend.url(self.relative_path, relative=True)
 
     @property
     def absolute_url(self) -> str:
@@ -139,8 +123,8 @@ class Provider(ProviderClass):
 
         :raises StoreError: before :meth:`save` (a forgotten ``await``), as :attr:`absolute_path`.
         """
-        domain = self.config.domain or self._default_domain()
-        return f"{domain}{self.relative_url}" if domain else self.relative_url
+        self._require_saved()
+        return self.backend.url(self.relative_path)
 
     def url_join(self, *parts: str) -> str:
         """Join URL path parts (the seed's helper)."""
@@ -171,25 +155,32 @@ class Provider(ProviderClass):
         :raises ProviderError: if the backend fails (disk full, permission denied, …).
         """
         source = self._unsaved_source()
-        with _upload_errors():
+        try:
             written = await self.backend.save(self._location, self._candidates(), source)
-        return self._stored(written)
+        except SourceFailure as failure:  # an error of the upload's: raised as itself
+            raise failure.error from failure.error.__cause__
+        self._filename, self._background_upload = written.name, written.upload
+        self._saved = True
+        return self.backend.url(self.relative_path)  # absolute_url, known saved
 
-    @property
-    def _saves_here(self) -> bool:
-        """Whether :meth:`_save_blocking` can store this upload in the caller's thread: a
-        blocking source and a backend that writes blocking (local disk, memory)."""
-        source, backend = self._source, getattr(self, "backend", None)
-        return (
-            backend is not None and backend.writes_blocking and bool(source and source.is_blocking)
-        )
+    def save_blocking(self) -> str | None:
+        """:meth:`save` in the calling thread, with no event loop, when this provider can: a
+        blocking upload (a ``FileStorage``, bytes, a path, a file) and a backend that writes
+        blocking (local disk, memory). Returns the URL, or None, having read nothing, when it
+        cannot: then ``await save()``. The sync shim's ``save()`` tries it first.
 
-    def _save_blocking(self) -> str:
-        """:meth:`save` in the caller's thread, for the sync shim (see :attr:`_saves_here`)."""
+        :raises StoreError: as :meth:`save`.
+        """
+        source = self._source
+        if not (self.backend.writes_blocking and source is not None and source.is_blocking):
+            return None
         source = self._unsaved_source()
-        with _upload_errors():
-            name = self.backend.write_blocking(self._location, self._candidates(), source)
-        return self._stored(Written(name))
+        try:
+            self._filename = self.backend.write_blocking(self._location, self._candidates(), source)
+        except SourceFailure as failure:  # as in save()
+            raise failure.error from failure.error.__cause__
+        self._saved = True
+        return self.backend.url(self.relative_path)
 
     def _unsaved_source(self) -> Source:
         """The upload :meth:`save` stores, or a :class:`StoreError` saying why there is none."""
@@ -205,12 +196,6 @@ class Provider(ProviderClass):
         if source is None or source.used:
             raise StoreError(f"{self!r}: an earlier save failed after reading the upload")
         return source
-
-    def _stored(self, written: Written) -> str:
-        self._filename = written.name
-        self._background_upload = written.upload
-        self._saved = True
-        return self.absolute_url
 
     async def exists(self, filename: str | None = None) -> bool:
         """Whether a file is stored as ``filename`` in this provider's location (default: its own).
@@ -293,7 +278,7 @@ class Provider(ProviderClass):
                     "carry them"
                 )
             return self.absolute_url
-        if self.backend_class is None or not self.backend.signs:
+        if not self.backend.signs:
             return self.absolute_url
         self._require_saved()
         return await self.backend.sign(
@@ -307,14 +292,5 @@ class Provider(ProviderClass):
                 f"and another file may be stored under {self.relative_path!r})"
             )
 
-    # --- URLs of a provider of the old kind, without a backend object ---------------------
-
     def _absolute_path(self, key: str) -> str:
         return self.backend.absolute_path(key)
-
-    def _url_base(self) -> str:
-        return self.backend.url_base if self.backend_class else self.config.url_prefix
-
-    def _default_domain(self) -> str | None:
-        """The base URL when ``STORE_DOMAIN`` is unset; None gives relative URLs."""
-        return self.backend.default_domain if self.backend_class else None
