@@ -11,6 +11,8 @@ spooled file, so it is read like Werkzeug's.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import os
 import threading
@@ -99,6 +101,10 @@ class Source:
         self._origin = origin
         self.used = False
         self._rewound = False
+        #: How many bytes of content were read (all of it, once a save has stored it).
+        self.bytes_read = 0
+        #: A ``hashlib`` object the content is fed to as it is read, when one is wanted.
+        self.digest: Any = None
         self._start: int | None = None
         if file is not None:
             try:
@@ -114,6 +120,9 @@ class Source:
             self._file.seek(self._start)
         self.used = False
         self._rewound = True  # read again by its own save (a lost name race), not another
+        self.bytes_read = 0
+        if self.digest is not None:
+            self.digest = hashlib.new(self.digest.name)  # from the start again
         return True
 
     @property
@@ -168,18 +177,19 @@ class Source:
         """Yield the content; call it from a worker thread, it blocks."""
         self._take()
         try:
-            if self._path is not None:
-                with open(self._path, "rb") as f:
-                    yield from iter(lambda: f.read(size), b"")
-            elif self._file is not None:
-                yield from iter(lambda: self._file.read(size), b"")  # type: ignore[union-attr]
-            else:
-                assert self._iterable is not None
-                for chunk in self._iterable:
-                    if isinstance(chunk, str):
-                        raise TypeError(_TEXT_CHUNK)
+            with contextlib.ExitStack() as stack:
+                chunks: Iterable[bytes | bytearray | memoryview]
+                if self._path is not None:
+                    f = stack.enter_context(open(self._path, "rb"))
+                    chunks = iter(lambda: f.read(size), b"")
+                elif self._file is not None:
+                    chunks = iter(lambda: self._file.read(size), b"")  # type: ignore[union-attr]
+                else:
+                    assert self._iterable is not None
+                    chunks = self._iterable
+                for chunk in chunks:
                     if chunk:
-                        yield bytes(chunk)
+                        yield self._count(chunk)
         except Exception as exc:
             raise SourceFailure(exc) from exc
 
@@ -189,10 +199,8 @@ class Source:
             self._take()
             try:
                 async for chunk in self._chunks:
-                    if isinstance(chunk, str):
-                        raise TypeError(_TEXT_CHUNK)
                     if chunk:
-                        yield bytes(chunk)
+                        yield self._count(chunk)
             except Exception as exc:
                 raise SourceFailure(exc) from exc
             return
@@ -200,6 +208,16 @@ class Source:
         sentinel = b""
         while chunk := await anyio.to_thread.run_sync(next, iterator, sentinel):
             yield chunk
+
+    def _count(self, chunk: bytes | bytearray | memoryview | str) -> bytes:
+        """One chunk read: as bytes, counted, and hashed when a checksum was asked for."""
+        if isinstance(chunk, str):
+            raise TypeError(_TEXT_CHUNK)
+        data = bytes(chunk)  # no copy when it is bytes already
+        self.bytes_read += len(data)
+        if self.digest is not None:
+            self.digest.update(data)
+        return data
 
 
 async def _read_all(reader: AsyncReadable, size: int) -> AsyncIterator[bytes]:

@@ -15,7 +15,7 @@ itself). Jobs run without the caller's context variables.
 A loop that only serves blocking callers (see :func:`serve_blocking_callers`: the sync shim's
 loop thread) runs small jobs itself: its callers wait in threads of their own anyway, so a
 handoff to the writer would only add a round trip. (The shim's local saves need no loop at
-all: they run in the caller's thread, ``Provider._save_blocking``.)
+all: they run in the caller's thread, ``Provider.save_blocking``.)
 
 The inbox needs the asyncio loop (``call_soon_threadsafe``); on other backends (trio) the lane is
 plain ``to_thread.run_sync``.

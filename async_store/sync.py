@@ -176,9 +176,14 @@ class SyncProvider:
         )
 
     def __init__(
-        self, fp: Any = None, location: str | None = None, *, filename: str | None = None
+        self,
+        fp: Any = None,
+        location: str | None = None,
+        *,
+        filename: str | None = None,
+        checksum: bool = False,
     ) -> None:
-        self._provider = self._async_class(fp, location, filename=filename)
+        self._provider = self._async_class(fp, location, filename=filename, checksum=checksum)
 
     @classmethod
     def _wrap(cls, provider: Provider) -> Self:
@@ -222,6 +227,9 @@ class SyncProvider:
         return self._provider
 
     filename = property(lambda self: self._provider.filename, doc="See Provider.filename.")
+    client_filename = property(
+        lambda self: self._provider.client_filename, doc="See Provider.client_filename."
+    )
     location = property(lambda self: self._provider.location, doc="See Provider.location.")
     relative_path = property(
         lambda self: self._provider.relative_path, doc="See Provider.relative_path."
@@ -236,6 +244,12 @@ class SyncProvider:
         lambda self: self._provider.absolute_url, doc="See Provider.absolute_url."
     )
     saved = property(lambda self: self._provider.saved, doc="See Provider.saved.")
+    size = property(lambda self: self._provider.size, doc="See Provider.size.")
+    sha256 = property(lambda self: self._provider.sha256, doc="See Provider.sha256.")
+
+    def info(self) -> StoredFile:
+        """See :meth:`Provider.info`."""
+        return self._owner.call(self._provider.info)
 
     def save(self) -> str:
         """Store the file and return its URL; see :meth:`Provider.save`."""

@@ -23,6 +23,7 @@ import quart
 from blockbuster import BlockBuster, blockbuster_ctx
 
 from async_store import Store, UploadError
+from async_store.backends.background import direct
 from async_store.backends.memory import MemoryBackend
 from async_store.sync import SyncProvider
 from tests.faultproxy import FaultProxy, fault_proxy
@@ -196,19 +197,30 @@ def backend() -> str:
 
 
 @pytest.fixture
-def app(app_kind: str, store_path: Path, backend: str, request: pytest.FixtureRequest) -> Any:
+def mode() -> str:
+    """``"direct"``, or ``"background"`` (``STORE_BACKGROUND``): test_contract runs both."""
+    return "direct"
+
+
+@pytest.fixture
+def app(
+    app_kind: str, store_path: Path, backend: str, mode: str, request: pytest.FixtureRequest
+) -> Any:
     config: dict[str, Any] = {"STORE_DOMAIN": "http://files.test"}
+    spool = store_path.parent / "spool"
+    background = {"BACKGROUND": True, "SPOOL_PATH": str(spool)} if mode == "background" else {}
+    if backend == "named":  # a second storage of the app, on local disk: the one under test
+        second = {"PATH": str(store_path), "DOMAIN": "http://files.test", **background}
+        return make_app(
+            app_kind, store_path.parent / "default", STORE_STORAGES={NAMED: second}, **config
+        )
+    config.update({f"STORE_{key}": value for key, value in background.items()})
     if backend == "s3":
         server = request.getfixturevalue("s3_server")
         config.update(s3_config(server, request.getfixturevalue("bucket"), STORE_PATH="media"))
         return make_app(app_kind, None, **config)
     if backend == "memory":
         return make_app(app_kind, None, STORE_PROVIDER="memory", **config)
-    if backend == "named":  # a second storage of the app, on local disk: the one under test
-        second = {"PATH": str(store_path), "DOMAIN": "http://files.test"}
-        return make_app(
-            app_kind, store_path.parent / "default", STORE_STORAGES={NAMED: second}, **config
-        )
     return make_app(app_kind, store_path, **config)
 
 
@@ -231,8 +243,9 @@ class Inventory:
             self.client = s3_client(request.getfixturevalue("s3_server"))
         if backend == "memory":  # the backend's own dict, through the store's state
             state = request.getfixturevalue("store").state(request.getfixturevalue("app"))
-            assert isinstance(state.provider_class.backend, MemoryBackend)
-            self.memory = state.provider_class.backend
+            inner = direct(state.provider_class.backend)  # the background wrapper's inner
+            assert isinstance(inner, MemoryBackend)
+            self.memory = inner
 
     def files(self) -> dict[str, bytes]:
         if self.backend == "memory":
@@ -295,7 +308,10 @@ class Driver:
         return await anyio.to_thread.run_sync(lambda: method(*args, **kw))
 
     async def save(self, provider: Any) -> str:
-        return str(await self.call(provider.save))
+        """Save, and wait until the file is in the store (at once, unless in background mode)."""
+        url = str(await self.call(provider.save))
+        await self.call(provider.wait)
+        return url
 
     async def exists(self, provider: Any, filename: str | None = None) -> bool:
         return bool(await self.call(provider.exists, filename))

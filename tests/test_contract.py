@@ -1,16 +1,19 @@
 """The provider contract: what every provider does, through the async API and the sync shim.
 
-Each test runs for local disk, S3 (``backend``, a real SeaweedFS) and memory, for Quart and
-Flask apps (``app_kind``) and for both drivers (``driver``). What is stored is checked behind
+Each test runs for local disk, S3 (``backend``, a real SeaweedFS), memory and a second named
+storage, for Quart and Flask apps, for both drivers (``driver``) and with background uploads
+off and on (``variant``). What is stored is checked behind
 the library's back (``inventory``). Disk-only behaviour is in test_local.py, S3-only in
 test_s3.py.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,25 @@ PREFIX = {"local": "/uploads", "s3": "/media", "memory": "/uploads", "named": "/
 @pytest.fixture(params=["local", "s3", "memory", "named"])
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+@pytest.fixture(params=["quart", "flask", "quart-background"])
+def variant(request: pytest.FixtureRequest) -> str:
+    """The app, and whether ``STORE_BACKGROUND`` is on: every contract test runs for both
+    modes (a background save returns once spooled; ``driver.save`` waits for its delivery
+    before checking), each through both drivers. Background mode runs in a Quart app only: in
+    a Flask app it runs on the same shim loop the sync driver already covers."""
+    return str(request.param)
+
+
+@pytest.fixture
+def app_kind(variant: str) -> str:
+    return variant.partition("-")[0]
+
+
+@pytest.fixture
+def mode(variant: str) -> str:
+    return "background" if variant.endswith("-background") else "direct"
 
 
 COLLISION = re.compile(r"^(?P<root>.+)_[2-9A-HJ-NP-Za-km-z]{22}(?P<ext>\.\w+)?$")
@@ -102,6 +124,42 @@ async def test_save_accepts_every_input(
     assert await driver.read_all(provider) == b"0123456789"
     if hasattr(fp, "close"):
         fp.close()
+
+
+@pytest.mark.parametrize("kind", SOURCE_KINDS)
+async def test_size_and_checksum_are_taken_as_the_bytes_stream_in(
+    driver: Any, tmp_path: Path, kind: str
+) -> None:
+    fp, kw, expected = make_source(kind, tmp_path)
+    provider = driver.make(fp, **kw, checksum=True)
+    assert (provider.size, provider.sha256) == (None, None)  # nothing stored yet
+    await driver.save(provider)
+    assert provider.size == 10
+    assert provider.sha256 == hashlib.sha256(b"0123456789").hexdigest()
+    if hasattr(fp, "close"):
+        fp.close()
+
+
+async def test_without_checksum_the_size_is_still_counted(driver: Any) -> None:
+    provider = driver.make(b"x" * 5000, filename="a.bin")
+    await driver.save(provider)
+    assert (provider.size, provider.sha256) == (5000, None)
+    # A provider of a stored path knows neither: info() asks the backend.
+    assert driver.make(provider.relative_path).size is None
+
+
+async def test_info_gives_what_the_backend_knows(driver: Any) -> None:
+    before = datetime.now(UTC) - timedelta(seconds=5)
+    provider = driver.make(b"<svg/>", "docs", filename="logo.svg")
+    await driver.save(provider)
+    for each in (provider, driver.make("docs/logo.svg")):
+        info = await driver.call(each.info)
+        assert (info.path, info.size, info.content_type) == ("docs/logo.svg", 6, "image/svg+xml")
+        assert before < info.modified < datetime.now(UTC) + timedelta(seconds=5)
+    with pytest.raises(NotFoundError):
+        await driver.call(driver.make("docs/absent.svg").info)
+    with pytest.raises(StoreError, match="not saved yet"):
+        await driver.call(driver.make(b"x", filename="new.txt").info)
 
 
 @pytest.mark.parametrize("kind", ["werkzeug", "quart", "binary file"])

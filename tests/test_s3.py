@@ -286,9 +286,11 @@ async def test_concurrent_uploads_of_one_name(
     names: list[str] = []
 
     async def one(data: bytes) -> None:
-        provider = store.AsyncProvider(data, filename="same.bin")
+        provider = store.AsyncProvider(data, filename="same.bin", checksum=True)
         await provider.save()
         names.append(provider.filename)
+        # The losers read their content again for the next name: counted and hashed once.
+        assert (provider.size, provider.sha256) == (len(data), hashlib.sha256(data).hexdigest())
 
     async with app.app_context(), anyio.create_task_group() as tg:
         for data in sent:

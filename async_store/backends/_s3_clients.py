@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
     from ..config import StoreConfig
 
-__all__ = ["ClientError", "Clients", "is_outage", "scrub"]
+__all__ = ["ClientError", "Clients", "NameTaken", "is_outage", "raise_if_taken", "scrub"]
 
 _LOGGERS = ("botocore", "aiobotocore", "aioboto3", "boto3", "s3transfer", "urllib3", "aiohttp")
 #: Background mode's name check gives up this soon (seconds): it spools anyway when S3 is down.
@@ -110,6 +110,19 @@ def _guard_logs(secrets: list[str]) -> None:
             logger = logging.getLogger(name)
             if _scrub not in logger.filters:
                 logger.addFilter(_scrub)
+
+
+class NameTaken(Exception):
+    """A conditional write found the key taken (412): try the next name."""
+
+
+def raise_if_taken(exc: ClientError) -> None:
+    """Raise :class:`NameTaken` if ``exc`` says a conditional write lost: the key exists."""
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    code = exc.response.get("Error", {}).get("Code")
+    # 412: the key exists now. 409 ConditionalRequestConflict: a concurrent conditional write.
+    if status in (409, 412) or code in ("PreconditionFailed", "ConditionalRequestConflict"):
+        raise NameTaken() from exc
 
 
 def is_outage(exc: BaseException) -> bool:

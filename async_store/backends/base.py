@@ -76,6 +76,11 @@ class StoredFile:
     size: int
     #: When it was last written (timezone-aware, UTC).
     modified: datetime
+    #: The MIME type it is served with (:meth:`Backend.stat` gives it; listings may not).
+    content_type: str | None = None
+    #: The SHA-256 of its bytes, hex, when the backend keeps one (an S3 object stored with an
+    #: ``x-amz-checksum-sha256``); else None.
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -256,7 +261,8 @@ class Backend(AsyncResource):
 
     @abstractmethod
     async def stat(self, key: str) -> StoredFile:
-        """Size and modification time of ``key``.
+        """Size, modification time and content type of ``key`` (and its SHA-256 where the
+        backend keeps one).
 
         :raises NotFoundError: if nothing is stored there.
         """

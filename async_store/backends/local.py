@@ -37,7 +37,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 import anyio
 import anyio.to_thread
 
-from .._paths import safe_join
+from .._paths import content_type, safe_join
 from .._sources import write_source
 from ..exceptions import NotFoundError
 from ._local_fs import (
@@ -313,4 +313,5 @@ class LocalBackend(Backend):
 
     async def stat(self, key: str) -> StoredFile:
         _, st = await self._run(key, resolve_file, self._root, key)
-        return StoredFile(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
+        modified = datetime.fromtimestamp(st.st_mtime, UTC)
+        return StoredFile(key, st.st_size, modified, content_type(key))

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import anyio.lowlevel
 
+from .._paths import content_type
 from ..exceptions import NotFoundError
 from .base import Backend, StoredFile, check_range, no_free_name
 
@@ -141,4 +142,4 @@ class MemoryBackend(Backend):
     async def stat(self, key: str) -> StoredFile:
         await anyio.lowlevel.checkpoint()
         file = self._file(key)
-        return StoredFile(key, len(file.data), file.modified)
+        return StoredFile(key, len(file.data), file.modified, content_type(key))

@@ -22,6 +22,7 @@ Credentials are never part of a repr, a log line or an error message.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import itertools
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -32,7 +33,7 @@ from .._content import disposition_header, is_passive
 from .._multipart import Budgets, Charge, Claims, Parts, read_head, send_parts
 from .._paths import content_type as guess_type
 from ..exceptions import NotFoundError, ProviderError
-from ._s3_clients import ClientError, Clients
+from ._s3_clients import ClientError, Clients, NameTaken, raise_if_taken
 from .base import Backend, StoredFile, check_range, no_free_name
 
 if TYPE_CHECKING:
@@ -46,10 +47,6 @@ __all__ = ["S3Backend"]
 
 #: The longest a presigned URL may be valid with SigV4: seven days.
 _MAX_EXPIRES = 7 * 24 * 3600
-
-
-class _NameTaken(Exception):
-    """The conditional write found the key taken (412): try the next name."""
 
 
 class S3Backend(Backend):
@@ -188,7 +185,7 @@ class S3Backend(Backend):
                         await self._put(s3, key, name, b"".join(head), extra)
                     else:
                         await self._multipart(s3, key, name, head, rest, extra, charge)
-                except _NameTaken:
+                except NameTaken:
                     if rest is None:
                         continue  # the bytes are still here: try the next name
                     # Someone claimed this new name between our HEAD and our write.
@@ -209,7 +206,7 @@ class S3Backend(Backend):
                     Bucket=self.bucket, Key=key, Body=body, **self._object_args(name), **extra
                 )
         except ClientError as exc:
-            _raise_if_taken(exc)
+            raise_if_taken(exc)
             raise
 
     async def _multipart(
@@ -231,10 +228,10 @@ class S3Backend(Backend):
 
     # --- reading, listing, deleting ---------------------------------------------------------
 
-    async def _head(self, s3: Any, key: str) -> dict[str, Any] | None:
+    async def _head(self, s3: Any, key: str, **params: str) -> dict[str, Any] | None:
         """The object's HEAD answer, None when it is absent."""
         try:
-            return dict(await s3.head_object(Bucket=self.bucket, Key=key))
+            return dict(await s3.head_object(Bucket=self.bucket, Key=key, **params))
         except ClientError as exc:
             if str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
                 return None
@@ -257,10 +254,16 @@ class S3Backend(Backend):
     async def stat(self, key: str) -> StoredFile:
         with self._clients.errors(key):
             async with self._clients.client() as s3:
-                head = await self._head(s3, self._key(key))
+                head = await self._head(s3, self._key(key), ChecksumMode="ENABLED")
         if head is None:
             raise self._missing(key)
-        return StoredFile(key, int(head["ContentLength"]), head["LastModified"])
+        # Base64; a multipart object's composite checksum ("…-N") is of its parts, not its bytes.
+        checksum = head.get("ChecksumSHA256")
+        sha256 = base64.b64decode(checksum).hex() if checksum and "-" not in checksum else None
+        content_type = head.get("ContentType") or guess_type(key)
+        return StoredFile(
+            key, int(head["ContentLength"]), head["LastModified"], content_type, sha256
+        )
 
     @contextlib.asynccontextmanager
     async def open(
@@ -344,7 +347,7 @@ class _S3Parts(Parts):
                     **self._extra,
                 )
         except ClientError as exc:
-            _raise_if_taken(exc)
+            raise_if_taken(exc)
             raise
 
     async def abort(self) -> None:
@@ -390,11 +393,3 @@ class _Body:
 def _last(end: int | None) -> str:
     """A Range header's last byte (inclusive) for an exclusive ``end``; '' for the end."""
     return "" if end is None else str(end - 1)
-
-
-def _raise_if_taken(exc: ClientError) -> None:
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    code = exc.response.get("Error", {}).get("Code")
-    # 412: the key exists now. 409 ConditionalRequestConflict: a concurrent conditional write.
-    if status in (409, 412) or code in ("PreconditionFailed", "ConditionalRequestConflict"):
-        raise _NameTaken() from exc

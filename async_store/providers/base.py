@@ -16,6 +16,7 @@ bound class knows and does for its whole storage (config, backend, loops, ``save
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from typing import TYPE_CHECKING, Any
 
 from .._paths import clean_filename, clean_key, clean_location, collision_name
@@ -54,6 +55,8 @@ class Provider(ProviderClass):
         file stored before (what ``relative_path`` gave, what a ``StoreType`` column holds).
     :param location: a folder below ``STORE_PATH`` to save into (``'avatars/2024'``).
     :param filename: a name to use instead of the one ``fp`` carries.
+    :param checksum: compute the SHA-256 of the new file while it is saved (:attr:`sha256`),
+        never by reading it again.
     :raises UnsafePathError: if ``location`` or a stored path would leave the store.
     :raises TypeError: if ``fp`` is ``None`` or of an unsupported type.
     """
@@ -61,7 +64,12 @@ class Provider(ProviderClass):
     # --- instances ------------------------------------------------------------------------------
 
     def __init__(
-        self, fp: Any = None, location: str | None = None, *, filename: str | None = None
+        self,
+        fp: Any = None,
+        location: str | None = None,
+        *,
+        filename: str | None = None,
+        checksum: bool = False,
     ) -> None:
         if not hasattr(type(self), "config"):
             raise StoreError(
@@ -76,7 +84,9 @@ class Provider(ProviderClass):
             self._location, _, self._filename = key.rpartition("/")
         else:
             self._source = to_source(fp, filename, self.backend.chunk_size)
-            self._location = clean_location(location)
+            if checksum:
+                self._source.digest = hashlib.sha256()
+            self._location = clean_location(location) if location else ""
             self._filename = clean_filename(self._source.filename)
 
     def __repr__(self) -> str:
@@ -87,6 +97,13 @@ class Provider(ProviderClass):
     def filename(self) -> str:
         """The file's name: the cleaned client name before :meth:`save`, the final one after."""
         return self._filename
+
+    @property
+    def client_filename(self) -> str | None:
+        """The name the upload came with (``FileStorage.filename``, a path's name, or
+        ``filename=``) before it was cleaned: ``'Contract (final).pdf'``; None when it had none,
+        and for a provider of a stored path."""
+        return self._source.filename if self._source is not None else None
 
     @property
     def location(self) -> str:
@@ -129,6 +146,31 @@ class Provider(ProviderClass):
     def url_join(self, *parts: str) -> str:
         """Join URL path parts (the seed's helper)."""
         return url_join(*parts)
+
+    @property
+    def size(self) -> int | None:
+        """The bytes :meth:`save` stored, counted as they streamed in; None before the save,
+        and for a provider made from a stored path (:meth:`info` asks the backend)."""
+        source = self._source
+        return source.bytes_read if source is not None and self._saved else None
+
+    @property
+    def sha256(self) -> str | None:
+        """The SHA-256 (hex) of the bytes :meth:`save` stored, computed as they streamed in,
+        when the provider was made with ``checksum=True``; else None."""
+        source = self._source
+        if source is None or source.digest is None or not self._saved:
+            return None
+        return str(source.digest.hexdigest())
+
+    async def info(self) -> StoredFile:
+        """What the backend knows of the stored file: its size, modification time, content
+        type, and SHA-256 where the backend keeps one (an S3 object stored with a checksum).
+
+        :raises NotFoundError: if nothing is stored at :attr:`relative_path`.
+        """
+        self._require_saved()
+        return await self.backend.stat(self.relative_path)
 
     @property
     def saved(self) -> bool:
