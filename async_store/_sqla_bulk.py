@@ -19,7 +19,10 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql import Delete, Update
 from sqlalchemy.sql.elements import BindParameter, ClauseElement, ColumnElement
 
+from ._record import storage_named
 from ._sqla_files import Released, files
+from ._sqla_filetype import FileList, FileType, records_of, uploads_in
+from ._sqla_records import file_columns
 from ._sqla_type import StoreType, _is_upload, _provider, _raise_other_storage, _store_columns
 from .exceptions import StoreError
 
@@ -35,6 +38,10 @@ if TYPE_CHECKING:
 _CHUNK = 500
 
 
+def _holds_files(column: Any) -> bool:
+    return isinstance(column.type, (StoreType, FileType))
+
+
 @dataclass
 class _Target:
     """The rows an ``update()`` or ``delete()`` statement may change, as the hook reads them."""
@@ -44,9 +51,14 @@ class _Target:
     pk: list[ColumnElement[Any]]
     paths: list[tuple[str, ColumnElement[Any]]]  # (attribute or column key, what to select)
     storages: list[StoreState]  # each path's column's
+    types: list[StoreType | FileType]  # each path's column's
 
     def select(self, *where: ColumnElement[bool], lock: bool) -> Select[Any]:
-        query = select(*self.pk, *(type_coerce(e, Unicode()) for _, e in self.paths))
+        # A StoreType's path as text (no provider: none is needed), a FileType's records.
+        raw = [t if isinstance(t, FileType) else Unicode() for t in self.types]
+        query = select(
+            *self.pk, *(type_coerce(e, r) for (_, e), r in zip(self.paths, raw, strict=True))
+        )
         query = query.where(*where)
         return query.with_for_update() if lock else query  # SQLite ignores FOR UPDATE
 
@@ -62,14 +74,17 @@ class _Target:
 
 def _target(execute_state: ORMExecuteState, dml: Update | Delete) -> _Target | None:
     mapper = execute_state.bind_mapper if execute_state.is_orm_statement else None
-    found: list[tuple[str, ColumnElement[Any], ColumnElement[Any], StoreType]]
+    found: list[tuple[str, ColumnElement[Any], ColumnElement[Any], StoreType | FileType]]
     if mapper is not None:
-        found = [(k, c, mapper.attrs[k].class_attribute, t) for k, c, t in _store_columns(mapper)]
+        columns: list[tuple[str, ColumnElement[Any], StoreType | FileType]] = [
+            *_store_columns(mapper),
+            *file_columns(mapper),
+        ]
+        found = [(k, c, mapper.attrs[k].class_attribute, t) for k, c, t in columns]
         name, pk = mapper.class_.__name__, list(mapper.primary_key)
     else:  # a Core statement on a Table, run by the session
         table: Any = dml.table
-        columns = getattr(table, "c", ())
-        found = [(c.key, c, c, c.type) for c in columns if isinstance(c.type, StoreType)]
+        found = [(c.key, c, c, c.type) for c in getattr(table, "c", ()) if _holds_files(c)]
         name, pk = str(getattr(table, "name", table)), list(getattr(table, "primary_key", ()))
     if isinstance(dml, Update):
         # What it sets: .values(...), and the parameter sets (executemany, by primary key).
@@ -80,6 +95,14 @@ def _target(execute_state: ORMExecuteState, dml: Update | Delete) -> _Target | N
             value = value.value if isinstance(value, BindParameter) else value
             if isinstance(value, ClauseElement):
                 continue
+            if isinstance(type_, FileType) and uploads_in(value):
+                raise StoreError(
+                    f"update({name}) sets {name}.{key} to an unsaved upload: an update() "
+                    f"statement stores no uploads (one file cannot belong to many rows). Assign "
+                    f"the upload to each row's attribute and flush, or set a record."
+                )
+            if isinstance(type_, FileType):
+                continue  # records name their storage
             if _is_upload(value):
                 raise StoreError(
                     f"update({name}) sets {name}.{key} to an unsaved {type(value).__name__}: "
@@ -94,8 +117,12 @@ def _target(execute_state: ORMExecuteState, dml: Update | Delete) -> _Target | N
     if not found or not pk:
         return None  # nothing that holds a file changes, or no way to find the rows again
     # Each column's storage, looked up before the statement runs (an unknown one stops it).
-    storages = [type_._state() for _, _, _, type_ in found]
-    return _Target(name, mapper, pk, [(k, e) for k, _, e, _ in found], storages)
+    storages = [
+        t._state() if isinstance(t, StoreType) else storage_named(t.storage, f"{name}.{k}")
+        for k, _, _, t in found
+    ]
+    paths = [(k, e) for k, _, e, _ in found]
+    return _Target(name, mapper, pk, paths, storages, [t for _, _, _, t in found])
 
 
 def _name(key: Any) -> str:
@@ -162,9 +189,9 @@ def _bulk_statement(execute_state: ORMExecuteState) -> Result[Any] | None:
             now = (None,) * len(was) if isinstance(dml, Delete) else was
         elif target.mapper is not None and was != now:
             _refresh(session, target, pk, now)
-        for store, path, new in zip(target.storages, was, now, strict=True):
-            if path is not None and path != new:
-                released.append(Released(store, path))
+        for type_, store, old, new in zip(target.types, target.storages, was, now, strict=True):
+            kept = _files(type_, store, new)
+            released += [f for f in _files(type_, store, old) if f not in kept]
     files(session).old.extend(released)
     return result
 
@@ -177,6 +204,19 @@ def _refresh(session: Session, target: _Target, pk: tuple[Any, ...], now: tuple[
     if obj is None:
         return
     row = inspect(obj)
-    for (key, _), store, path in zip(target.paths, target.storages, now, strict=True):
+    for (key, _), type_, store, value in zip(
+        target.paths, target.types, target.storages, now, strict=True
+    ):
         if key in row.dict and not row.attrs[key].history.has_changes():
-            set_committed_value(obj, key, None if path is None else store.Provider(path))
+            if isinstance(value, FileList):
+                value._parents[row] = key  # tracked in place, as a loaded list is
+            elif not isinstance(type_, FileType) and value is not None:
+                value = store.Provider(value)
+            set_committed_value(obj, key, value)
+
+
+def _files(type_: StoreType | FileType, store: StoreState, value: Any) -> list[Released]:
+    """The files a column value read by :meth:`_Target.select` names, each with its storage."""
+    if isinstance(type_, FileType):
+        return [Released(r.state(), r.path) for r in records_of(value)]
+    return [] if value is None else [Released(store, value)]

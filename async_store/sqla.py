@@ -49,7 +49,17 @@ from sqlalchemy import event, inspect
 from sqlalchemy.orm import Mapper, Session
 
 from . import _sqla_bulk  # noqa: F401  (registers the update()/delete() statement hook)
+from ._record import FileRecord
 from ._sqla_files import Released, Saved, files, run
+from ._sqla_filetype import FileList, FileListType, FileType
+from ._sqla_records import (
+    Pending,
+    changed_records,
+    file_columns,
+    held_records,
+    keep_named,
+    store_pending,
+)
 from ._sqla_type import (
     StoreType,
     _held,
@@ -69,7 +79,7 @@ if TYPE_CHECKING:
 
     from .extension import StoreState
 
-__all__ = ["FlaskStoreType", "StoreType"]
+__all__ = ["FileList", "FileListType", "FileRecord", "FileType", "FlaskStoreType", "StoreType"]
 
 #: session.info key: {row: (storage, path) of each file its before_flush saved for it}.
 _SAVED_NOW = "async_store_saved_now"
@@ -88,6 +98,8 @@ def _save_uploads(session: Session, flush_context: UOWTransaction, instances: An
     saved_now: dict[InstanceState[Any], list[Released]] = {}
     session.info[_SAVED_NOW] = saved_now
     uploads: list[tuple[InstanceState[Any], str, Any, StoreType, StoreState]] = []
+    pending: list[Pending] = []  # FileType's
+    named: set[tuple[str, str]] = set()  # (storage, path) of the records FileType values hold
     for obj in [*session.new, *session.dirty]:
         row = inspect(obj)
         for key, _, type_ in _store_columns(row.mapper):
@@ -102,9 +114,14 @@ def _save_uploads(session: Session, flush_context: UOWTransaction, instances: An
                 _refuse_other_storages(row, key, store, value)
                 if _is_upload(value):
                     uploads.append((row, key, value, type_, store))
-    if not uploads:
+        pending += changed_records(session, row, named)
+    keep_named(session, named)
+    if not uploads and not pending:
         return
-    _refuse_shared_providers((row, key, value) for row, key, value, _, _ in uploads)
+    _refuse_shared_providers(
+        [*((row, key, value) for row, key, value, _, _ in uploads)]
+        + [(p.row, p.key, p.value) for p in pending]
+    )
     records = files(session)
     for row, key, value, type_, store in uploads:
         provider = _provider(value) or store.provider_class(value, type_.location)
@@ -112,6 +129,9 @@ def _save_uploads(session: Session, flush_context: UOWTransaction, instances: An
         records.new.append(Saved(store, provider))
         saved_now.setdefault(row, []).append(Released(store, provider.relative_path))
         setattr(row.obj(), key, store.Provider(provider.relative_path))
+    for row, saved in store_pending(pending):
+        records.new.append(saved)
+        saved_now.setdefault(row, []).append(Released(saved.storage, saved.provider.relative_path))
 
 
 def _refuse_other_storages(
@@ -153,13 +173,17 @@ def _row_deleted(mapper: Mapper[Any], connection: Connection, target: Any) -> No
     columns = _store_columns(mapper)
     row = inspect(target)
     session = row.session
-    if not columns or session is None:
+    if not (columns or file_columns(mapper)) or session is None:
         return
     released = [
         Released(type_._state(), path)
         for key, _, type_ in columns
         if (path := _held(connection.execute, row, key))
     ]
+    for key, _, _ in file_columns(mapper):
+        released += [
+            Released(r.state(), r.path) for r in held_records(connection.execute, row, key)
+        ]
     released += session.info.get(_SAVED_NOW, {}).get(row, [])
     files(session).old.extend(released)
 
