@@ -63,8 +63,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# Two workers (pytest-xdist), each test module kept on one: its servers and fixtures start once.
 test: lint system-deps
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 # Not part of make test: minutes, and figures only mean something on a quiet machine.
 bench: $(STAMP)
