@@ -16,8 +16,8 @@ import io
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,41 @@ def seen() -> Iterator[set[tuple[str, str]]]:
     finally:
         sys.setprofile(None)
         threading.setprofile(None)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def seen_in_every_thread() -> AsyncIterator[set[tuple[str, str]]]:
+    """:func:`seen`, and in the threads that run already too: ``threading.setprofile`` reaches
+    only threads started after it, and a warmed-up app has its worker threads (anyio's pool,
+    the small-jobs writer) from the warm-up. Each is given the profile by a job of its own."""
+    import anyio.to_thread
+
+    from async_store._threads import run_small
+
+    async def everywhere(profile: Any) -> None:
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        barrier = threading.Barrier(int(limiter.total_tokens))
+
+        def job() -> None:  # one per worker: all wait until every one has its profile
+            sys.setprofile(profile)
+            barrier.wait(timeout=30)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(barrier.parties):
+                tg.start_soon(anyio.to_thread.run_sync, job)
+        await run_small(lambda: sys.setprofile(profile))  # the writer thread
+
+    with seen() as found:
+        await everywhere(sys.getprofile())
+        await anyio.sleep(0.2)  # what the setting up ran in those threads is not the save's
+        found.clear()
+        try:
+            yield found
+        finally:
+            measured = set(found)
+            await everywhere(None)
+            found.clear()
+            found |= measured
 
 
 def report(title: str, found: set[tuple[str, str]]) -> None:
@@ -102,7 +137,7 @@ def quart_background_s3() -> set[tuple[str, str]]:
             async with app.test_app() as test_app:
                 client = test_app.test_client()
                 await client.post("/up", data=body, headers=headers)  # warm: clients, spool
-                with seen() as found:
+                async with seen_in_every_thread() as found:
                     response = await client.post("/up", data=body, headers=headers)
                 assert response.status_code == 200, await response.get_data()
                 return found
