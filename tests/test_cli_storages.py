@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -360,8 +361,12 @@ def test_drain_each_storage_from_its_own_spool(tmp_path: Path) -> None:
     (tmp_path / "exports" / "docs").unlink()  # the cause is fixed for one storage
     result = cli(app, "drain", "--storage", "exports")
     assert result.exit_code == 0, result.output
-    assert result.stdout == "exports: delivered 2 of 2 spooled uploads\n"
-    assert "exports: 2 uploads: 100%" in result.stderr  # the progress bar names it
+    # The app's own loop delivers what is spooled when it starts, as the drain does: whichever
+    # comes first delivers a job (exactly once), so the drain finds 2 jobs, or fewer.
+    found = re.fullmatch(r"exports: delivered (\d) of (\d) spooled uploads\n", result.stdout)
+    assert found and found[1] == found[2] and int(found[1]) <= 2, result.stdout
+    if found[1] != "0":
+        assert f"exports: {found[1]} uploads: 100%" in result.stderr  # the bar names it
     assert tree(tmp_path / "exports") == delivered(2)
     assert spooled(tmp_path / "spool-e") == []
     assert len(spooled(tmp_path / "spool-default")) == 2  # the other one's are left alone
