@@ -23,24 +23,18 @@ from sqlalchemy.types import TypeDecorator
 
 from ._paths import clean_location
 from ._record import FileRecord
+from ._sqla_type import _provider, unsaved_upload
 from ._storages import DEFAULT
 from .exceptions import StoreError
-from .providers.base import Provider
-from .sync import SyncProvider
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Dialect
     from sqlalchemy.types import TypeEngine
 
     from .extension import StoreState
+    from .providers.base import Provider
 
 __all__ = ["FileList", "FileType", "records_of", "uploads_in"]
-
-
-def _provider(value: Any) -> Provider | None:
-    if isinstance(value, SyncProvider):
-        return value.provider
-    return value if isinstance(value, Provider) else None
 
 
 def is_new(value: Any) -> bool:
@@ -111,11 +105,7 @@ class FileType(TypeDecorator[Any]):
         provider = _provider(value)
         if provider is not None and provider.saved:
             return FileRecord.of(provider, storage_of(provider, self.storage))
-        raise StoreError(
-            f"a FileType column got an unsaved {type(value).__name__}: uploads are saved when "
-            f"assigned to a mapped attribute and flushed by a Session; an insert() or update() "
-            f"statement needs a record, a saved provider or a relative path."
-        )
+        raise unsaved_upload("FileType", value, "a record, a saved provider or a relative path")
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
         if value is None:

@@ -9,14 +9,14 @@ row, are deleted after the commit, each from the storage its record names.
 
 from __future__ import annotations
 
-import weakref
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import select, type_coerce
 
 from ._record import FileRecord, storage_named
 from ._sqla_files import Released, Saved, files, run
-from ._sqla_filetype import FileType, _provider, records_of, storage_of, uploads_in
+from ._sqla_filetype import FileType, records_of, storage_of, uploads_in
+from ._sqla_type import _provider, typed_columns
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -36,20 +36,10 @@ __all__ = [
     "store_pending",
 ]
 
-_Column = tuple[str, "ColumnElement[Any]", FileType]
-_columns: weakref.WeakKeyDictionary[Mapper[Any], list[_Column]] = weakref.WeakKeyDictionary()
 
-
-def file_columns(mapper: Mapper[Any]) -> list[_Column]:
+def file_columns(mapper: Mapper[Any]) -> list[tuple[str, ColumnElement[Any], FileType]]:
     """(attribute key, column, type) of each ``FileType`` column ``mapper`` maps."""
-    cached = _columns.get(mapper)
-    if cached is None:
-        cached = _columns[mapper] = [
-            (prop.key, prop.columns[0], prop.columns[0].type)
-            for prop in mapper.column_attrs
-            if isinstance(prop.columns[0].type, FileType)
-        ]
-    return cached
+    return typed_columns(mapper, FileType)
 
 
 def held_records(

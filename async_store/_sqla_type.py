@@ -113,11 +113,7 @@ class StoreType(TypeDecorator[Any]):
         provider = _provider(value)
         if provider is not None and provider.saved:
             return provider.relative_path
-        raise StoreError(
-            f"a StoreType column got an unsaved {type(value).__name__}: uploads are saved when "
-            f"assigned to a mapped attribute and flushed by a Session; an insert() or update() "
-            f"statement needs a saved provider or a relative path."
-        )
+        raise unsaved_upload("StoreType", value, "a saved provider or a relative path")
 
     def process_result_value(self, value: Any, dialect: Dialect) -> Any:
         if value is None:
@@ -158,20 +154,37 @@ def _is_upload(value: Any) -> bool:
 # --- which attributes hold files ------------------------------------------------------------
 
 
-_Column = tuple[str, "ColumnElement[Any]", "StoreType"]
-_columns: weakref.WeakKeyDictionary[Mapper[Any], list[_Column]] = weakref.WeakKeyDictionary()
+_Column = tuple[str, "ColumnElement[Any]", Any]
+_columns: weakref.WeakKeyDictionary[Mapper[Any], dict[type, list[_Column]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def _store_columns(mapper: Mapper[Any]) -> list[_Column]:
-    """(attribute key, column, type) of each ``StoreType`` column ``mapper`` maps."""
-    cached = _columns.get(mapper)
+def typed_columns(mapper: Mapper[Any], kind: type) -> list[_Column]:
+    """(attribute key, column, type) of each column of type ``kind`` that ``mapper`` maps."""
+    by_kind = _columns.setdefault(mapper, {})
+    cached = by_kind.get(kind)
     if cached is None:
-        cached = _columns[mapper] = [
+        cached = by_kind[kind] = [
             (prop.key, prop.columns[0], prop.columns[0].type)
             for prop in mapper.column_attrs
-            if isinstance(prop.columns[0].type, StoreType)
+            if isinstance(prop.columns[0].type, kind)
         ]
     return cached
+
+
+def _store_columns(mapper: Mapper[Any]) -> list[tuple[str, ColumnElement[Any], StoreType]]:
+    """(attribute key, column, type) of each ``StoreType`` column ``mapper`` maps."""
+    return typed_columns(mapper, StoreType)
+
+
+def unsaved_upload(kind: str, value: Any, needs: str) -> StoreError:
+    """What a column of ``kind`` raises for an upload given where only stored files go."""
+    return StoreError(
+        f"a {kind} column got an unsaved {type(value).__name__}: uploads are saved when "
+        f"assigned to a mapped attribute and flushed by a Session; an insert() or update() "
+        f"statement needs {needs}."
+    )
 
 
 def _held(execute: Callable[[Any], Result[Any]], row: InstanceState[Any], key: str) -> str | None:
