@@ -1,9 +1,12 @@
-"""What many test modules build: multipart bodies. (App and store builders are fixtures in
-conftest.py.)"""
+"""What many test modules build: multipart bodies, and what a store folder holds, files being
+written included. (App and store builders are fixtures in conftest.py.)"""
 
 from __future__ import annotations
 
-__all__ = ["BOUNDARY", "CONTENT_TYPE", "multipart"]
+import os
+from pathlib import Path
+
+__all__ = ["BOUNDARY", "CONTENT_TYPE", "being_written", "multipart"]
 
 BOUNDARY = "----async-store-test-7Hq"
 CONTENT_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
@@ -27,3 +30,21 @@ def multipart(
             out += b"Content-Type: " + file_type + b"\r\n"
         out += b"\r\n" + content + b"\r\n"
     return bytes(out + f"--{boundary}--\r\n".encode())
+
+
+def being_written(folder: Path, pid: int | None = None) -> dict[str, int]:
+    """The files process ``pid`` (default: this one) has open for a save into ``folder`` and
+    their sizes so far: unnamed ones (``O_TMPFILE``: no name in the folder until published,
+    shown by ``/proc`` as ``path/#inode (deleted)``) and hidden temp files."""
+    fds = f"/proc/{pid or 'self'}/fd"
+    found: dict[str, int] = {}
+    for fd in os.listdir(fds):
+        try:
+            target = os.readlink(f"{fds}/{fd}")
+            size = os.stat(f"{fds}/{fd}").st_size
+        except OSError:
+            continue  # closed meanwhile
+        inside = target.startswith(f"{os.path.realpath(folder)}{os.sep}")
+        if inside and (target.endswith(" (deleted)") or "/.async_store-" in target):
+            found[target] = size
+    return found

@@ -39,16 +39,21 @@ async def test_a_save_cancelled_while_publishing_leaves_no_file(
     store = Store(app)
     publishing = asyncio.Event()
     loop = asyncio.get_running_loop()
-    claim = _local_fs._claim  # what local imported (and calls)
 
-    def slow_claim(*args: Any) -> str:
-        """The local backend's publishing step, stretched to hit it with a cancel."""
-        loop.call_soon_threadsafe(publishing.set)
-        time.sleep(0.3)
-        return claim(*args)
+    def slowed(claim: Any) -> Any:
+        def slow_claim(*args: Any) -> Any:
+            """The local backend's publishing step, stretched to hit it with a cancel."""
+            loop.call_soon_threadsafe(publishing.set)
+            time.sleep(0.3)
+            return claim(*args)
+
+        return slow_claim
 
     async with app.app_context():
-        monkeypatch.setattr(local, "_claim", slow_claim)
+        # What local imported (and calls): naming an unnamed file, or a temp file where the
+        # file system makes no unnamed files.
+        monkeypatch.setattr(local, "_claim", slowed(_local_fs._claim))
+        monkeypatch.setattr(local, "_claim_unnamed", slowed(_local_fs._claim_unnamed))
         source: Any = {
             "bytes": b"x" * 1000,  # the small-jobs lane
             "file": (tmp_path.parent / "big.bin"),  # a blocking source through to_thread

@@ -41,12 +41,17 @@ async def agen(*chunks: bytes) -> Any:
         yield chunk
 
 
-@pytest.fixture(params=["rename", "link"])
+@pytest.fixture(params=["unnamed", "rename", "link"])
 def publish(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """How a finished temp file gets its name: renameat2, or (without it) a hard link."""
+    """How a finished file gets its name: an unnamed (O_TMPFILE) file linked in, or a temp
+    file renamed with renameat2, or (without it) hard-linked."""
+    if request.param != "unnamed":  # as where unnamed files cannot be linked: a temp file
+        monkeypatch.setattr(_rename, "_linkat", None)
+    elif _rename._linkat is None:
+        unavailable("no linkat or no /proc/self/fd on this system")
     if request.param == "link":
         monkeypatch.setattr(_rename, "_renameat2", None)
-    elif _rename._renameat2 is None:
+    elif request.param == "rename" and _rename._renameat2 is None:
         unavailable("no renameat2 on this system (Linux 3.15+, glibc 2.28+)")
     return str(request.param)
 
@@ -110,6 +115,8 @@ async def test_disk_errors_are_named_and_leave_nothing(
 
     monkeypatch.setattr(os, "link", full)
     monkeypatch.setattr(_rename, "rename_noreplace", full if publish == "rename" else _no_rename)
+    if publish == "unnamed":
+        monkeypatch.setattr(_rename, "link_open_file", full)
     with pytest.raises(ProviderError, match="disk is full") as info:
         await driver.save(driver.make(b"x" * 100, filename="a.txt"))
     assert "a.txt" in str(info.value) and str(store_path) in str(info.value)
@@ -128,6 +135,7 @@ async def test_filesystem_without_hard_links(
         raise OSError(errno.EPERM, "Operation not permitted")
 
     monkeypatch.setattr(_rename, "_renameat2", None)
+    monkeypatch.setattr(_rename, "_linkat", None)  # no links at all: not of unnamed files either
     monkeypatch.setattr(os, "link", no_links)
     first, second = driver.make(b"1", filename="a.txt"), driver.make(b"2", filename="a.txt")
     await driver.save(first)
@@ -199,6 +207,14 @@ async def test_async_api_never_blocks_the_event_loop(store: Any, app: Any) -> No
         await provider.delete()
 
 
+def local_backend(store: Any) -> Any:
+    from async_store.backends.local import LocalBackend
+
+    backend = store.state().provider_class.backend
+    assert isinstance(backend, LocalBackend)
+    return backend
+
+
 async def test_fsync_flushes_file_and_folder(
     app_kind: str, store_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -218,11 +234,79 @@ async def test_fsync_flushes_file_and_folder(
         provider = store.state().provider_class(agen(b"x"), "sub", filename="a.txt")
         await provider.save()
         await store.state().provider_class(b"y", filename="b.txt").save()
+        unnamed = local_backend(store).writes_unnamed
         store.close()
     folder = str(store_path / "True")
     assert len(synced) == 4
     assert synced[1::2] == [f"{folder}/sub", folder]
-    assert all(".async_store-" in path for path in synced[0::2])
+    # Each file is flushed before it has its name, in its target folder: unnamed (O_TMPFILE),
+    # or a hidden temp file where the file system makes no unnamed files.
+    assert [os.path.dirname(path) for path in synced[0::2]] == [f"{folder}/sub", folder]
+    mark = " (deleted)" if unnamed else ".async_store-"
+    assert all(mark in path for path in synced[0::2])
+
+
+async def test_a_file_being_saved_has_no_name_in_the_folder(
+    app_kind: str, store_path: Path
+) -> None:
+    from async_store import Store
+    from tests.conftest import make_app
+
+    written, go_on = anyio.Event(), anyio.Event()
+
+    async def slow() -> Any:
+        yield b"x" * 2_000_000  # more than a chunk: written while the rest is awaited
+        written.set()
+        await go_on.wait()
+        yield b"y"
+
+    store = Store(make_app(app_kind, store_path))
+    provider = store.state().provider_class(slow(), filename="a.bin")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(provider.save)
+        await written.wait()
+        await anyio.sleep(0.2)  # the writer thread has the first chunk
+        # Nothing to see, serve or list (and nothing a kill -9 could leave behind); where the
+        # file system makes no unnamed files, a hidden temp file, which nothing serves or lists.
+        hidden = [n for n in os.listdir(store_path) if n.startswith(".async_store-")]
+        assert os.listdir(store_path) == ([] if local_backend(store).writes_unnamed else hidden)
+        go_on.set()
+    assert os.listdir(store_path) == ["a.bin"]
+    assert (store_path / "a.bin").stat().st_size == 2_000_001
+    store.close()
+
+
+@pytest.mark.parametrize("refused", ["unnamed files", "linking them"])
+async def test_without_unnamed_files_a_named_temp_file_does(
+    app_kind: str, store_path: Path, monkeypatch: pytest.MonkeyPatch, refused: str
+) -> None:
+    # Some file systems (NFS, FUSE, old kernels) make no O_TMPFILE files, or refuse to link
+    # them: the save goes through a hidden temp file instead, with the same guarantees.
+    from async_store import Store, _rename
+    from tests.conftest import make_app
+
+    if refused == "unnamed files":
+        real_open = os.open
+
+        def no_unnamed(path: Any, flags: int, *args: Any) -> int:
+            if flags & os.O_TMPFILE == os.O_TMPFILE:
+                raise OSError(errno.EOPNOTSUPP, "not here")
+            return real_open(path, flags, *args)
+
+        monkeypatch.setattr(os, "open", no_unnamed)
+    else:
+        monkeypatch.setattr(_rename, "link_open_file", lambda fd, dst: False)
+    store = Store(make_app(app_kind, store_path))
+    for name in ("a.txt", "a.txt", "b.txt"):
+        await store.state().provider_class(b"content " + name.encode(), filename=name).save()
+    assert not local_backend(
+        store
+    ).writes_unnamed  # remembered: the next saves go straight to named temp files
+    stored = sorted(p.name for p in store_path.iterdir())
+    assert len(stored) == 3 and stored[0] == "a.txt" and stored[2] == "b.txt"
+    assert all(not name.startswith(".") for name in stored)  # no temp file left
+    assert (store_path / "b.txt").read_bytes() == b"content b.txt"
+    store.close()
 
 
 # --- the batched lane for small in-memory saves ----------------------------------------------

@@ -114,6 +114,22 @@ def _claim(temp: str, directory: str, names: Iterator[str], location: str) -> st
     raise no_free_name(location)
 
 
+def _claim_unnamed(
+    fd: int, directory: str, names: Iterator[str], location: str
+) -> tuple[str | None, str | None]:
+    """Name the unnamed file ``fd`` (``O_TMPFILE``) with the first free name: ``(name, None)``;
+    ``(None, untried)`` where unnamed files cannot be linked (the caller copies it to a named
+    temp file and claims that, ``untried`` first: the name was not tried)."""
+    for name in names:
+        try:
+            if not _rename.link_open_file(fd, os.path.join(directory, name)):
+                return None, name
+        except FileExistsError:
+            continue
+        return name, None
+    raise no_free_name(location)
+
+
 def _plain_folders(root: str, location: str) -> bool:
     """Whether ``root`` and every folder of ``location`` below it is a directory, not a link."""
     path = root

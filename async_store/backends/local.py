@@ -2,13 +2,17 @@
 
 How a save works, and why:
 
-1. the content goes to a hidden temp file (``.async_store-*.part``) *in the target folder*, so
-   publishing it never copies and never crosses a file system;
-2. the temp file is moved to its final name with ``renameat2(RENAME_NOREPLACE)`` (or, where the
-   system lacks it, hard-linked with ``os.link`` and then removed): both fail if the name
-   exists, so checking and claiming a name is one atomic step, concurrent uploads of one name
-   never overwrite each other, and a reader sees either nothing or the whole file;
-3. on any failure the temp file is removed.
+1. the content goes to an *unnamed* file in the target folder (Linux's ``O_TMPFILE``): it has no
+   name to be seen, served or left behind, even by a process killed mid-save, and publishing it
+   never copies and never crosses a file system;
+2. it is given its final name with ``linkat`` on its ``/proc/self/fd`` entry, which fails if the
+   name exists: checking and claiming a name is one atomic step (one directory operation),
+   concurrent uploads of one name never overwrite each other, and a reader sees either nothing
+   or the whole file;
+3. where unnamed files cannot be made or linked (other systems, some network and FUSE file
+   systems), a hidden temp file (``.async_store-*.part``) in the target folder takes its place,
+   moved to its final name with ``renameat2(RENAME_NOREPLACE)`` (or hard-linked with
+   ``os.link`` and then removed), with the same guarantees; on any failure it is removed.
 
 The target folder is checked on every save, with one ``lstat`` per level: a plain directory
 all the way down is used as is; anything else (a missing folder, a symlink) takes the careful
@@ -29,6 +33,7 @@ This module holds ``LocalBackend`` and its reader; the blocking steps they run i
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import os
 from datetime import UTC, datetime
@@ -44,6 +49,7 @@ from ._local_fs import (
     _TEMP_FLAGS,
     TEMP_PREFIX,
     _claim,
+    _claim_unnamed,
     _directory,
     _fsync_folder,
     _remove,
@@ -65,6 +71,24 @@ if TYPE_CHECKING:
 __all__ = ["TEMP_PREFIX", "LocalBackend", "inside", "os_error", "resolve_file", "store_root"]
 
 T = TypeVar("T")
+#: An unnamed file in a folder (Linux's ``O_TMPFILE``); 0 where there is none.
+_UNNAMED_FLAGS = (
+    getattr(os, "O_TMPFILE", 0) | os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
+    if hasattr(os, "O_TMPFILE")
+    else 0
+)
+# "This file system (or kernel) makes no unnamed files": EISDIR from kernels before O_TMPFILE.
+_NO_UNNAMED = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EISDIR, errno.EINVAL, errno.ENOSYS}
+
+
+def _copy(src: int, dst: int) -> None:
+    """Copy the whole file ``src`` into ``dst`` (in the kernel where it can)."""
+    offset, size = 0, os.fstat(src).st_size
+    while offset < size:
+        sent = os.sendfile(dst, src, offset, size - offset)
+        if sent == 0:
+            break
+        offset += sent
 
 
 class _Reader:
@@ -140,6 +164,7 @@ class _Write:
         if first is None:
             raise no_free_name(location)
         self._names = itertools.chain((first,), names)
+        self._backend = backend
         self._root, self._fsync, self._location = backend._root, backend._fsync, location
         #: The key errors name: the client's own name in ``location``.
         self.key = f"{location}/{first}" if location else first
@@ -148,16 +173,33 @@ class _Write:
 
     def open(self) -> IO[bytes]:
         self._directory = directory = _directory(self._root, self._location)
-        while True:
-            temp = os.path.join(directory, f"{TEMP_PREFIX}{_temp_names.getrandbits(64):016x}.part")
+        if self._backend._unnamed:
             try:
-                self._fd = os.open(temp, _TEMP_FLAGS, 0o644)
+                # Unnamed until published: nothing is left behind if the process dies first.
+                self._fd = os.open(directory, _UNNAMED_FLAGS, 0o644)
+            except OSError as exc:
+                if exc.errno not in _NO_UNNAMED:
+                    raise
+                self._backend._unnamed = False  # this file system has none: named temp files
+            else:
+                os.fchmod(self._fd, 0o644)  # whatever the umask: a web server may serve it
+                return cast("IO[bytes]", self)
+        self._fd = self._named_temp()
+        return cast("IO[bytes]", self)
+
+    def _named_temp(self) -> int:
+        """A hidden temp file in the target folder (where unnamed ones cannot be made)."""
+        while True:
+            name = f"{TEMP_PREFIX}{_temp_names.getrandbits(64):016x}.part"
+            temp = os.path.join(self._directory, name)
+            try:
+                fd = os.open(temp, _TEMP_FLAGS, 0o644)
                 break
             except FileExistsError:
                 continue
         self._temp = temp  # from here on, the cleanup removes it
-        os.fchmod(self._fd, 0o644)  # whatever the umask: a web server may serve the folder
-        return cast("IO[bytes]", self)
+        os.fchmod(fd, 0o644)  # whatever the umask: a web server may serve the folder
+        return fd
 
     def write(self, data: bytes) -> int:
         view = memoryview(data)
@@ -166,14 +208,30 @@ class _Write:
         return len(data)
 
     def finish(self, _file: object = None) -> str:
-        fd, self._fd = self._fd, -1
         try:
             if self._fsync:
-                os.fsync(fd)
+                os.fsync(self._fd)
+            if not self._temp:  # unnamed: linking it publishes it
+                named, untried = _claim_unnamed(
+                    self._fd, self._directory, self._names, self._location
+                )
+                self._published = named or ""
+                if untried is not None:  # no links to unnamed files here: copy to a named one
+                    self._names = itertools.chain((untried,), self._names)
+                    self._backend._unnamed = False
+                    unnamed, self._fd = self._fd, -1
+                    try:
+                        self._fd = self._named_temp()
+                        _copy(unnamed, self._fd)
+                        if self._fsync:
+                            os.fsync(self._fd)
+                    finally:
+                        os.close(unnamed)
         finally:
-            os.close(fd)
-        # The temp file is gone once claimed.
-        self._published = _claim(self._temp, self._directory, self._names, self._location)
+            self.close()
+        if not self._published:
+            # The temp file is gone once claimed.
+            self._published = _claim(self._temp, self._directory, self._names, self._location)
         if self._fsync:
             _fsync_folder(self._directory)
         return self._published
@@ -215,10 +273,18 @@ class LocalBackend(Backend):
         super().__init__(config)
         self._root = store_root(config)
         self._fsync = bool(config["STORE_FSYNC"])
+        #: Whether saves write unnamed files (``O_TMPFILE``), until the file system says no.
+        self._unnamed = _UNNAMED_FLAGS != 0
 
     @property
     def identity(self) -> str:
         return f"local path={self._root}"
+
+    @property
+    def writes_unnamed(self) -> bool:
+        """Whether saves write unnamed files (``O_TMPFILE``) here; False once the file system
+        has said it makes none (hidden temp files then)."""
+        return self._unnamed
 
     def absolute_path(self, key: str) -> str:
         return os.path.join(self._root, *key.split("/"))
