@@ -291,6 +291,7 @@ async def save_request(
     max_file_size: int | None,
     max_parts: int | None,
     max_field_size: int | None,
+    checksum: bool = False,
 ) -> StoredForm[ProviderT]:
     """See :meth:`Provider.save_request`."""
     limits = _limits_of(request, max_size, max_file_size, max_parts, max_field_size)
@@ -300,7 +301,7 @@ async def save_request(
         raise UploadTooLargeError(body_too_large(limits.body, length))
     with _body_of(request) as body:
         reader = _Reader(body, boundary, limits)
-        return await _save_parts(provider_class, reader, fields, location, limits)
+        return await _save_parts(provider_class, reader, fields, location, limits, checksum)
 
 
 async def _save_parts(
@@ -309,6 +310,7 @@ async def _save_parts(
     fields: Collection[str] | None,
     location: str | None,
     limits: _Limits,
+    checksum: bool,
 ) -> StoredForm[ProviderT]:
     result: StoredForm[ProviderT] = StoredForm()
     saved: list[ProviderT] = []
@@ -334,7 +336,9 @@ async def _save_parts(
             if part.filename == "" and await reader.peek() is _PART_END:
                 await reader.next()  # an empty <input type="file">: no name and no data
                 continue
-            provider = provider_class(reader.file_data(part), location, filename=part.filename)
+            provider = provider_class(
+                reader.file_data(part), location, filename=part.filename, checksum=checksum
+            )
             await provider.save()
             saved.append(provider)
             result.files.add(part.name, provider)

@@ -8,6 +8,7 @@ on local disk and on S3 (a real SeaweedFS). What is stored is read behind the li
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import html
 import json
 import os
@@ -55,6 +56,7 @@ class Client:
                 "form": stored.form.to_dict(flat=False),
                 "sync": type(next(iter(stored.files.values()), None)).__name__,
                 "sizes": stored.sizes,
+                "sha256": {p.relative_path: p.sha256 for _, p in stored.files.items(multi=True)},
             }
 
         if kind == "quart":
@@ -151,6 +153,22 @@ async def test_stores_every_file_and_collects_the_text_fields(
     if inventory.backend == "s3":
         expected = expected.replace("Local", "S3")
     assert result["sync"] == expected
+
+
+async def test_each_files_checksum_is_taken_as_it_streams_in(client: Client) -> None:
+    big = os.urandom(3 * 1024 * 1024 + 17)
+    body = multipart(("docs", "a.bin", b"small"), ("docs", "b.bin", big), ("note", None, b"hi"))
+    status, result = await client.post(body)
+    assert status == 200, result
+    assert result["sha256"] == {"a.bin": None, "b.bin": None}  # only when asked for
+    client.options = {"checksum": True}
+    status, result = await client.post(body)
+    assert status == 200, result
+    first, second = result["files"]["docs"]
+    assert result["sha256"] == {
+        first: hashlib.sha256(b"small").hexdigest(),
+        second: hashlib.sha256(big).hexdigest(),
+    }
 
 
 async def test_location_and_hostile_names_stay_inside_the_store(

@@ -120,6 +120,7 @@ class ProviderClass(ABC):
         max_file_size: int | None = None,
         max_parts: int | None = None,
         max_field_size: int | None = None,
+        checksum: bool = False,
     ) -> StoredForm[Self]:
         """Store every file of a ``multipart/form-data`` request as its body arrives.
 
@@ -144,6 +145,8 @@ class ProviderClass(ABC):
             or 1000.
         :param max_field_size: the most bytes a text field may have (they are held in memory);
             default ``MAX_FORM_MEMORY_SIZE`` or 500,000.
+        :param checksum: compute each file's SHA-256 as it streams in (``provider.sha256``;
+            a ``FileType`` record keeps it), as ``Provider(..., checksum=True)`` does.
         :raises BadUploadError: (a 400) not multipart, malformed, cut short, unexpected field.
         :raises UploadTooLargeError: (a 413) over one of the limits.
         :raises ProviderError: if the backend fails.
@@ -157,6 +160,7 @@ class ProviderClass(ABC):
             max_file_size=max_file_size,
             max_parts=max_parts,
             max_field_size=max_field_size,
+            checksum=checksum,
         )
         return cast("StoredForm[Self]", stored)
 
