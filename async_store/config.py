@@ -195,6 +195,13 @@ SETTINGS: tuple[Setting, ...] = (
         "s3",
     ),
     S("STORE_S3_CONDITIONAL_WRITES", True, boolean, "claim names with If-None-Match", "s3"),
+    S(
+        "STORE_S3_CHECKSUM",
+        "sha256",
+        choice("sha256", "crc32", "off"),
+        "the checksum the server verifies an upload with",
+        "s3",
+    ),
     S("STORE_S3_MULTIPART_THRESHOLD", 8 * MIB, part, "multipart from this size", "s3"),
     S("STORE_S3_PART_SIZE", 8 * MIB, part, "the size of each part", "s3"),
     S("STORE_S3_MAX_CONCURRENCY", 4, positive, "parts of one upload in flight", "s3"),

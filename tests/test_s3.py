@@ -6,6 +6,7 @@ connections reset mid-upload; "endpoint down" is a port nobody listens on.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import os
@@ -140,6 +141,40 @@ async def test_content_type_and_object_params(s3_server: SeaweedFS, bucket: str)
     assert head["noext"]["ContentType"] == "application/octet-stream"
     assert head["a.png"]["CacheControl"] == "max-age=60"
     assert head["a.png"]["ContentDisposition"] == "inline"
+
+
+@pytest.mark.parametrize("checksum", ["sha256", "crc32", "off"])
+async def test_the_checksum_the_server_verifies(
+    s3_server: SeaweedFS, bucket: str, proxy: FaultProxy, checksum: str
+) -> None:
+    app, store = quart_store(
+        s3_server, bucket, STORE_S3_ENDPOINT_URL=proxy.endpoint, STORE_S3_CHECKSUM=checksum
+    )
+    data = b"verified on arrival"
+    async with app.app_context():
+        provider = store.Provider(data, filename="a.txt", checksum=True)
+        await provider.save()
+    direct, direct_store = quart_store(s3_server, bucket)  # the proxy drops HEAD's length
+    async with direct.app_context():
+        info = await direct_store.Provider(provider.relative_path).info()
+    [put] = [r for r in proxy.requests if r.method == "PUT"]
+    sent = {k: v for k, v in put.headers.items() if k.startswith("x-amz-checksum-")}
+    expected = base64.b64encode(hashlib.sha256(data).digest()).decode()
+    if checksum == "sha256":
+        assert sent == {"x-amz-checksum-sha256": expected}
+        assert info.sha256 == provider.sha256 == hashlib.sha256(data).hexdigest()  # kept there
+    elif checksum == "crc32":
+        assert list(sent) == ["x-amz-checksum-crc32"]  # botocore's own
+        assert info.sha256 is None
+    else:
+        assert sent == {} and info.sha256 is None
+
+
+def test_the_checksum_setting_is_checked(tmp_path: Path) -> None:
+    app = quart.Quart(__name__)
+    app.config.update(STORE_PROVIDER="s3", STORE_S3_BUCKET="b", STORE_S3_CHECKSUM="md5")
+    with pytest.raises(NotConfiguredError, match="STORE_S3_CHECKSUM"):
+        Store(app)
 
 
 @pytest.mark.parametrize("acl", ["private", "public-read", None])

@@ -6,6 +6,7 @@ object-store parts it is built from (``_multipart``), without any server.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -134,9 +135,11 @@ async def test_stat_gives_size_and_time(s3_server: SeaweedFS, bucket: str) -> No
     assert (stat.path, stat.size) == ("docs/a.bin", len(DATA))
     assert stat.modified.tzinfo is not None
     assert before <= stat.modified <= datetime.now(UTC) + timedelta(seconds=2)
-    # A listing has no content type (ListObjects gives none); stat asks HEAD for it.
+    # A listing has no content type nor checksum (ListObjects gives neither); stat asks HEAD,
+    # which gives the SHA-256 the upload was sent and verified with (STORE_S3_CHECKSUM).
     assert stat.content_type == "application/octet-stream"
-    assert files == [dataclasses.replace(stat, content_type=None)]
+    assert stat.sha256 == hashlib.sha256(DATA).hexdigest()
+    assert files == [dataclasses.replace(stat, content_type=None, sha256=None)]
 
 
 def test_identity_names_bucket_and_prefix_never_the_endpoint_or_keys(

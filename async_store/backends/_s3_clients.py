@@ -220,6 +220,11 @@ class Clients:
             "s3": s3,
             "max_pool_connections": config["STORE_S3_MAX_POOL_CONNECTIONS"],
         }
+        if config.get("STORE_S3_CHECKSUM") == "off":
+            # No flexible checksums (botocore's CRC32 by default), which some S3-compatible
+            # servers refuse (Backblaze B2, GCS's XML API): only where an operation needs one.
+            common["request_checksum_calculation"] = "when_required"
+            common["response_checksum_validation"] = "when_required"
         main = AioConfig(
             retries={"mode": "standard", "total_max_attempts": self._attempts},
             connect_timeout=connect,

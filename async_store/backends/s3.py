@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import itertools
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -182,7 +183,7 @@ class S3Backend(Backend):
                     continue
                 try:
                     if rest is None:
-                        await self._put(s3, key, name, b"".join(head), extra)
+                        await self._put(s3, key, name, b"".join(head), extra, source)
                     else:
                         await self._multipart(s3, key, name, head, rest, extra, charge)
                 except NameTaken:
@@ -199,12 +200,17 @@ class S3Backend(Backend):
                 return name
         raise no_free_name(location)
 
-    async def _put(self, s3: Any, key: str, name: str, body: bytes, extra: dict[str, str]) -> None:
+    async def _put(
+        self, s3: Any, key: str, name: str, body: bytes, extra: dict[str, str], source: Source
+    ) -> None:
+        args = {**self._object_args(name), **extra}
+        if self.config["STORE_S3_CHECKSUM"] == "sha256":
+            # Verified and kept by the server; the upload's own hash when it has one (no rehash).
+            digest = source.digest if source.digest is not None else hashlib.sha256(body)
+            args["ChecksumSHA256"] = base64.b64encode(digest.digest()).decode()
         try:
             async with self._claims.claiming(key):
-                await s3.put_object(
-                    Bucket=self.bucket, Key=key, Body=body, **self._object_args(name), **extra
-                )
+                await s3.put_object(Bucket=self.bucket, Key=key, Body=body, **args)
         except ClientError as exc:
             raise_if_taken(exc)
             raise
