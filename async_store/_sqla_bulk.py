@@ -95,21 +95,18 @@ def _target(execute_state: ORMExecuteState, dml: Update | Delete) -> _Target | N
             value = value.value if isinstance(value, BindParameter) else value
             if isinstance(value, ClauseElement):
                 continue
-            if isinstance(type_, FileType) and uploads_in(value):
+            records = isinstance(type_, FileType)
+            # The upload itself, or the first one a list of a FileType holds.
+            upload = next(iter(uploads_in(value)), (0, None))[1] if records else value
+            if upload is not None and _is_upload(upload):
                 raise StoreError(
-                    f"update({name}) sets {name}.{key} to an unsaved upload: an update() "
-                    f"statement stores no uploads (one file cannot belong to many rows). Assign "
-                    f"the upload to each row's attribute and flush, or set a record."
-                )
-            if isinstance(type_, FileType):
-                continue  # records name their storage
-            if _is_upload(value):
-                raise StoreError(
-                    f"update({name}) sets {name}.{key} to an unsaved {type(value).__name__}: "
+                    f"update({name}) sets {name}.{key} to an unsaved {type(upload).__name__}: "
                     f"an update() statement stores no uploads (one file cannot belong to many "
                     f"rows). Assign the upload to each row's attribute and flush, or save it "
                     f"first (store.Provider(upload).save()) and set its relative_path."
                 )
+            if records:
+                continue  # records name their storage
             provider = _provider(value)
             store = type_._state()
             if provider is not None and not isinstance(provider, store.provider_class):

@@ -23,7 +23,7 @@ from sqlalchemy.types import TypeDecorator
 
 from ._paths import clean_location
 from ._record import FileRecord
-from ._sqla_type import _provider, unsaved_upload
+from ._sqla_type import _is_upload, _provider, unsaved_upload
 from ._storages import DEFAULT
 from .exceptions import StoreError
 
@@ -39,10 +39,7 @@ __all__ = ["FileList", "FileType", "records_of", "uploads_in"]
 
 def is_new(value: Any) -> bool:
     """Whether ``value`` is something a flush must store (an upload, an unsaved provider)."""
-    if value is None or isinstance(value, (str, FileRecord)):
-        return False
-    provider = _provider(value)
-    return provider is None or not provider.saved
+    return not isinstance(value, FileRecord) and _is_upload(value)
 
 
 class FileType(TypeDecorator[Any]):
@@ -104,7 +101,8 @@ class FileType(TypeDecorator[Any]):
             return FileRecord.from_json(value, self.storage)
         provider = _provider(value)
         if provider is not None and provider.saved:
-            return FileRecord.of(provider, storage_of(provider, self.storage))
+            state = storage_of(provider)
+            return FileRecord.of(provider, state.name if state is not None else self.storage)
         raise unsaved_upload("FileType", value, "a record, a saved provider or a relative path")
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
@@ -176,14 +174,14 @@ class FileList(MutableList[Any]):
 FileList.associate_with(FileListType)
 
 
-def storage_of(provider: Provider, default: str) -> str:
-    """The name of the storage ``provider`` is a provider of, in the current app."""
+def storage_of(provider: Provider) -> StoreState | None:
+    """The storage ``provider`` is a provider of, in the current app (None: another app's)."""
     from .extension import current_state
 
     for state in current_state("a FileType column").storages.values():
         if isinstance(provider, state.provider_class):
-            return state.name
-    return default
+            return state
+    return None
 
 
 def records_of(value: Any) -> list[FileRecord]:
@@ -199,8 +197,3 @@ def uploads_in(value: Any) -> list[tuple[int | None, Any]]:
     if isinstance(value, list):
         return [(i, item) for i, item in enumerate(value) if is_new(item)]
     return [(None, value)] if is_new(value) else []
-
-
-def state_of(record: FileRecord) -> StoreState:
-    """The storage a record names, in the current app."""
-    return record.state()

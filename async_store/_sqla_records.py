@@ -90,8 +90,9 @@ def changed_records(
         for index, upload in uploads_in(value):
             provider = _provider(upload)
             # An unsaved provider stores into its own storage, the rest into the column's.
-            name = storage_of(provider, type_.storage) if provider is not None else type_.storage
-            store = storage_named(name, f"{row.mapper.class_.__name__}.{key}")
+            store = (storage_of(provider) if provider is not None else None) or storage_named(
+                type_.storage, f"{row.mapper.class_.__name__}.{key}"
+            )
             pending.append(Pending(row, key, index, upload, type_, store))
     return pending
 

@@ -119,7 +119,7 @@ def _save_uploads(session: Session, flush_context: UOWTransaction, instances: An
     if not uploads and not pending:
         return
     _refuse_shared_providers(
-        [*((row, key, value) for row, key, value, _, _ in uploads)]
+        [(row, key, value) for row, key, value, _, _ in uploads]
         + [(p.row, p.key, p.value) for p in pending]
     )
     records = files(session)

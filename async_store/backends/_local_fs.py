@@ -183,6 +183,25 @@ def _remove(path: str) -> None:
         os.unlink(path)
 
 
+def _new_temp(directory: str) -> tuple[str, int]:
+    """A hidden temp file in ``directory`` (where unnamed files cannot be made): its path and
+    a descriptor open for writing."""
+    while True:
+        temp = os.path.join(directory, f"{TEMP_PREFIX}{_temp_names.getrandbits(64):016x}.part")
+        try:
+            fd = os.open(temp, _TEMP_FLAGS, 0o644)
+            break
+        except FileExistsError:
+            continue
+    try:
+        os.fchmod(fd, 0o644)  # whatever the umask: a web server may serve the folder
+        return temp, fd
+    except BaseException:
+        os.close(fd)
+        _remove(temp)
+        raise
+
+
 def _fsync_folder(directory: str) -> None:
     # The new directory entry must reach the disk too, or a power cut loses the name.
     fd = os.open(directory, os.O_RDONLY)

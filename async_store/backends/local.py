@@ -46,15 +46,14 @@ from .._paths import content_type, safe_join
 from .._sources import write_source
 from ..exceptions import NotFoundError
 from ._local_fs import (
-    _TEMP_FLAGS,
     TEMP_PREFIX,
     _claim,
     _claim_unnamed,
     _directory,
     _fsync_folder,
+    _new_temp,
     _remove,
     _scan,
-    _temp_names,
     inside,
     os_error,
     resolve_file,
@@ -149,14 +148,15 @@ class _Reader:
 
 
 class _Write:
-    """One save's blocking steps, the rules of every local write: a temp file in the target
-    folder, published under the first free name without replacing (fsynced with
-    ``STORE_FSYNC``), and a cleanup that removes whatever was made, a published file included
-    (a caller cancelled while it was published never learnt the name).
+    """One save's blocking steps, the rules of every local write: an unnamed file in the
+    target folder (or a hidden temp file where there are none), published under the first free
+    name without replacing (fsynced with ``STORE_FSYNC``), and a cleanup that removes whatever
+    was made, a published file included (a caller cancelled while it was published never
+    learnt the name).
 
-    It is the temp file too, with the little of ``IO[bytes]`` a save uses: ``os.fdopen`` would
-    cost three more syscalls per file (fstat, isatty, lseek), each a trip through the GIL, and
-    a buffer a single-chunk save does not need.
+    It is the file being written too, with the little of ``IO[bytes]`` a save uses:
+    ``os.fdopen`` would cost three more syscalls per file (fstat, isatty, lseek), each a trip
+    through the GIL, and a buffer a single-chunk save does not need.
     """
 
     def __init__(self, backend: LocalBackend, location: str, names: Iterator[str]) -> None:
@@ -188,17 +188,7 @@ class _Write:
         return cast("IO[bytes]", self)
 
     def _named_temp(self) -> int:
-        """A hidden temp file in the target folder (where unnamed ones cannot be made)."""
-        while True:
-            name = f"{TEMP_PREFIX}{_temp_names.getrandbits(64):016x}.part"
-            temp = os.path.join(self._directory, name)
-            try:
-                fd = os.open(temp, _TEMP_FLAGS, 0o644)
-                break
-            except FileExistsError:
-                continue
-        self._temp = temp  # from here on, the cleanup removes it
-        os.fchmod(fd, 0o644)  # whatever the umask: a web server may serve the folder
+        self._temp, fd = _new_temp(self._directory)  # from here on, the cleanup removes it
         return fd
 
     def write(self, data: bytes) -> int:
