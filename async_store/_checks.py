@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from .exceptions import NotConfiguredError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
 MIB = 1024 * 1024
 
@@ -125,6 +125,22 @@ def url_prefix(key: str, value: Any) -> str:
     if any(part in (".", "..") for part in value.split("/")):
         raise NotConfiguredError(f"STORE_URL_PREFIX {value!r} must not contain '.' or '..'.")
     return value
+
+
+def signing_secret(app_config: Mapping[str, Any], signed_only: bool, where: str = "") -> None:
+    """A storage that serves only signed links needs the app's ``SECRET_KEY`` to check them
+    (checked when its route is registered, at ``init_app``: ``store check`` reports it).
+
+    :param where: how messages name the storage's keys: ``''`` (the ``STORE_*`` ones) or
+        ``"STORE_STORAGES['docs']"``.
+    """
+    if signed_only and not app_config.get("SECRET_KEY"):
+        key = f"{where}: SERVE_SIGNED_ONLY" if where else "STORE_SERVE_SIGNED_ONLY"
+        raise NotConfiguredError(
+            f"{key} is on, but the app has no SECRET_KEY to sign and check links with: every "
+            f"request would be refused. Set app.config['SECRET_KEY'] to a long random value "
+            f"(python -c 'import secrets; print(secrets.token_hex(32))') before init_app."
+        )
 
 
 def provider(key: str, value: Any) -> Any:

@@ -118,6 +118,12 @@ SETTINGS: tuple[Setting, ...] = (
     S("STORE_URL_PREFIX", "/uploads", url_prefix, "the URL path of local files", text=True),
     S("STORE_SERVE_FILES", True, boolean, "register the route that serves local files"),
     S(
+        "STORE_SERVE_SIGNED_ONLY",
+        False,
+        boolean,
+        "the route serves only signed links (url(expires=...)); needs SECRET_KEY",
+    ),
+    S(
         "STORE_FSYNC",
         False,
         boolean,

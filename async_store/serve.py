@@ -12,7 +12,12 @@ Safety first, then HTTP:
   cannot run script on the app's origin;
 * ``X-Content-Type-Options: nosniff`` is on every response of the route, 404s included;
 * GET and HEAD, ``Range`` (206/416), ``ETag``/``Last-Modified`` and 304 come from the framework's
-  own conditional-response code, after :func:`usable_range` has set aside what it gets wrong.
+  own conditional-response code, after :func:`usable_range` has set aside what it gets wrong;
+* a signed link (``provider.url(expires=...)``, see ``_signing``) is checked before the disk is
+  looked at: a bad or expired one is a 403 whether or not the file exists, and so is an unsigned
+  request to a storage with ``STORE_SERVE_SIGNED_ONLY``. A valid one is answered with its
+  overrides (a ``download_name`` is an attachment, a ``content_type`` of an active type too)
+  and ``Cache-Control: private``, so no shared cache keeps it past its expiry.
 """
 
 from __future__ import annotations
@@ -25,13 +30,19 @@ import anyio.to_thread
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import parse_range_header
 
-from ._content import content_policy, disposition
+from ._checks import signing_secret
+from ._content import content_policy, disposition, is_passive
+from ._signing import LinkSigner
+from ._storages import DEFAULT
+from .backends.background import direct
+from .backends.local import LocalBackend
 from .exceptions import StoreError
 from .providers.local import resolve_file
 
 if TYPE_CHECKING:
     from flask.sansio.app import App
 
+    from ._signing import Grant
     from .extension import StoreState
 
 __all__ = ["ENDPOINT", "content_policy", "endpoint", "register_route", "usable_range"]
@@ -72,6 +83,18 @@ def usable_range(header: str | None, size: int) -> str | None:
     return header
 
 
+def _policy(path: str, grant: Grant) -> tuple[str, bool, str]:
+    """``(mimetype, as_attachment, download name)`` for the file at ``path``, with a signed
+    link's overrides: a ``download_name`` is always an attachment, a ``content_type`` is one
+    unless it is passive."""
+    mimetype, attachment = content_policy(path)
+    if grant.content_type is not None:
+        mimetype, attachment = grant.content_type, not is_passive(grant.content_type)
+    if grant.download_name is not None:
+        return mimetype, True, grant.download_name
+    return mimetype, attachment, os.path.basename(path)
+
+
 def _find(root: str, filename: str) -> tuple[str, os.stat_result] | None:
     if len(filename) > _MAX_URL_PATH or "\x00" in filename:
         return None
@@ -81,16 +104,21 @@ def _find(root: str, filename: str) -> tuple[str, os.stat_result] | None:
         return None
 
 
-def _flask_view(state: StoreState) -> Any:
+def _flask_view(state: StoreState, links: LinkSigner) -> Any:
     import flask
+
+    signed_only = bool(state.config.get("STORE_SERVE_SIGNED_ONLY"))
 
     def serve_stored_file(filename: str) -> Any:
         response: Any
+        grant = links.grant(filename, flask.request.args, signed_only=signed_only)
+        if grant is None:
+            return _secure(flask.Response("Forbidden", 403, mimetype="text/plain"), False)
         found = _find(state.config.path, filename)
         if found is None:
             return _secure(flask.Response("Not Found", 404, mimetype="text/plain"), False)
         path, st = found
-        mimetype, attachment = content_policy(path)
+        mimetype, attachment, name = _policy(path, grant)
         # send_file reads the Range header from the WSGI environ.
         environ = flask.request.environ
         usable = usable_range(environ.get("HTTP_RANGE"), st.st_size)
@@ -103,19 +131,21 @@ def _flask_view(state: StoreState) -> Any:
                 path,
                 mimetype=mimetype,
                 as_attachment=attachment,
-                download_name=os.path.basename(path),
+                download_name=name,
                 conditional=True,
                 etag=True,
                 last_modified=st.st_mtime,
             )
         except HTTPException as exc:  # 416 from the range check
             response = exc.get_response()
+        if grant.signed:
+            response.cache_control.private = True
         return _secure(response, attachment)
 
     return serve_stored_file
 
 
-def _quart_view(state: StoreState) -> Any:
+def _quart_view(state: StoreState, links: LinkSigner) -> Any:
     import quart
     from quart.wrappers.response import FileBody
 
@@ -134,14 +164,19 @@ def _quart_view(state: StoreState) -> Any:
         # FileBody stats the file in __init__: do it here, in the thread, not on the loop.
         return (*found, StoredFileBody(found[0], buffer_size=256 * 1024))
 
+    signed_only = bool(state.config.get("STORE_SERVE_SIGNED_ONLY"))
+
     async def serve_stored_file(filename: str) -> Any:
         response_class = quart.current_app.response_class
+        request = quart.request
+        grant = links.grant(filename, request.args, signed_only=signed_only)
+        if grant is None:
+            return _secure(response_class("Forbidden", 403, mimetype="text/plain"), False)
         found = await anyio.to_thread.run_sync(find_and_open, filename)
         if found is None:
             return _secure(response_class("Not Found", 404, mimetype="text/plain"), False)
         path, st, body = found
-        mimetype, attachment = content_policy(path)
-        request = quart.request
+        mimetype, attachment, name = _policy(path, grant)
         if "Range" in request.headers:
             usable = usable_range(request.headers["Range"], st.st_size)
             if usable is None:
@@ -155,9 +190,11 @@ def _quart_view(state: StoreState) -> Any:
         response.set_etag(f"{st.st_mtime_ns:x}-{st.st_size:x}-{st.st_ino:x}")
         # What Flask's send_file sends too: revalidate with the ETag, ranges are welcome.
         response.cache_control.no_cache = True
+        if grant.signed:
+            response.cache_control.private = True
         response.headers["Accept-Ranges"] = "bytes"
         # What Flask's send_file sends (the S3 backend stores the same on active objects).
-        value, names = disposition(os.path.basename(path), attachment)
+        value, names = disposition(name, attachment)
         response.headers.set("Content-Disposition", value, **names)
         try:
             await response.make_conditional(request, accept_ranges=True, complete_length=st.st_size)
@@ -201,8 +238,18 @@ def endpoint(storage: str) -> str:
 
 
 def register_route(app: App, state: StoreState) -> None:
-    """Add ``{STORE_URL_PREFIX}/<path:filename>`` (GET and HEAD) to ``app`` for one storage."""
-    view = _quart_view(state) if state.is_async else _flask_view(state)
+    """Add ``{STORE_URL_PREFIX}/<path:filename>`` (GET and HEAD) to ``app`` for one storage,
+    and give its local backend what signs the links the route checks.
+
+    :raises NotConfiguredError: for ``STORE_SERVE_SIGNED_ONLY`` without a ``SECRET_KEY``.
+    """
+    where = "" if state.name == DEFAULT else f"STORE_STORAGES[{state.name!r}]"
+    signing_secret(app.config, bool(state.config.get("STORE_SERVE_SIGNED_ONLY")), where)
+    links = LinkSigner(app.config, state.name)
+    backend = direct(state.provider_class.backend)  # the wrapped one, in background mode
+    if isinstance(backend, LocalBackend):
+        backend.links = links
+    view = _quart_view(state, links) if state.is_async else _flask_view(state, links)
     app.after_request(_nosniff_below(state.config.url_prefix, state.is_async))
     app.add_url_rule(
         f"{state.config.url_prefix}/<path:filename>",

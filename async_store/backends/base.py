@@ -125,7 +125,8 @@ class Backend(AsyncResource):
     #: Whether its clients belong to an event loop (an S3 backend's do): then the sync shim
     #: runs its calls on its own long-lived loop. False: any loop, or none, will do.
     loop_bound: ClassVar[bool] = True
-    #: Whether :meth:`sign` makes URLs that expire (S3 presigning).
+    #: Whether :meth:`sign` makes URLs that expire (S3 presigning; the local route's HMAC links).
+    #: False: ``Provider.url(expires=...)`` gives the permanent URL.
     signs: ClassVar[bool] = False
     #: Whether it has :meth:`write_blocking`: the sync shim then saves a blocking source (a
     #: ``FileStorage``, bytes, a path) in the caller's thread, with no event loop at all.
@@ -183,7 +184,12 @@ class Backend(AsyncResource):
         download_name: str | None = None,
         content_type: str | None = None,
     ) -> str:
-        """A URL to fetch ``key`` that is valid for ``expires`` seconds (when :attr:`signs`)."""
+        """A URL to fetch ``key`` that is valid for ``expires`` seconds (when :attr:`signs`),
+        answered with the overrides given (``Content-Disposition: attachment`` under
+        ``download_name``, ``content_type`` as the ``Content-Type``).
+
+        :raises ValueError: for ``expires`` out of the backend's range, or a bad override.
+        """
         raise StoreError(f"{type(self).__name__} cannot sign URLs")
 
     # --- the event loops it serves --------------------------------------------------------------

@@ -44,7 +44,7 @@ import anyio.to_thread
 
 from .._paths import content_type, safe_join
 from .._sources import write_source
-from ..exceptions import NotFoundError
+from ..exceptions import NotFoundError, StoreError
 from ._local_fs import (
     TEMP_PREFIX,
     _claim,
@@ -64,6 +64,7 @@ from .base import Backend, StoredFile, check_range, no_free_name
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
+    from .._signing import LinkSigner
     from .._sources import Source
     from ..config import StoreConfig
 
@@ -258,6 +259,7 @@ class LocalBackend(Backend):
     kind = "local"
     loop_bound = False  # only files and worker threads: any event loop, or none, will do
     writes_blocking = True
+    signs = True  # links the serving route checks (``_signing``), once it is registered
 
     def __init__(self, config: StoreConfig) -> None:
         super().__init__(config)
@@ -265,6 +267,9 @@ class LocalBackend(Backend):
         self._fsync = bool(config["STORE_FSYNC"])
         #: Whether saves write unnamed files (``O_TMPFILE``), until the file system says no.
         self._unnamed = _UNNAMED_FLAGS != 0
+        #: What signs links to this storage's files with the app's ``SECRET_KEY``: set by the
+        #: serving route when it is registered (``serve.register_route``), which checks them.
+        self.links: LinkSigner | None = None
 
     @property
     def identity(self) -> str:
@@ -278,6 +283,32 @@ class LocalBackend(Backend):
 
     def absolute_path(self, key: str) -> str:
         return os.path.join(self._root, *key.split("/"))
+
+    async def sign(
+        self,
+        key: str,
+        expires: int,
+        *,
+        download_name: str | None = None,
+        content_type: str | None = None,
+    ) -> str:
+        """:meth:`url` with an expiry and an HMAC of the app's ``SECRET_KEY`` that the serving
+        route checks, and the response overrides it then applies.
+
+        :raises ValueError: for ``expires`` out of range (1 s to a year) or a bad override.
+        :raises NotConfiguredError: naming ``SECRET_KEY`` when the app has none.
+        :raises StoreError: when this storage's route is off (``STORE_SERVE_FILES``).
+        """
+        if self.links is None:
+            raise StoreError(
+                f"no signed link to {key!r}: signed links of local files are checked by the "
+                f"store's serving route, which is off for this storage (STORE_SERVE_FILES = "
+                f"False); turn it on, or sign links where the files are served"
+            )
+        query = self.links.query(
+            key, expires, download_name=download_name, content_type=content_type
+        )
+        return f"{self.url(key)}?{query}"
 
     @contextlib.contextmanager
     def _errors(self, key: str) -> Iterator[None]:

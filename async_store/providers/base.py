@@ -304,14 +304,20 @@ class Provider(ProviderClass):
         content_type: str | None = None,
     ) -> str:
         """A URL to fetch the file: :attr:`absolute_url`, or, for ``expires`` seconds on a
-        backend that signs (S3: a presigned GET, SigV4, for the host of :attr:`absolute_url`
-        without ``STORE_DOMAIN``), a signed URL, which may carry response overrides. A file of
-        an active type (HTML, SVG, XML, scripts) is downloaded through a signed URL, never shown.
+        backend that signs, a signed URL, which may carry response overrides. S3: a presigned
+        GET, SigV4, for the host of :attr:`absolute_url` without ``STORE_DOMAIN``. Local:
+        :attr:`absolute_url` with an expiry and an HMAC of the app's ``SECRET_KEY``, which the
+        serving route checks (needed with ``STORE_SERVE_SIGNED_ONLY``). A file of an active type
+        (HTML, SVG, XML, scripts) is downloaded through a signed URL, never shown.
 
-        :param expires: seconds a signed URL stays valid (S3: at most 604800, SigV4's limit).
+        :param expires: seconds a signed URL stays valid (S3: at most 604800, SigV4's limit;
+            local: at most a year).
         :param download_name: (signed URLs) download under this name, as an attachment.
         :param content_type: (signed URLs) the ``Content-Type`` to answer with.
-        :raises ValueError: for ``expires`` out of range, or the overrides without ``expires``.
+        :raises ValueError: for ``expires`` out of range, a bad override, or the overrides
+            without ``expires``.
+        :raises NotConfiguredError: (local) naming ``SECRET_KEY`` when the app has none.
+        :raises StoreError: (local) when the storage's route is off (``STORE_SERVE_FILES``).
         """
         if expires is None:
             if download_name is not None or content_type is not None:
