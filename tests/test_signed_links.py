@@ -441,3 +441,13 @@ async def test_no_signed_links_without_the_route(store_path: Path, build: Build)
     provider = await saved(store, app, "a.txt")
     with pytest.raises(StoreError, match="STORE_SERVE_FILES"):
         await provider.url(expires=60)
+
+
+async def test_a_backend_that_cannot_sign_refuses_rather_than_give_a_permanent_url(
+    store_path: Path, build: Build
+) -> None:
+    app, store = build("quart", store_path, STORE_STORAGES={"scratch": {"PROVIDER": "memory"}})
+    provider = await saved(store, app, "a.txt", storage="scratch")
+    with pytest.raises(StoreError, match=r"MemoryBackend does not sign links.*'a.txt'"):
+        await provider.url(expires=60)
+    assert await provider.url() == provider.absolute_url

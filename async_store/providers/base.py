@@ -317,7 +317,8 @@ class Provider(ProviderClass):
         :raises ValueError: for ``expires`` out of range, a bad override, or the overrides
             without ``expires``.
         :raises NotConfiguredError: (local) naming ``SECRET_KEY`` when the app has none.
-        :raises StoreError: (local) when the storage's route is off (``STORE_SERVE_FILES``).
+        :raises StoreError: (local) when the storage's route is off (``STORE_SERVE_FILES``), or
+            when the backend cannot sign links at all (the memory backend).
         """
         if expires is None:
             if download_name is not None or content_type is not None:
@@ -327,7 +328,11 @@ class Provider(ProviderClass):
                 )
             return self.absolute_url
         if not self.backend.signs:
-            return self.absolute_url
+            # A permanent URL where an expiring one was asked for would outlive its purpose.
+            raise StoreError(
+                f"{type(self.backend).__name__} does not sign links, so url(expires=...) cannot "
+                f"give an expiring one for {self.relative_path!r}; use url() for its permanent URL"
+            )
         self._require_saved()
         return await self.backend.sign(
             self.relative_path, expires, download_name=download_name, content_type=content_type
