@@ -53,13 +53,12 @@ import anyio.to_thread
 from ._outcomes import Outcomes
 from ._sources import Source
 from ._spool import Job, Spool
-from ._spooling import spool_upload
 from ._uploads import BackgroundUpload, Uploader, means_down
 from .backends.base import NoFreeName
 from .exceptions import NotConfiguredError, NotFoundError, StoreError, UploadError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
     from .backends.base import Backend
     from .config import StoreConfig
@@ -245,36 +244,29 @@ class Background:
             self._unreachable_since = None
             log.info("a background delivery succeeded: name checks resume")
 
-    # --- spooling, in save() -----------------------------------------------------------------
-
-    async def submit(
-        self, location: str, names: Iterator[str], source: Source
-    ) -> tuple[Job, BackgroundUpload]:
-        """Reserve a name, spool ``source`` and queue its delivery (see ``_spooling``)."""
-        return await spool_upload(self, location, names, source)
-
     # --- delivery ----------------------------------------------------------------------------
 
     async def deliver(self, job_id: str, uploader: Uploader | None = None) -> None:
         """Deliver one spooled job, with retries; never raises."""
-        fd = await anyio.to_thread.run_sync(self.spool.lock, job_id)
-        if fd is None:
+        # One hop for the lock, the job and its discard mark (each hop costs ~1 ms at c=1).
+        claimed = await anyio.to_thread.run_sync(self.spool.claim, job_id)
+        if claimed is None:
             with self._lock:
                 self._scheduled.discard(job_id)
             return
+        fd, job, discarded = claimed
         try:
-            job = await anyio.to_thread.run_sync(self.spool.load, job_id)
             if not self.owns(job.target):
                 return
             if job.target != self.target:
                 await anyio.to_thread.run_sync(self._adopt, job)
-            await self._attempts(job, uploader)
+            await self._attempts(job, uploader, discarded)
         finally:
             os.close(fd)
             with self._lock:
                 self._scheduled.discard(job_id)
 
-    async def _attempts(self, job: Job, uploader: Uploader | None) -> None:
+    async def _attempts(self, job: Job, uploader: Uploader | None, discarded: bool) -> None:
         backend = self.backend
         stopping = uploader.stopping if uploader is not None else None
         for attempt in range(self.retries):
@@ -282,7 +274,9 @@ class Background:
                 if attempt or uploader.hopeless():
                     return  # shutting down: a retry, or an attempt on a dead backend, waits
             try:
-                if await anyio.to_thread.run_sync(self.spool.discarded, job.id):
+                if attempt:  # a delete may come while a retry waits
+                    discarded = await anyio.to_thread.run_sync(self.spool.discarded, job.id)
+                if discarded:
                     await self._end(job, uploaded=False)
                     return
                 try:
@@ -334,9 +328,11 @@ class Background:
     async def _end(self, job: Job, uploaded: bool) -> None:
         """Take a delivered (or discarded) job out of the spool and report how it ended."""
         with anyio.CancelScope(shield=True):  # the file landed: the bookkeeping must follow
-            discarded = await anyio.to_thread.run_sync(self.spool.finish, job)
+            # Out of the spool, its name released, in one hop; unless it was deleted (a
+            # rolled-back transaction) while on its way: the name stays reserved until the
+            # delivered copy is deleted too.
+            discarded = await anyio.to_thread.run_sync(self.spool.take_out, job, uploaded)
             if discarded and uploaded:
-                # Deleted (a rolled-back transaction) while it was on its way.
                 try:
                     await self.backend.delete(job.key)
                 except NotFoundError:
@@ -348,8 +344,8 @@ class Background:
                         job.key,
                         exc,
                     )
+                await anyio.to_thread.run_sync(self.spool.clear, job)
             await self.outcomes.report(job, "discarded" if discarded else "delivered")
-            await anyio.to_thread.run_sync(self.spool.clear, job)
 
     async def discard(self, key: str) -> bool:
         """Cancel the upload of ``key`` (its file was deleted before delivery) if it is still

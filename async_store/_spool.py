@@ -53,7 +53,6 @@ class Job:
 
 
 _JOB_FIELDS = frozenset(field.name for field in fields(Job))
-_JOB_FIELDS = frozenset(field.name for field in fields(Job))
 
 
 class Spool:
@@ -144,6 +143,18 @@ class Spool:
             return None
         return fd
 
+    def claim(self, job_id: str) -> tuple[int, Job, bool] | None:
+        """What a delivery starts with, in one call: the job's :meth:`lock`, the job, and
+        whether it was discarded meanwhile; None if it is gone or another process delivers it."""
+        fd = self.lock(job_id)
+        if fd is None:
+            return None
+        try:
+            return fd, self.load(job_id), self.discarded(job_id)
+        except BaseException:
+            os.close(fd)
+            raise
+
     def mark_discarded(self, job_id: str) -> bool:
         """Mark a job as not wanted any more; False if it is gone (delivered already)."""
         try:
@@ -161,6 +172,14 @@ class Spool:
         finished = os.path.join(self.path, f".done-{job.id}")
         os.rename(os.path.join(self.path, job.id), finished)
         return os.path.exists(os.path.join(finished, "discard"))
+
+    def take_out(self, job: Job, delivered: bool) -> bool:
+        """:meth:`finish` a job, and :meth:`clear` it unless it was discarded and ``delivered``
+        (its name stays reserved until the delivered copy is deleted); True if discarded."""
+        discarded = self.finish(job)
+        if not (discarded and delivered):
+            self.clear(job)
+        return discarded
 
     def clear(self, job: Job) -> None:
         self.release(job.target, job.key, job.id)

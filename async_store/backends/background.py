@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .._spooling import spool_upload
 from .base import Backend, Written
 
 if TYPE_CHECKING:
@@ -81,7 +82,7 @@ class BackgroundBackend(Backend):
         await self.inner.aclose()
 
     async def save(self, location: str, names: Iterator[str], source: Source) -> Written:
-        job, upload = await self.background.submit(location, names, source)
+        job, upload = await spool_upload(self.background, location, names, source)
         return Written(job.name, upload)
 
     async def write(self, location: str, names: Iterator[str], source: Source) -> str:
