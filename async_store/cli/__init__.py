@@ -13,6 +13,7 @@ import os
 import click
 
 from ._app import Loader
+from .backfill import backfill
 from .check import check
 from .drain import drain
 from .ls import ls
@@ -20,7 +21,7 @@ from .migrate import migrate
 
 __all__ = ["main", "store"]
 
-_COMMANDS = (check, ls, migrate, drain)
+_COMMANDS = (check, ls, migrate, drain, backfill)
 
 
 @click.group(name="store")
