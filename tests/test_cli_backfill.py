@@ -403,12 +403,14 @@ async def test_a_row_the_app_changed_meanwhile_keeps_the_apps_value(
     assert rows_now[1]["sha256"] == sha(b"a")
 
 
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_a_killed_run_resumes_where_it_stopped(
-    postgres: Any, tmp_path: Path, request: pytest.FixtureRequest
+    postgres: Any, tmp_path: Path, request: pytest.FixtureRequest, how: signal.Signals
 ) -> None:
-    """A real ``python -m async_store backfill``, one row a batch, killed (SIGKILL) once its
-    first batch is committed. The app holds row 2 locked (a transaction of its own), so the
-    second batch cannot commit before the kill; the rerun fills what is left."""
+    """A real ``python -m async_store backfill``, one row a batch, killed once its first batch
+    is committed. The app holds row 2 locked (a transaction of its own), so the second batch
+    cannot commit before the signal; SIGTERM stops it saying how to resume, and the rerun fills
+    what is left."""
     urls = new_database("postgresql", tmp_path, request)
     world = World(urls, tmp_path, {})
     store_local(tmp_path / "default", FILES)
@@ -431,10 +433,14 @@ def test_a_killed_run_resumes_where_it_stopped(
                 assert process.stderr is not None
                 first = process.stderr.readline()  # written after the first commit
             finally:
-                process.kill()
+                process.send_signal(how)
                 output, errors = process.communicate(timeout=30)
             assert first.startswith("1 of 3 rows: filled 1,"), first + output + errors
-            assert process.returncode == -signal.SIGKILL
+            if how == signal.SIGTERM:
+                assert process.returncode == 130, output + errors
+                assert output == "interrupted after filling 1 rows: run it again to resume\n"
+            else:
+                assert process.returncode == -signal.SIGKILL
         rows = world.rows()
         assert rows[1]["sha256"] == sha(FILES["f/a.txt"])
         assert (rows[2], rows[3]) == ("f/report.pdf", "f/blob.dat")
