@@ -170,6 +170,43 @@ async def test_the_checksum_the_server_verifies(
         assert sent == {} and info.sha256 is None
 
 
+@pytest.mark.parametrize("checksum", ["sha256", "crc32", "off"])
+async def test_the_checksums_of_a_multipart_upload(
+    s3_server: SeaweedFS, bucket: str, proxy: FaultProxy, checksum: str
+) -> None:
+    app, store = quart_store(
+        s3_server,
+        bucket,
+        STORE_S3_ENDPOINT_URL=proxy.endpoint,
+        STORE_S3_CHECKSUM=checksum,
+        **SMALL_PARTS,
+    )
+    data = os.urandom(11 * MIB)  # parts of 5, 5 and 1 MiB
+    async with app.app_context():
+        provider = store.Provider(agen(data), filename="big.bin", checksum=True)
+        await provider.save()
+        async with provider.open() as f:
+            assert await f.read() == data
+    parts = [r for r in proxy.requests if r.method == "PUT" and "partNumber=" in r.query]
+    [create] = [r for r in proxy.requests if r.method == "POST" and r.query == "uploads"]
+    assert len(parts) == 3
+    sent = [{k: v for k, v in p.headers.items() if k.startswith("x-amz-checksum-")} for p in parts]
+    if checksum == "sha256":
+        # Each part's own SHA-256, for the server to verify part by part.
+        assert create.headers.get("x-amz-checksum-algorithm") == "SHA256"
+        expected = [
+            base64.b64encode(hashlib.sha256(data[i : i + 5 * MIB]).digest()).decode()
+            for i in range(0, len(data), 5 * MIB)
+        ]
+        assert sent == [{"x-amz-checksum-sha256": e} for e in expected]
+    elif checksum == "crc32":
+        assert all(list(s) == ["x-amz-checksum-crc32"] for s in sent)  # botocore's own
+    else:
+        assert sent == [{}, {}, {}]
+    # The whole file's SHA-256 is the upload's own, computed once while it streamed.
+    assert provider.sha256 == hashlib.sha256(data).hexdigest()
+
+
 def test_the_checksum_setting_is_checked(tmp_path: Path) -> None:
     app = quart.Quart(__name__)
     app.config.update(STORE_PROVIDER="s3", STORE_S3_BUCKET="b", STORE_S3_CHECKSUM="md5")
