@@ -55,6 +55,12 @@ class Outcomes:
             if self._inbox is None:
                 self._inbox = self.spool.open_inbox(self.token)
 
+    def pending(self, key: str) -> BackgroundUpload | None:
+        """The handle of this worker's upload of ``key`` still under way, if any."""
+        with self._lock:
+            handles = list(self._handles.values())
+        return next((h for h in handles if h.key == key and not h.done), None)
+
     def forget(self, job_id: str) -> None:
         """Drop the handle of a job that was taken back before it was spooled (blocks)."""
         if self._handles.pop(job_id, None) is not None:

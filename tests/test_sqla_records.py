@@ -21,12 +21,16 @@ from typing import Any
 import anyio
 import flask
 import pytest
+import quart
 import werkzeug.datastructures
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import create_engine, delete, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from async_store import Store, StoreError
+from async_store.backends.background import background_of
 from async_store.sqla import FileList, FileRecord, FileType, StoreType
+from tests.conftest import s3_config
 from tests.test_sqla_storages import DB, database, db, mode, postgres, second
 
 __all__ = ["database", "db", "mode", "postgres", "second"]  # the fixtures, shared
@@ -317,3 +321,106 @@ def test_flask_sqlalchemy(tmp_path: Path) -> None:
         store.close()
     assert answer == {"url": "/uploads/hi.txt", "sha256": sha(b"hi")}
     assert (tmp_path / "store" / "hi.txt").read_bytes() == b"hi"
+
+
+class Spooled(DeclarativeBase):
+    pass
+
+
+class SpooledDoc(Spooled):
+    __tablename__ = "spooled_docs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    file: Mapped[Any] = mapped_column(FileType(storage="documents"), nullable=True)
+
+
+@pytest.mark.parametrize("second", ["local", "s3"])
+async def test_a_background_storage_records_what_it_spooled(
+    mode: str, second: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Background mode: the record is made when the upload is spooled (its facts counted on the
+    way), the file arrives later; a rolled-back one is never delivered."""
+    if second == "s3":
+        server, proxy = request.getfixturevalue("s3_server"), request.getfixturevalue("proxy")
+        # The first delivery is held, so its upload is seen under way.
+        proxy.delay = (lambda r: r.method == "PUT" and "Spooled_Doc" in r.path, 3.0)
+        keys = s3_config(
+            server,
+            request.getfixturevalue("bucket"),
+            STORE_PATH="media",
+            STORE_S3_ENDPOINT_URL=proxy.endpoint,
+        )
+        documents: dict[str, Any] = {k.removeprefix("STORE_"): v for k, v in keys.items()}
+    else:
+        documents = {"PATH": str(tmp_path / "documents")}
+    documents.update(BACKGROUND=True, SPOOL_PATH=str(tmp_path / "spool"))
+    app: Any = quart.Quart(__name__) if mode == "async" else flask.Flask(__name__)
+    app.config.update(STORE_PATH=str(tmp_path / "default"), STORE_STORAGES={"documents": documents})
+    store = Store(app)
+    engine = create_engine(f"sqlite:///{tmp_path / 'spooled.sqlite'}")
+    Spooled.metadata.create_all(engine)
+    data = b"spooled, then delivered"
+
+    def scenario(session: Session) -> FileRecord:
+        doc = SpooledDoc(file=upload(data, "Spooled Doc.txt"))
+        session.add(doc)
+        session.commit()
+        if second == "s3":  # a record's provider follows the upload still under way
+            assert doc.file.provider.status == "pending"
+        session.add(SpooledDoc(file=upload(b"rolled back", "dropped.txt")))
+        session.flush()
+        session.rollback()  # its upload is discarded, or deleted once it lands
+        assert doc.file is not None
+        return doc.file
+
+    def in_flask() -> FileRecord:
+        with app.app_context(), Session(engine) as session:
+            return scenario(session)
+
+    async def stored() -> dict[str, bytes]:
+        """Once the spool is empty (the rolled-back upload's job too): what the storage holds."""
+        state = store.state(app, "documents")
+        await settled(state)
+        files = {}
+        async for found in state.AsyncProvider.files(""):
+            async with state.AsyncProvider(found.path).open() as f:
+                files[found.path] = bytes(await f.read())
+        return files
+
+    try:
+        if mode == "async":
+            async_engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'spooled.sqlite'}")
+            async with app.test_app():  # Quart's serving loop runs the deliveries
+                async with app.app_context(), AsyncSession(async_engine) as session:
+                    record = await session.run_sync(scenario)
+                async with app.app_context():
+                    await record.provider.wait()  # waits for the upload under way
+                    assert record.provider.status == "stored"
+                    files = await stored()
+            await async_engine.dispose()
+        else:
+            record = await anyio.to_thread.run_sync(in_flask)
+            with app.app_context():
+                provider = record.provider
+            await anyio.to_thread.run_sync(provider.wait)  # the sync shim's loop delivers
+            assert provider.status == "stored"
+
+            def after() -> dict[str, bytes]:
+                with app.app_context():
+                    return anyio.run(stored)
+
+            files = await anyio.to_thread.run_sync(after)
+        assert (record.size, record.sha256) == (len(data), sha(data))
+        assert record.filename == "Spooled Doc.txt" and record.storage == "documents"
+        assert files == {record.path: data}  # the rolled-back upload was never delivered
+    finally:
+        await anyio.to_thread.run_sync(store.close)
+        engine.dispose()
+
+
+async def settled(state: Any) -> None:
+    """Until the storage's spool holds no job (the rolled-back upload's included)."""
+    background = background_of(state.provider_class.backend)
+    assert background is not None
+    with anyio.fail_after(20):
+        while (await background.jobs())[0]:
+            await anyio.sleep(0.05)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from .._background import Background
     from .._sources import AsyncReadable, Source
+    from .._uploads import BackgroundUpload
     from .base import StoredFile
 
 __all__ = ["BackgroundBackend", "background_of", "direct"]
@@ -87,6 +88,9 @@ class BackgroundBackend(Backend):
 
     async def write(self, location: str, names: Iterator[str], source: Source) -> str:
         return (await self.save(location, names, source)).name
+
+    def pending(self, key: str) -> BackgroundUpload | None:
+        return self.background.outcomes.pending(key)
 
     async def exists(self, key: str) -> bool:
         return await self.inner.exists(key)

@@ -242,6 +242,11 @@ class Backend(AsyncResource):
         answers with one attempt and a short connect timeout; the default is :meth:`exists`."""
         return await self.exists(key)
 
+    def pending(self, key: str) -> BackgroundUpload | None:
+        """The upload of ``key`` this process still has under way (background mode's); None for
+        a backend that stores at once, the default."""
+        return None
+
     @abstractmethod
     def open(
         self, key: str, start: int = 0, end: int | None = None

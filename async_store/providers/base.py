@@ -276,25 +276,32 @@ class Provider(ProviderClass):
 
     @property
     def upload(self) -> BackgroundUpload | None:
-        """The background upload this provider's :meth:`save` started, if any."""
+        """The background upload this provider's :meth:`save` started; for a provider of a
+        path (a loaded column, a file record), the upload of that path this process still has
+        under way. None for a direct save, or once a path's upload has ended."""
+        if self._background_upload is None and self._saved:
+            return self.backend.pending(self.relative_path)
         return self._background_upload
 
     @property
     def status(self) -> str:
         """``'unsaved'``, ``'stored'``, or a background upload's ``'pending'``, ``'delivered'``,
         ``'failed'`` or ``'discarded'`` (deleted before it was delivered)."""
-        if self._background_upload is not None:
-            return self._background_upload.status
+        upload = self.upload
+        if upload is not None:
+            return upload.status
         return "stored" if self._saved else "unsaved"
 
     async def wait(self) -> None:
-        """Wait until a background upload is delivered; returns at once for a direct save.
-        Bound it with ``anyio.fail_after`` or ``asyncio.timeout``.
+        """Wait until a background upload is delivered (see :attr:`upload`: a provider of a
+        path waits for that path's upload too); returns at once for a direct save. Bound it
+        with ``anyio.fail_after`` or ``asyncio.timeout``.
 
         :raises UploadError: if the background upload failed (it stays spooled for retry).
         """
-        if self._background_upload is not None:
-            await self._background_upload.wait()
+        upload = self.upload
+        if upload is not None:
+            await upload.wait()
 
     async def url(
         self,
