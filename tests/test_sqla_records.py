@@ -369,7 +369,7 @@ async def test_a_background_storage_records_what_it_spooled(
         session.add(SpooledDoc(file=upload(b"rolled back", "dropped.txt")))
         session.flush()
         session.rollback()  # its upload is discarded, or deleted once it lands
-        assert doc.file is not None
+        assert isinstance(doc.file, FileRecord)
         return doc.file
 
     def in_flask() -> FileRecord:
