@@ -26,7 +26,8 @@ _COMMANDS = (check, ls, migrate, drain, backfill)
 
 @click.group(name="store")
 def store() -> None:
-    """Check, list, migrate and deliver the files of the app's storages (async_store)."""
+    """Check, list, migrate and deliver the files of the app's storages, and backfill the
+    records of FileType columns (async_store)."""
 
 
 @click.group(name="python -m async_store")
@@ -39,7 +40,8 @@ def store() -> None:
 )
 @click.pass_context
 def main(ctx: click.Context, app_path: str | None) -> None:
-    """Check, list, migrate and deliver the files of an async_store store.
+    """Check, list, migrate and deliver the files of an async_store store, and backfill the
+    records of FileType columns.
 
     The store is the one of --app, or else the one STORE_* environment variables describe
     (values are JSON where they parse: STORE_CHUNK_SIZE=65536, STORE_BACKGROUND=true;

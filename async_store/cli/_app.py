@@ -100,14 +100,22 @@ def _import_app(path: str) -> Any:
 
 
 class Loader:
-    """``ctx.obj`` of ``python -m async_store``: loads the app like Flask's ``ScriptInfo``."""
+    """``ctx.obj`` of ``python -m async_store``: loads the app like Flask's ``ScriptInfo``,
+    once (a command that asks again, as ``backfill`` does for the app's database, gets the same
+    app, not a second one from the factory)."""
 
     def __init__(self, app_path: str | None, environ: Mapping[str, str]) -> None:
         self.app_path = app_path
         self.environ = environ
+        self._app: Any = None
         self._state: StoreState | None = None
 
     def load_app(self) -> Any:
+        if self._app is None:
+            self._app = self._load()
+        return self._app
+
+    def _load(self) -> Any:
         if self.app_path:
             return _import_app(self.app_path)
         config = config_from_env(self.environ)
