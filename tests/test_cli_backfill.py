@@ -31,10 +31,13 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from async_store import Store
 from async_store.cli._app import human_size
-from async_store.cli.backfill import Backfill, Database, Target
+from async_store.cli._backfill import Backfill
+from async_store.cli._sqla_database import Database
+from async_store.cli._sqla_target import Target
 from async_store.sqla import FileRecord, FileType, StoreType
-from tests.conftest import s3_client, s3_config
+from tests.conftest import s3_client, s3_config, spool_undeliverable
 from tests.seaweed import SeaweedFS
+from tests.test_cli import invoke
 from tests.test_sqla import new_database, postgres
 
 __all__ = ["postgres"]  # test_sqla's fixture: one PostgreSQL server
@@ -365,6 +368,102 @@ def test_a_dry_run_says_what_would_change_and_writes_nothing(world: World, tmp_p
     ]
     assert "missing: docs id=3: 'f/gone.txt'" in done.stdout
     assert world.rows() == before
+
+
+# --- background uploads not delivered yet --------------------------------------------------------
+
+
+def test_a_file_still_spooled_waits_for_delivery_and_a_rerun_fills_it(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """STORE_BACKGROUND: ``docs/0.bin`` was saved but cannot be delivered (a file stands where
+    its folder goes), so the storage has nothing there yet. Its row is waiting, not missing,
+    and the run does not fail; once delivered, running it again fills it in."""
+    store_path, config = spool_undeliverable(tmp_path, 1)
+    store_local(store_path, {"f/a.txt": b"a"})
+    world = World(
+        new_database("sqlite", tmp_path, request),
+        tmp_path,
+        {"STORE_PATH": str(store_path), **config},
+    )
+    try:
+        world.insert({1: "f/a.txt", 2: "docs/0.bin"})
+        url = ["--database-url", world.sync_url]
+        done = world.cli("docs.file", *url)
+        assert done.exit_code == 0, done.output
+        assert done.stdout.splitlines()[0] == (
+            "warning: 1 background uploads are still spooled and cannot be read yet (their "
+            "rows are left for the next run); run 'store drain' first"
+        )
+        assert (
+            "waiting: docs id=2: 'docs/0.bin' is still spooled for the storage 'default' "
+            "('store drain' delivers it): not delivered yet, the row is left for the next run"
+        ) in done.stdout
+        assert "0 files missing, 1 waiting for delivery, 0 failed" in done.stdout
+        assert "missing:" not in done.stdout
+        assert "0 missing, 1 waiting for delivery," in done.stderr  # the progress line
+        rows = world.rows()
+        assert rows[1]["sha256"] == sha(b"a") and rows[2] == "docs/0.bin"
+
+        (store_path / "docs").unlink()  # the cause is fixed
+        delivered = world.app.test_cli_runner().invoke(args=["store", "drain"])
+        assert delivered.exit_code == 0, delivered.output
+        again = world.cli("docs.file", *url)
+        assert again.exit_code == 0, again.output
+        assert "filled 1 rows of docs.file" in again.stdout
+        assert "skipped 1 already complete" in again.stdout and "waiting" not in again.stdout
+        record = world.rows()[2]
+        assert (record["size"], record["sha256"]) == (1000, sha(bytes(1000)))
+    finally:
+        world.close()
+
+
+# --- the app, loaded once ---------------------------------------------------------------------
+
+
+def test_an_app_factory_is_called_once_for_a_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``python -m async_store --app module:create_app()``: backfill reads the database from
+    the app's config, from the app the store came from, not from a second one."""
+    store_local(tmp_path / "s", {"f/a.txt": b"a"})
+    database = tmp_path / "app.db"
+    engine = create_engine(f"sqlite:///{database}")
+    Before.metadata.create_all(engine)
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO docs (id, file) VALUES (1, 'f/a.txt')"))
+    engine.dispose()
+    (tmp_path / "backfill_factory.py").write_text(
+        textwrap.dedent(f"""\
+            import flask
+
+            from async_store import Store
+
+            store = Store()
+            calls = 0
+
+
+            def create_app():
+                global calls
+                calls += 1
+                app = flask.Flask(__name__)
+                app.config.update(
+                    SQLALCHEMY_DATABASE_URI={f"sqlite:///{database}"!r},
+                    STORE_PATH={str(tmp_path / "s")!r},
+                )
+                store.init_app(app)
+                return app
+            """)
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        done = invoke(["--app", "backfill_factory:create_app()", "backfill", "docs.file"])
+        assert done.exit_code == 0, done.output
+        assert "filled 1 rows of docs.file" in done.stdout
+        assert sys.modules["backfill_factory"].calls == 1
+    finally:
+        sys.modules.pop("backfill_factory", None)
 
 
 # --- concurrent writers, interrupted runs ---------------------------------------------------------

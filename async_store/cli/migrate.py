@@ -19,8 +19,7 @@ import anyio
 import click
 
 from .._sources import Source, SourceFailure
-from .._storages import DEFAULT
-from ..backends.background import background_of, direct
+from ..backends.background import direct
 from ..config import parse_value
 from ..exceptions import StoreError
 from ..providers.base import NoFreeName
@@ -33,6 +32,7 @@ from ._app import (
     storage_option,
     store_for_config,
 )
+from ._spooled import warn_spooled
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -243,7 +243,7 @@ def migrate(
         where = to
         if _place(source) == _place(target):
             raise click.UsageError("the destination is the store itself")
-    _warn_spooled(from_state)
+    warn_spooled(from_state, "are not copied")  # not stored yet
     bar = None
     migration = Migration(source, target, jobs=jobs, on_bytes=lambda n: bar and bar.update(n))
 
@@ -291,17 +291,6 @@ def _storage_target(source: StoreState, name: str) -> type[Provider]:
             f"({source.provider_class.backend.identity}): the destination is the store itself"
         )
     return target.provider_class
-
-
-def _warn_spooled(state: StoreState) -> None:
-    """Background uploads still spooled are not stored yet, so not copied: say so."""
-    background = background_of(state.provider_class.backend)
-    if background is not None and (pending := background.spool.job_ids()):
-        drain = "store drain" if state.name == DEFAULT else f"store drain --storage {state.name}"
-        click.echo(
-            f"warning: {len(pending)} background uploads are still spooled and are not copied; "
-            f"run '{drain}' first"
-        )
 
 
 def _summary(tally: Tally, to: str, to_storage: str | None) -> None:
