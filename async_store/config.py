@@ -98,6 +98,10 @@ def _default_spool(folders: Folders) -> str:
     return os.path.join(folders.instance_path, "store-spool")
 
 
+def _default_tus(folders: Folders) -> str:
+    return os.path.join(folders.instance_path, "store-tus")
+
+
 S = Setting
 #: Every key, once. The README's configuration tables and the docs list the same keys.
 SETTINGS: tuple[Setting, ...] = (
@@ -156,6 +160,15 @@ SETTINGS: tuple[Setting, ...] = (
         seconds(zero=True),
         "shutdown's wait, seconds",
     ),
+    # Resumable uploads (async_store.tus)
+    S("STORE_TUS_PATH", _default_tus, path, "where unfinished tus uploads wait", text=True),
+    S(
+        "STORE_TUS_MAX_SIZE",
+        5 * 1024 * MIB,
+        optional(integer(1, " bytes")),
+        "the largest tus upload, bytes (None: no limit)",
+    ),
+    S("STORE_TUS_EXPIRES", 86400.0, seconds(zero=False), "seconds a tus upload waits for more"),
     # S3
     S("STORE_S3_BUCKET", None, optional_text, "the bucket (required)", "s3", text=True),
     S("STORE_S3_REGION", None, optional_text, "the bucket's region", "s3", text=True),
