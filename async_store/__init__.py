@@ -15,6 +15,7 @@ from ._ingest import StoredForm
 from .config import StoreConfigWarning
 from .exceptions import (
     BadUploadError,
+    DisallowedTypeError,
     NotConfiguredError,
     NotFoundError,
     ProviderError,
@@ -34,6 +35,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncStore",
     "BadUploadError",
+    "DisallowedTypeError",
     "LocalProvider",
     "NotConfiguredError",
     "NotFoundError",

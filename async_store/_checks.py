@@ -198,6 +198,22 @@ def part(key: str, value: Any) -> int:
     return integer(5 * MIB, " bytes (5 MiB, S3's smallest part)")(key, value)
 
 
+def content_types(key: str, value: Any) -> tuple[str, ...] | None:
+    """MIME types (``'application/pdf'``) or families (``'image/*'``); None: any type."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    types = tuple(value) if isinstance(value, (list, tuple, set, frozenset)) else ()
+    good = bool(types) and all(
+        isinstance(t, str) and t.count("/") == 1 and all(t.split("/")) and " " not in t
+        for t in types
+    )
+    if not good:
+        raise _refuse(key, value, "a list of MIME types such as ['image/*', 'application/pdf']")
+    return tuple(t.lower() for t in types)
+
+
 def unset_if_empty(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
     # ``os.environ.get("S3_REGION", "")`` and the like: an empty string means not set.
     def optional(key: str, value: Any) -> Any:

@@ -16,6 +16,7 @@ from sqlalchemy import Column, Unicode, event, select, type_coerce
 from sqlalchemy.types import TypeDecorator
 
 from ._paths import clean_key, clean_location
+from ._record import FileRecord
 from ._storages import DEFAULT
 from .exceptions import StoreError
 from .extension import current_state
@@ -108,6 +109,13 @@ class StoreType(TypeDecorator[Any]):
     def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
         if value is None:
             return None
+        if isinstance(value, FileRecord):  # a direct upload's confirm(), another column's
+            if value.storage != self.storage:
+                raise StoreError(
+                    f"{self._where} keeps files of the storage {self.storage!r}, and this "
+                    f"record's file {value.path!r} is in {value.storage!r}"
+                )
+            value = value.path
         if isinstance(value, str):
             return clean_key(value)  # a file stored earlier: kept (Flask-Store stored NULL)
         provider = _provider(value)
@@ -133,6 +141,7 @@ def _attached(column: Column[Any], table: Table) -> None:
 
 
 def _key_of(value: Any) -> str | None:
+    value = value.path if isinstance(value, FileRecord) else value
     if isinstance(value, str):
         return value
     provider = _provider(value)
@@ -145,7 +154,7 @@ def _stored_path(value: Any) -> str | None:
 
 
 def _is_upload(value: Any) -> bool:
-    if value is None or isinstance(value, str):
+    if value is None or isinstance(value, (str, FileRecord)):
         return False
     provider = _provider(value)
     return provider is None or not provider.saved

@@ -21,6 +21,7 @@ from ._checks import (
     acl,
     boolean,
     choice,
+    content_types,
     domain,
     integer,
     object_params,
@@ -238,6 +239,23 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     S("STORE_S3_CONNECT_TIMEOUT", 10, seconds(zero=False), "seconds to connect", "s3"),
     S("STORE_S3_READ_TIMEOUT", 60, seconds(zero=False), "seconds to wait for data", "s3"),
+    # Direct-to-bucket uploads (``async_store.direct``): what the server signs for a browser.
+    S("STORE_DIRECT_MAX_SIZE", 1024 * MIB, positive, "the largest direct upload, in bytes", "s3"),
+    S(
+        "STORE_DIRECT_CONTENT_TYPES",
+        None,
+        content_types,
+        "the types a direct upload may have (None: any)",
+        "s3",
+    ),
+    S("STORE_DIRECT_EXPIRES", 3600, integer(60), "seconds a signed upload URL is valid", "s3"),
+    S(
+        "STORE_DIRECT_MAX_AGE",
+        86400,
+        integer(60),
+        "seconds a staged upload may wait for its confirm",
+        "s3",
+    ),
 )
 del S
 _BY_KEY = {setting.key: setting for setting in SETTINGS}

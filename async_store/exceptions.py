@@ -58,6 +58,13 @@ class BadUploadError(StoreError, BadRequest):
     answer it with a 400 and this message."""
 
 
+class DisallowedTypeError(BadUploadError):
+    """An upload of a type the storage does not take (``STORE_DIRECT_CONTENT_TYPES``). The app
+    answers 415 Unsupported Media Type."""
+
+    code = 415
+
+
 class UploadTooLargeError(StoreError, RequestEntityTooLarge):
     """An upload request over one of ``save_request``'s limits (the body, a file, a text field,
     the number of parts). Also Werkzeug's ``RequestEntityTooLarge``: the app answers 413."""

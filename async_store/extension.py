@@ -36,12 +36,15 @@ else:  # TypeVar(default=...): PEP 696
     from typing_extensions import TypeVar
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from flask import Flask
     from flask.sansio.app import App
     from quart import Quart
 
     from .backends.base import Backend
     from .config import StoreConfig
+    from .direct import DirectUploads
 from .providers.base import Provider as _Provider
 
 __all__ = ["AsyncStore", "Store", "StoreState", "SyncStore", "store_provider"]
@@ -91,6 +94,8 @@ class StoreState(Generic[P]):
     name: str = DEFAULT
     #: The app's storages by name, this one included.
     storages: dict[str, StoreState[P]] = field(default_factory=dict, repr=False)
+    #: Its direct uploads, once :meth:`Store.direct_uploads` mounted them.
+    direct_uploads: DirectUploads | None = field(default=None, repr=False)
 
     async def startup(self) -> None:
         """Run in a long-lived loop before it stores files (Quart's before_serving): the
@@ -126,6 +131,23 @@ class StoreState(Generic[P]):
         """``Provider.save_request(...)`` into this storage (awaitable in Quart, blocking in
         Flask)."""
         return self.Provider.save_request(request, **options)
+
+    def confirm(self, key: str, location: str = "") -> Any:
+        """Store a finished direct upload (the ``key`` its endpoints handed the client) under
+        its name in ``location``, never over another file, and give its :class:`FileRecord`:
+        awaitable in Quart, blocking in Flask. See ``DirectUploads.confirm``.
+
+        :raises StoreError: when :meth:`Store.direct_uploads` did not mount them for this storage.
+        """
+        uploads = self.direct_uploads
+        if uploads is None:
+            raise StoreError(
+                f"the storage {self.name!r} has no direct uploads: mount them with "
+                f"store.direct_uploads(app, storage={self.name!r}) first"
+            )
+        if self.is_async:
+            return uploads.confirm(key, location)
+        return self.sync_provider_class.run(uploads.confirm, key, location)
 
     def storage(self, name: str) -> StoreState[P]:
         """Another storage of the same app.
@@ -310,6 +332,33 @@ class Store(Generic[P]):
     def SyncProvider(self) -> type[_SyncProvider]:
         """The current app's sync shim class, in Flask and in Quart's sync code alike."""
         return self.state().sync_provider_class
+
+    def direct_uploads(
+        self,
+        app: App,
+        storage: str = DEFAULT,
+        *,
+        url_prefix: str = "/direct-uploads",
+        authorize: Callable[[Any], Any] | None = None,
+        name: str | None = None,
+    ) -> Any:
+        """Mount direct-to-bucket uploads into the S3 storage ``storage`` on ``app``: the
+        endpoints Uppy's ``@uppy/aws-s3`` plugin calls (its ``endpoint`` is ``url_prefix``),
+        within the storage's ``STORE_DIRECT_*`` limits; then ``store[storage].confirm(key)``
+        stores what arrived. The registered blueprint is returned.
+
+        :param authorize: ``authorize(request)`` (sync, or async in Quart) decides who may
+            upload: falsy is a 403. Without it, anyone who can reach the endpoints may.
+        :raises NotConfiguredError: when the storage is not on S3, or the app has no
+            ``SECRET_KEY`` (the staged keys are signed with it).
+        """
+        from .direct import mount
+
+        state = self.state(app, storage)
+        blueprint_name = name or (
+            "store_direct" if storage == DEFAULT else f"store_direct_{storage}"
+        )
+        return mount(app, state, url_prefix=url_prefix, authorize=authorize, name=blueprint_name)
 
     def save_request(self, request: Any = None, **options: Any) -> Any:
         """``store.Provider.save_request(...)``: store every file of a multipart request as it

@@ -186,6 +186,12 @@ class SyncProvider:
         self._provider = self._async_class(fp, location, filename=filename, checksum=checksum)
 
     @classmethod
+    def run(cls, func: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """``await func(*args)`` on the shim's loop, where this storage's clients live, from a
+        blocking caller (the package's own blocking entry points use it)."""
+        return cls._owner.call(func, *args)
+
+    @classmethod
     def _wrap(cls, provider: Provider) -> Self:
         shim = cls.__new__(cls)
         shim._provider = provider

@@ -69,6 +69,8 @@ def allow_blocking(bb: BlockBuster) -> None:
             function.can_block_in("aiobotocore/session.py", {"_create_client"})
             # ...and the rest on first use (a paginator's model), cached for the process.
             function.can_block_in("botocore/loaders.py", {"load_service_model", "load_data"})
+            # App setup, which tests run in async functions: a blueprint finds its root path.
+            function.can_block_in("async_store/direct/_blueprint.py", {"mount"})
             # The test's own look at the disk, from inside the ASGI receive() it hands Quart.
             function.can_block_in("tests/test_ingest.py", {"written"})
         # By design: a loop that only serves threads blocked on it (the sync shim's) runs small

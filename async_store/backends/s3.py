@@ -28,19 +28,16 @@ import hashlib
 import itertools
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import anyio
-import anyio.to_thread
-
 from .._content import disposition_header, is_passive
-from .._multipart import Budgets, Charge, Claims, Parts, read_head, send_parts
+from .._multipart import Budgets, Charge, Claims, read_head, send_parts
 from .._paths import content_type as guess_type
 from ..exceptions import NotFoundError, ProviderError
 from ._s3_clients import ClientError, Clients, NameTaken, raise_if_taken
+from ._s3_parts import Body, S3Parts, last_byte
 from .base import Backend, StoredFile, check_range, no_free_name
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterator
-    from contextlib import AbstractContextManager
+    from collections.abc import AsyncIterator, Iterator
 
     from .._sources import AsyncReadable, Source
     from ..config import StoreConfig
@@ -49,6 +46,8 @@ __all__ = ["S3Backend"]
 
 #: The longest a presigned URL may be valid with SigV4: seven days.
 _MAX_EXPIRES = 7 * 24 * 3600
+#: The largest range one UploadPartCopy may copy (S3's limit).
+_COPY_PART = 5 * 1024**3
 
 
 class S3Backend(Backend):
@@ -233,9 +232,57 @@ class S3Backend(Backend):
         if sha256:
             args["ChecksumAlgorithm"] = "SHA256"
         created = await s3.create_multipart_upload(Bucket=self.bucket, Key=key, **args)
-        upload = _S3Parts(s3, self.bucket, key, created["UploadId"], extra, self._claims, sha256)
+        upload = S3Parts(s3, self.bucket, key, created["UploadId"], extra, self._claims, sha256)
         concurrency = int(self.config["STORE_S3_MAX_CONCURRENCY"])
         await send_parts(upload, head, rest, concurrency=concurrency, charge=charge)
+
+    # --- objects that arrived another way (direct uploads) -----------------------------------
+
+    @contextlib.asynccontextmanager
+    async def requests(self, key: str, kind: str = "main") -> AsyncIterator[Any]:
+        """A client of this bucket whose errors, inside the block too, are mapped as every
+        call's here, naming ``key`` (``kind``: ``'public'`` signs for the browsers' endpoint)."""
+        with self._clients.errors(key):
+            async with self._clients.client(kind) as s3:
+                yield s3
+
+    def object_key(self, relative: str) -> str:
+        """The bucket key of a store-relative key (below ``STORE_PATH``)."""
+        return self._key(relative)
+
+    async def adopt(
+        self, staged: str, location: str, names: Iterator[str], *, part_size: int = _COPY_PART
+    ) -> str:
+        """Store the object at ``staged`` (store-relative) under the first of ``names`` free in
+        ``location``, copied by the server, never over another file: each copy is a multipart
+        upload of ``UploadPartCopy`` ranges, claimed by the conditional complete as every write
+        here is. The staged object stays (the caller deletes it). The name it got.
+
+        :raises NotFoundError: when nothing is at ``staged``.
+        :raises NoFreeName: when every name is taken.
+        """
+        conditional = bool(self.config["STORE_S3_CONDITIONAL_WRITES"])
+        extra = {"IfNoneMatch": "*"} if conditional else {}
+        async with self.requests(staged) as s3:
+            head = await self._head(s3, self._key(staged))
+            if head is None:
+                raise self._missing(staged)
+            source = {"Bucket": self.bucket, "Key": self._key(staged)}
+            size = int(head["ContentLength"])
+            for name in names:
+                key = self._key(f"{location}/{name}" if location else name)
+                if await self._head(s3, key) is not None:
+                    continue
+                created = await s3.create_multipart_upload(
+                    Bucket=self.bucket, Key=key, **self._object_args(name)
+                )
+                upload = S3Parts(s3, self.bucket, key, created["UploadId"], extra, self._claims)
+                try:
+                    await upload.copy(source, size, part_size)
+                except NameTaken:
+                    continue
+                return name
+        raise no_free_name(location)
 
     # --- reading, listing, deleting ---------------------------------------------------------
 
@@ -287,7 +334,7 @@ class S3Backend(Backend):
                 body = await self._get(s3, key, start, end)
             if body is not None:
                 stack.callback(body.close)  # releases the connection, read to the end or not
-            yield _Body(body, lambda: self._clients.errors(key))
+            yield Body(body, lambda: self._clients.errors(key))
 
     async def _get(self, s3: Any, key: str, start: int, end: int | None) -> Any:
         """The object's body from ``start`` to ``end``; None for an empty range."""
@@ -295,7 +342,7 @@ class S3Backend(Backend):
             if await self._head(s3, self._key(key)) is None:
                 raise self._missing(key)
             return None
-        ranged = {} if start == 0 and end is None else {"Range": f"bytes={start}-{_last(end)}"}
+        ranged = {} if start == 0 and end is None else {"Range": f"bytes={start}-{last_byte(end)}"}
         try:
             response = await s3.get_object(Bucket=self.bucket, Key=self._key(key), **ranged)
         except ClientError as exc:
@@ -328,90 +375,3 @@ class S3Backend(Backend):
                 if await self._head(s3, self._key(key)) is None:
                     raise self._missing(key)
                 await s3.delete_object(Bucket=self.bucket, Key=self._key(key))
-
-
-class _S3Parts(Parts):
-    """One S3 multipart upload: parts by number, completed with the conditional write."""
-
-    def __init__(
-        self,
-        s3: Any,
-        bucket: str,
-        key: str,
-        upload_id: str,
-        extra: dict[str, str],
-        claims: Claims,
-        sha256: bool,
-    ) -> None:
-        self._s3, self._bucket, self._key, self._id = s3, bucket, key, upload_id
-        self._extra, self._claims, self._sha256 = extra, claims, sha256
-        self._parts: dict[int, dict[str, Any]] = {}  # what CompleteMultipartUpload lists
-
-    async def send(self, number: int, body: bytes) -> None:
-        part: dict[str, Any] = {"PartNumber": number}
-        if self._sha256:  # in a worker thread: a part's hash would hold the loop for ms
-            digest = await anyio.to_thread.run_sync(hashlib.sha256, body)
-            part["ChecksumSHA256"] = base64.b64encode(digest.digest()).decode()
-        response = await self._s3.upload_part(
-            Bucket=self._bucket, Key=self._key, UploadId=self._id, Body=body, **part
-        )
-        self._parts[number] = {**part, "ETag": response["ETag"]}
-
-    async def complete(self) -> None:
-        parts = [self._parts[n] for n in sorted(self._parts)]
-        try:
-            async with self._claims.claiming(self._key):
-                await self._s3.complete_multipart_upload(
-                    Bucket=self._bucket,
-                    Key=self._key,
-                    UploadId=self._id,
-                    MultipartUpload={"Parts": parts},
-                    **self._extra,
-                )
-        except ClientError as exc:
-            raise_if_taken(exc)
-            raise
-
-    async def abort(self) -> None:
-        """Abort, again while parts show up: a part upload still in flight (cancelled here, not
-        at the server) may land after the abort and bring it back, as S3's documentation
-        warns."""
-        where = {"Bucket": self._bucket, "Key": self._key, "UploadId": self._id}
-        for _ in range(3):
-            await self._s3.abort_multipart_upload(**where)
-            await anyio.sleep(0.2)
-            try:
-                listed = await self._s3.list_parts(**where)
-            except ClientError:
-                return  # NoSuchUpload: gone for good
-            if not listed.get("Parts"):
-                return
-
-
-class _Body:
-    """The stored object (or a range of it), read in chunks: ``await f.read(n)``."""
-
-    def __init__(self, stream: Any, errors: Callable[[], AbstractContextManager[None]]) -> None:
-        self._stream = stream
-        self._errors = errors
-
-    async def read(self, size: int = -1) -> bytes:
-        if self._stream is None:
-            return b""
-        with self._errors():
-            if size is None or size < 0:
-                return bytes(await self._stream.read())
-            # Like a local file: ``size`` bytes unless the object ends first (the network hands
-            # over whatever arrived, often less).
-            data = bytearray()
-            while len(data) < size:
-                chunk = await self._stream.read(size - len(data))
-                if not chunk:
-                    break
-                data += chunk
-            return bytes(data)
-
-
-def _last(end: int | None) -> str:
-    """A Range header's last byte (inclusive) for an exclusive ``end``; '' for the end."""
-    return "" if end is None else str(end - 1)

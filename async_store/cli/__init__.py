@@ -15,19 +15,20 @@ import click
 from ._app import Loader
 from .backfill import backfill
 from .check import check
+from .cleanup import cleanup
 from .drain import drain
 from .ls import ls
 from .migrate import migrate
 
 __all__ = ["main", "store"]
 
-_COMMANDS = (check, ls, migrate, drain, backfill)
+_COMMANDS = (check, ls, migrate, drain, backfill, cleanup)
 
 
 @click.group(name="store")
 def store() -> None:
-    """Check, list, migrate and deliver the files of the app's storages, and backfill the
-    records of FileType columns (async_store)."""
+    """Check, list, migrate and deliver the files of the app's storages, backfill the records
+    of FileType columns, and clean up unconfirmed direct uploads (async_store)."""
 
 
 @click.group(name="python -m async_store")
@@ -40,8 +41,8 @@ def store() -> None:
 )
 @click.pass_context
 def main(ctx: click.Context, app_path: str | None) -> None:
-    """Check, list, migrate and deliver the files of an async_store store, and backfill the
-    records of FileType columns.
+    """Check, list, migrate and deliver the files of an async_store store, backfill the
+    records of FileType columns, and clean up unconfirmed direct uploads.
 
     The store is the one of --app, or else the one STORE_* environment variables describe
     (values are JSON where they parse: STORE_CHUNK_SIZE=65536, STORE_BACKGROUND=true;
