@@ -22,7 +22,7 @@ import anyio.to_thread
 from flask.sansio.blueprints import Blueprint, BlueprintSetupState
 
 from .._storages import DEFAULT
-from ._core import Reply, TusCore
+from ._core import Body, Reply, TusCore
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -35,7 +35,9 @@ if TYPE_CHECKING:
 __all__ = ["tus_blueprint"]
 
 _BODY_METHODS = ("PATCH", "POST")
-_READ_SIZE = 1024 * 1024
+# Werkzeug's stream blocks until it has all it was asked for: small reads, so that what has
+# arrived is written (and kept, should the client go away) while more is on its way.
+_READ_SIZE = 64 * 1024
 
 
 def tus_blueprint(
@@ -169,15 +171,34 @@ def _quart_view(
             reply = await core.handle(method, upload_id, request.headers, None, base)
         elif streaming is not None:  # the flow control Store(app) installs (_quart.py)
             with streaming() as chunks:
-                reply = await core.handle(method, upload_id, request.headers, chunks, base)
+                received = Body(chunks, lambda: _unread(body))
+                reply = await core.handle(method, upload_id, request.headers, received, base)
         else:
-            reply = await core.handle(method, upload_id, request.headers, aiter(body), base)
+            received = Body(aiter(body), lambda: _unread(body))
+            reply = await core.handle(method, upload_id, request.headers, received, base)
         if reply.completed is not None and on_complete is not None:
             completed = reply.completed
             await app.ensure_async(on_complete)(completed.provider, completed.metadata)
         return _response(app.response_class, reply, method)
 
     return tus_upload
+
+
+def _unread(body: Any) -> list[bytes]:
+    """What Quart received of a body that its reader did not take yet: the messages waiting in
+    the flow-controlled body's queue (``_quart.py``), or Quart's own buffer."""
+    unread = []
+    buffered = getattr(body, "_data", None)  # what came before the queue, if not taken yet
+    if buffered:
+        unread.append(bytes(buffered))
+        buffered.clear()
+    queue = getattr(body, "_queue", None)
+    while queue is not None and not queue.empty():
+        message = queue.get_nowait()
+        if message is None:
+            break
+        unread.append(message)
+    return unread
 
 
 def _lift_quart_body_limit(app: App, prefix: str) -> None:
@@ -229,10 +250,10 @@ def _flask_view(
         base = flask.url_for(create_endpoint)
         body = None
         if method in _BODY_METHODS:
-            # The core bounds the body by what the upload has left; a request over this
-            # limit is refused by Werkzeug before a byte is read.
-            request.max_content_length = core.max_size or sys.maxsize
-            body = _blocking_body(request.stream)
+            # The core bounds the body by what the upload has left (and refuses the chunk
+            # whole when it is over); Flask's None means the app's MAX_CONTENT_LENGTH.
+            request.max_content_length = sys.maxsize
+            body = Body(_blocking_body(request.stream))
         reply = portal.call(core.handle, method, upload_id, request.headers, body, base)
         if reply.completed is not None and on_complete is not None:
             completed: Completed = reply.completed

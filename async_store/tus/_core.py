@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from ..extension import StoreState
     from ..providers.base import Provider
 
-__all__ = ["Completed", "Reply", "TusCore"]
+__all__ = ["Body", "Completed", "Reply", "TusCore"]
 
 #: A long PATCH without a checksum makes what it wrote count this often (a worker killed
 #: mid-request loses at most this much).
@@ -63,6 +63,16 @@ CHECKPOINT = 8 * 1024 * 1024
 #: Expired uploads are looked for at most this often, by a creation request.
 CLEANUP_EVERY = 600.0
 _LOCK_POLL = 0.05
+
+
+@dataclass
+class Body:
+    """A request's body as the core reads it."""
+
+    chunks: AsyncIterator[bytes]
+    #: What the server received that ``chunks`` had not yielded yet when the request ended
+    #: early (Quart's buffered messages): kept with the rest, so a drop loses nothing.
+    leftover: Callable[[], list[bytes]] | None = None
 
 
 @dataclass(frozen=True)
@@ -117,7 +127,7 @@ class TusCore:
         method: str,
         upload_id: str | None,
         headers: Headers,
-        body: AsyncIterator[bytes] | None,
+        body: Body | None,
         base_url: str,
     ) -> Reply:
         """Answer one tus request; ``base_url`` is the creation URL (``/files/``)."""
@@ -154,9 +164,7 @@ class TusCore:
 
     # --- creation ---------------------------------------------------------------------------
 
-    async def create(
-        self, headers: Headers, body: AsyncIterator[bytes] | None, base_url: str
-    ) -> Reply:
+    async def create(self, headers: Headers, body: Body | None, base_url: str) -> Reply:
         length = parse_length(headers, self.max_size)
         raw = headers.get("Upload-Metadata")
         metadata = parse_metadata(raw)
@@ -204,9 +212,7 @@ class TusCore:
                     await self._release(held)
         return Reply(200, self._state_headers(info, head=True), completed=completed)
 
-    async def patch(
-        self, upload_id: str, headers: Headers, body: AsyncIterator[bytes] | None
-    ) -> Reply:
+    async def patch(self, upload_id: str, headers: Headers, body: Body | None) -> Reply:
         require_offset_type(headers)
         return await self._append(upload_id, parse_offset(headers), headers, body)
 
@@ -225,7 +231,7 @@ class TusCore:
         upload_id: str,
         offset: int,
         headers: Headers,
-        body: AsyncIterator[bytes] | None,
+        body: Body | None,
     ) -> Reply:
         checksum = parse_checksum(headers)
         declared = _content_length(headers)
@@ -266,29 +272,35 @@ class TusCore:
             if error.status == 413:
                 keep = False
             raise
+        except BaseException:
+            if keep and body is not None and body.leftover is not None:
+                held.pending.extend(body.leftover())
+            raise
         finally:
             await self._release(held, keep=keep)
 
-    async def _receive(self, held: Held, body: AsyncIterator[bytes], remaining: int) -> None:
-        """Stream the body into ``data`` in batches of ``chunk_size``, one thread hop each."""
-        batch: list[bytes] = []
+    async def _receive(self, held: Held, body: Body, remaining: int) -> None:
+        """Stream the body into ``data`` in batches of ``chunk_size``, one thread hop each.
+
+        A batch is collected in ``held.pending``: if the body stops early, the release writes
+        what arrived (unless a checksum or an overflow discards it).
+        """
         size = total = counted = 0
-        async for chunk in body:
+        async for chunk in body.chunks:
             if not chunk:
                 continue
             total += len(chunk)
             if total > remaining:
                 raise TusError(413, f"the body is longer than the {remaining:,} bytes left")
-            batch.append(chunk)
+            held.pending.append(chunk)
             size += len(chunk)
             if size >= self.chunk_size:
-                await anyio.to_thread.run_sync(held.write, batch)
-                batch, size = [], 0
+                await anyio.to_thread.run_sync(held.write_pending)
+                size = 0
                 if held.digest is None and held.written - counted >= CHECKPOINT:
                     await anyio.to_thread.run_sync(held.checkpoint, self._expiry())
                     counted = held.written
-        if batch:
-            await anyio.to_thread.run_sync(held.write, batch)
+        await anyio.to_thread.run_sync(held.write_pending)
 
     async def _publish(self, held: Held) -> Completed:
         """Save the finished upload into the storage as any other file, then record where."""
@@ -349,6 +361,8 @@ class TusCore:
         if info.expires <= self.clock():
             if held is not None:
                 await anyio.to_thread.run_sync(held.remove)
+            else:
+                await self._take(info.id)  # removes it (410), unless a request holds it
             raise TusError(410, "this upload expired: start a new one")
 
     async def _release(self, held: Held, *, keep: bool = False) -> None:

@@ -177,6 +177,9 @@ class Held:
         self.written = 0
         #: A ``hashlib`` object the bytes are fed to, for ``Upload-Checksum``.
         self.digest: Any = None
+        #: Received and not yet written: the core adds chunks, a worker thread writes them.
+        #: Kept too when the request ends early (a client that went away mid-batch).
+        self.pending: list[bytes] = []
 
     @property
     def data_path(self) -> str:
@@ -196,16 +199,24 @@ class Held:
             self._data = f
             self.start, self.written = self.info.offset, 0
 
-    def write(self, chunks: list[bytes]) -> None:
-        """Append one batch of the body; counted once all of it is written."""
+    def write_pending(self) -> None:
+        """Append the batch of the body received so far (:attr:`pending`); counted once all of
+        it is written."""
         with self._guard:
             self._step()
-            assert self._data is not None
-            for chunk in chunks:
-                self._data.write(chunk)
-                if self.digest is not None:
-                    self.digest.update(chunk)
-            self.written += sum(map(len, chunks))
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        batch, self.pending = self.pending, []
+        if not batch:
+            return
+        f = self._data
+        assert f is not None, "open_data() first"
+        for chunk in batch:
+            f.write(chunk)
+            if self.digest is not None:
+                self.digest.update(chunk)
+        self.written += sum(map(len, batch))
 
     def checkpoint(self, expires: float) -> None:
         """Make what was written so far count: flushed (and fsynced) before the offset says it."""
@@ -222,6 +233,9 @@ class Held:
             self._finish(keep, expires)
 
     def _finish(self, keep: bool, expires: float) -> None:
+        if keep and self._data is not None:
+            self._write_pending()
+        self.pending = []
         f, self._data = self._data, None
         if f is None:
             return
