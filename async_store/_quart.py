@@ -68,6 +68,21 @@ class FlowControlledBody(Body):
             while not queue.empty():  # free a reader blocked on a full queue
                 queue.get_nowait()
 
+    def take_unread(self) -> list[bytes]:
+        """What arrived of the body and no reader took yet: what came before streaming began,
+        then the messages waiting in the stream's queue (a dropped upload keeps them)."""
+        unread = []
+        if self._data:
+            unread.append(bytes(self._data))
+            self._data.clear()
+        queue = self._queue
+        while queue is not None and not queue.empty():
+            message = queue.get_nowait()
+            if message is None:
+                break
+            unread.append(message)
+        return unread
+
     async def _stream(
         self, queue: asyncio.Queue[bytes | None], complete: bool
     ) -> AsyncIterator[bytes]:

@@ -192,7 +192,8 @@ class SyncProvider:
         return cls._owner.call(func, *args)
 
     @classmethod
-    def _wrap(cls, provider: Provider) -> Self:
+    def wrap(cls, provider: Provider) -> Self:
+        """The shim of an async ``provider`` of this storage (what a sync caller is handed)."""
         shim = cls.__new__(cls)
         shim._provider = provider
         return shim
@@ -208,7 +209,7 @@ class SyncProvider:
         # The request context is this thread's: look the request up here, not in the loop.
         request = current_request() if request is None else request
         stored = cls._owner.call(cls._async_class.save_request, request, **options)
-        files = MultiDict((name, cls._wrap(p)) for name, p in stored.files.items(multi=True))
+        files = MultiDict((name, cls.wrap(p)) for name, p in stored.files.items(multi=True))
         return StoredForm(files, stored.form, stored.sizes)
 
     @classmethod

@@ -71,6 +71,7 @@ def allow_blocking(bb: BlockBuster) -> None:
             function.can_block_in("botocore/loaders.py", {"load_service_model", "load_data"})
             # App setup, which tests run in async functions: a blueprint finds its root path.
             function.can_block_in("async_store/direct/_blueprint.py", {"mount"})
+            function.can_block_in("async_store/tus/_blueprint.py", {"setup"})
             # The test's own look at the disk, from inside the ASGI receive() it hands Quart.
             function.can_block_in("tests/test_ingest.py", {"written"})
         # By design: a loop that only serves threads blocked on it (the sync shim's) runs small

@@ -185,20 +185,9 @@ def _quart_view(
 
 
 def _unread(body: Any) -> list[bytes]:
-    """What Quart received of a body that its reader did not take yet: the messages waiting in
-    the flow-controlled body's queue (``_quart.py``), or Quart's own buffer."""
-    unread = []
-    buffered = getattr(body, "_data", None)  # what came before the queue, if not taken yet
-    if buffered:
-        unread.append(bytes(buffered))
-        buffered.clear()
-    queue = getattr(body, "_queue", None)
-    while queue is not None and not queue.empty():
-        message = queue.get_nowait()
-        if message is None:
-            break
-        unread.append(message)
-    return unread
+    """What Quart received of a body that its reader did not take yet (``_quart.py``)."""
+    take = getattr(body, "take_unread", None)
+    return take() if take is not None else []
 
 
 def _lift_quart_body_limit(app: App, prefix: str) -> None:
@@ -237,8 +226,7 @@ def _flask_view(
     import flask
 
     # The sync shim's loop, which runs every blocking call of this Store (sync.py).
-    portal = state.store._portal
-    wrap = state.sync_provider_class._wrap
+    shim = state.sync_provider_class
 
     def tus_upload(upload_id: str | None = None) -> Any:
         request = flask.request
@@ -254,10 +242,10 @@ def _flask_view(
             # whole when it is over); Flask's None means the app's MAX_CONTENT_LENGTH.
             request.max_content_length = sys.maxsize
             body = Body(_blocking_body(request.stream))
-        reply = portal.call(core.handle, method, upload_id, request.headers, body, base)
+        reply = shim.run(core.handle, method, upload_id, request.headers, body, base)
         if reply.completed is not None and on_complete is not None:
             completed: Completed = reply.completed
-            app.ensure_sync(on_complete)(wrap(completed.provider), completed.metadata)
+            app.ensure_sync(on_complete)(shim.wrap(completed.provider), completed.metadata)
         return _response(app.response_class, reply, method)
 
     return tus_upload
