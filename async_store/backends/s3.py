@@ -251,24 +251,32 @@ class S3Backend(Backend):
         return self._key(relative)
 
     async def adopt(
-        self, staged: str, location: str, names: Iterator[str], *, part_size: int = _COPY_PART
+        self,
+        staged: str,
+        location: str,
+        names: Iterator[str],
+        *,
+        size: int | None = None,
+        part_size: int = _COPY_PART,
     ) -> str:
         """Store the object at ``staged`` (store-relative) under the first of ``names`` free in
         ``location``, copied by the server, never over another file: each copy is a multipart
         upload of ``UploadPartCopy`` ranges, claimed by the conditional complete as every write
         here is. The staged object stays (the caller deletes it). The name it got.
 
+        :param size: the staged object's size, when the caller knows it (no HEAD then).
         :raises NotFoundError: when nothing is at ``staged``.
         :raises NoFreeName: when every name is taken.
         """
         conditional = bool(self.config["STORE_S3_CONDITIONAL_WRITES"])
         extra = {"IfNoneMatch": "*"} if conditional else {}
         async with self.requests(staged) as s3:
-            head = await self._head(s3, self._key(staged))
-            if head is None:
-                raise self._missing(staged)
+            if size is None:
+                head = await self._head(s3, self._key(staged))
+                if head is None:
+                    raise self._missing(staged)
+                size = int(head["ContentLength"])
             source = {"Bucket": self.bucket, "Key": self._key(staged)}
-            size = int(head["ContentLength"])
             for name in names:
                 key = self._key(f"{location}/{name}" if location else name)
                 if await self._head(s3, key) is not None:

@@ -266,10 +266,10 @@ class DirectUploads:
                 )
             self._check_type(mimetype, client_name)
         except (UploadTooLargeError, DisallowedTypeError):
-            await self.backend.delete(relative)
+            await self._remove(relative)
             raise
-        stored = await self.backend.adopt(relative, location, _names(name))
-        await self.backend.delete(relative)
+        stored = await self.backend.adopt(relative, location, _names(name), size=size)
+        await self._remove(relative)
         path = f"{location}/{stored}" if location else stored
         return FileRecord(
             self.state.name,
@@ -279,6 +279,13 @@ class DirectUploads:
             filename=client_name,
             stored_at=datetime.now(UTC),
         )
+
+    async def _remove(self, relative: str) -> None:
+        """Delete a staged object (one request: no HEAD first, as ``delete()`` makes)."""
+        async with self.backend.requests(relative) as s3:
+            await s3.delete_object(
+                Bucket=self.backend.bucket, Key=self.backend.object_key(relative)
+            )
 
     # --- cleanup ----------------------------------------------------------------------------------
 
