@@ -374,10 +374,11 @@ def test_drain_each_storage_from_its_own_spool(tmp_path: Path) -> None:
     (tmp_path / "default" / "docs").unlink()
     result = cli(app, "drain")
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines() == [
-        "default: delivered 2 of 2 spooled uploads",
-        "exports: delivered 0 of 0 spooled uploads",
-    ]
+    first, second = result.stdout.splitlines()
+    # As above: the storage's own uploader may deliver some first (exactly once either way).
+    found = re.fullmatch(r"default: delivered (\d) of (\d) spooled uploads", first)
+    assert found and found[1] == found[2] and int(found[1]) <= 2, result.stdout
+    assert second == "exports: delivered 0 of 0 spooled uploads"
     assert tree(tmp_path / "default") == delivered(2)
 
     # A copy into a storage with background uploads is written to it, never spooled.
