@@ -163,11 +163,15 @@ async def test_the_checksum_the_server_verifies(
     if checksum == "sha256":
         assert sent == {"x-amz-checksum-sha256": expected}
         assert info.sha256 == provider.sha256 == hashlib.sha256(data).hexdigest()  # kept there
+        # The body is hashed once: the checksum above, not SigV4's payload hash too.
+        assert put.headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
     elif checksum == "crc32":
         assert list(sent) == ["x-amz-checksum-crc32"]  # botocore's own
         assert info.sha256 is None
     else:
         assert sent == {} and info.sha256 is None
+    if checksum != "sha256":  # SigV4's hash of the body is then what covers it
+        assert put.headers["x-amz-content-sha256"] == hashlib.sha256(data).hexdigest()
 
 
 @pytest.mark.parametrize("checksum", ["sha256", "crc32", "off"])
@@ -188,6 +192,8 @@ async def test_the_checksums_of_a_multipart_upload(
         async with provider.open() as f:
             assert await f.read() == data
     parts = [r for r in proxy.requests if r.method == "PUT" and "partNumber=" in r.query]
+    # In flight together: recorded in the order they arrived, put back in part order.
+    parts.sort(key=lambda r: int(r.query.split("partNumber=")[1].split("&")[0]))
     [create] = [r for r in proxy.requests if r.method == "POST" and r.query == "uploads"]
     assert len(parts) == 3
     sent = [{k: v for k, v in p.headers.items() if k.startswith("x-amz-checksum-")} for p in parts]
