@@ -12,10 +12,14 @@
 from __future__ import annotations
 
 from ._ingest import StoredForm
+from ._validate import Rules, UploadInfo
 from .config import StoreConfigWarning
 from .exceptions import (
     BadUploadError,
+    ContentMismatchError,
     DisallowedTypeError,
+    FileTooLargeError,
+    InvalidFileError,
     NotConfiguredError,
     NotFoundError,
     ProviderError,
@@ -35,13 +39,17 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncStore",
     "BadUploadError",
+    "ContentMismatchError",
     "DisallowedTypeError",
+    "FileTooLargeError",
+    "InvalidFileError",
     "LocalProvider",
     "NotConfiguredError",
     "NotFoundError",
     "Provider",
     "ProviderError",
     "ProviderUnavailableError",
+    "Rules",
     "Store",
     "StoreConfigWarning",
     "StoreError",
@@ -52,6 +60,7 @@ __all__ = [
     "SyncStore",
     "UnsafePathError",
     "UploadError",
+    "UploadInfo",
     "UploadTooLargeError",
     "store_provider",
 ]

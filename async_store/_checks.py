@@ -214,6 +214,34 @@ def content_types(key: str, value: Any) -> tuple[str, ...] | None:
     return tuple(t.lower() for t in types)
 
 
+def extensions(key: str, value: Any) -> frozenset[str] | None:
+    """File extensions (``['jpg', 'png', 'tar.gz']``, a dot and case do not matter); None: any."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    names = tuple(value) if isinstance(value, (list, tuple, set, frozenset)) else ()
+    cleaned = [e.strip().lstrip(".").lower() for e in names if isinstance(e, str)]
+    bad = not names or len(cleaned) != len(names) or not all(cleaned)
+    if bad or any("/" in e for e in cleaned):
+        raise _refuse(key, value, "a list of file extensions such as ['jpg', 'png', 'pdf']")
+    return frozenset(cleaned)
+
+
+def sniffing(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+    """``check``, and, for a value that turns type detection on, that the sniffer is there."""
+
+    def sniffs(key: str, value: Any) -> Any:
+        value = check(key, value)
+        if value:
+            from ._sniff import require
+
+            require(key)
+        return value
+
+    return sniffs
+
+
 def unset_if_empty(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
     # ``os.environ.get("S3_REGION", "")`` and the like: an empty string means not set.
     def optional(key: str, value: Any) -> Any:

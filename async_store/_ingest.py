@@ -18,7 +18,7 @@ import contextlib
 import logging
 import sys
 from collections import deque
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -34,8 +34,12 @@ from .exceptions import BadUploadError, StoreError, UploadTooLargeError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Collection, Iterator
+    from typing import Literal
 
+    from ._validate import Rules
     from .providers.base import Provider
+
+    Validate = Rules | Literal[False] | Mapping[str, Rules | Literal[False]] | None
 
 __all__ = ["StoredForm", "current_request", "save_request"]
 
@@ -292,6 +296,7 @@ async def save_request(
     max_parts: int | None,
     max_field_size: int | None,
     checksum: bool = False,
+    validate: Validate = None,
 ) -> StoredForm[ProviderT]:
     """See :meth:`Provider.save_request`."""
     limits = _limits_of(request, max_size, max_file_size, max_parts, max_field_size)
@@ -301,7 +306,9 @@ async def save_request(
         raise UploadTooLargeError(body_too_large(limits.body, length))
     with _body_of(request) as body:
         reader = _Reader(body, boundary, limits)
-        return await _save_parts(provider_class, reader, fields, location, limits, checksum)
+        return await _save_parts(
+            provider_class, reader, fields, location, limits, checksum, validate
+        )
 
 
 async def _save_parts(
@@ -311,6 +318,7 @@ async def _save_parts(
     location: str | None,
     limits: _Limits,
     checksum: bool,
+    validate: Validate,
 ) -> StoredForm[ProviderT]:
     result: StoredForm[ProviderT] = StoredForm()
     saved: list[ProviderT] = []
@@ -336,8 +344,13 @@ async def _save_parts(
             if part.filename == "" and await reader.peek() is _PART_END:
                 await reader.next()  # an empty <input type="file">: no name and no data
                 continue
+            rules = validate.get(part.name) if isinstance(validate, Mapping) else validate
             provider = provider_class(
-                reader.file_data(part), location, filename=part.filename, checksum=checksum
+                reader.file_data(part),
+                location,
+                filename=part.filename,
+                checksum=checksum,
+                validate=rules,
             )
             await provider.save()
             saved.append(provider)

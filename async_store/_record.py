@@ -108,7 +108,7 @@ class FileRecord:
             storage,
             provider.relative_path,
             size=provider.size,
-            content_type=content_type(provider.filename),
+            content_type=provider.content_type,  # found in its bytes when a rule sniffed them
             sha256=provider.sha256,
             filename=provider.client_filename,
             stored_at=datetime.now(UTC),

@@ -20,11 +20,15 @@ import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from inspect import iscoroutinefunction
 from tempfile import SpooledTemporaryFile
-from typing import IO, Any, Protocol, Union, runtime_checkable
+from typing import IO, TYPE_CHECKING, Any, Protocol, Union, runtime_checkable
 
 import anyio.to_thread
 
+from ._sniff import HEAD_SIZE
 from .exceptions import StoreError
+
+if TYPE_CHECKING:
+    from ._validate import Check, UploadInfo
 
 __all__ = ["AsyncReadable", "FileLike", "Source", "SourceFailure", "SourceInput", "to_source"]
 
@@ -105,6 +109,14 @@ class Source:
         self.bytes_read = 0
         #: A ``hashlib`` object the content is fed to as it is read, when one is wanted.
         self.digest: Any = None
+        #: The validation rules checked as the content is read (``_validate.Check``), if any.
+        self.check: Check | None = None
+        #: The MIME type found in the content's first bytes, once a check has read them.
+        self.content_type: str | None = None
+        # The first chunks, read ahead by prime() to check them, and the rest of the read:
+        # both yielded by the next chunks()/blocking_chunks().
+        self._head: list[bytes] | None = None
+        self._rest: Any = None
         self._start: int | None = None
         if file is not None:
             try:
@@ -123,6 +135,9 @@ class Source:
         self.bytes_read = 0
         if self.digest is not None:
             self.digest = hashlib.new(self.digest.name)  # from the start again
+        if self._rest is not None and hasattr(self._rest, "close"):
+            self._rest.close()  # a read ahead from the old start; checked already
+        self._head = self._rest = None
         return True
 
     @property
@@ -130,7 +145,7 @@ class Source:
         """The size still to read when the content is in memory (else None: finding out could
         block)."""
         file = self._file
-        if file is None or self.used:
+        if file is None or (self.used and self._head is None):
             return None
         if isinstance(file, SpooledTemporaryFile):
             # What Werkzeug and Quart give an upload: in memory until 500 KiB, then on disk.
@@ -139,8 +154,77 @@ class Source:
             file = file._file
         if isinstance(file, io.BytesIO):
             with file.getbuffer() as view:
-                return max(view.nbytes - file.tell(), 0)
+                left = max(view.nbytes - file.tell(), 0)
+            return left + sum(map(len, self._head or ()))  # with what prime() read ahead
         return None
+
+    async def prime(self, size: int) -> None:
+        """Run :attr:`check` on what is known before anything is written: the name and a size
+        known already, then (when its rules need them) the first :data:`HEAD_SIZE` bytes, read
+        ahead here and yielded first by the read that follows.
+
+        :raises BadUploadError: a refusal (see ``_validate``); :raises SourceFailure: as a read.
+        """
+        check = self.check
+        if check is None:
+            return
+        check.before(self.size)
+        if not check.reads_head:
+            return
+        if not self.is_blocking:
+            head, ended = await self._read_ahead(self.chunks(size))
+        elif self.size is not None:  # in memory: reading cannot block
+            head, ended = self._read_ahead_blocking(size)
+        else:
+            head, ended = await anyio.to_thread.run_sync(self._read_ahead_blocking, size)
+        await check.validate(self._inspect(check, head, ended))
+
+    def prime_blocking(self, size: int) -> None:
+        """:meth:`prime` for a blocking save (no event loop): only for a check without custom
+        validators (they may be async)."""
+        check = self.check
+        if check is None:
+            return
+        assert not check.has_validators
+        check.before(self.size)
+        if check.reads_head:
+            self._inspect(check, *self._read_ahead_blocking(size))
+
+    def _inspect(self, check: Check, head: bytes, ended: bool) -> UploadInfo:
+        info = check.inspect(head, self.bytes_read if ended else self.size)
+        self.content_type = info.detected_type
+        return info
+
+    def _read_ahead_blocking(self, size: int) -> tuple[bytes, bool]:
+        chunks = self.blocking_chunks(size)
+        head: list[bytes] = []
+        while sum(map(len, head)) < HEAD_SIZE:
+            chunk = next(chunks, None)
+            if chunk is None:
+                self._head, self._rest = head, None
+                return b"".join(head)[:HEAD_SIZE], True
+            head.append(chunk)
+        self._head, self._rest = head, chunks
+        return b"".join(head)[:HEAD_SIZE], False
+
+    async def _read_ahead(self, chunks: AsyncIterator[bytes]) -> tuple[bytes, bool]:
+        head: list[bytes] = []
+        while sum(map(len, head)) < HEAD_SIZE:
+            chunk = await anext(chunks, None)
+            if chunk is None:
+                self._head, self._rest = head, None
+                return b"".join(head)[:HEAD_SIZE], True
+            head.append(chunk)
+        self._head, self._rest = head, chunks
+        return b"".join(head)[:HEAD_SIZE], False
+
+    def _take_ahead(self) -> tuple[list[bytes], Any] | None:
+        """What :meth:`prime` read ahead (once), if it did."""
+        if self._head is None:
+            return None
+        ahead = self._head, self._rest
+        self._head = self._rest = None
+        return ahead
 
     def _take(self) -> None:
         if self.used:
@@ -175,6 +259,12 @@ class Source:
 
     def blocking_chunks(self, size: int) -> Iterator[bytes]:
         """Yield the content; call it from a worker thread, it blocks."""
+        ahead = self._take_ahead()
+        if ahead is not None:
+            yield from ahead[0]
+            if ahead[1] is not None:
+                yield from ahead[1]
+            return
         self._take()
         try:
             with contextlib.ExitStack() as stack:
@@ -196,6 +286,14 @@ class Source:
     async def chunks(self, size: int) -> AsyncIterator[bytes]:
         """Yield the content on the event loop (blocking sources cost a thread hop a chunk)."""
         if self._chunks is not None:
+            ahead = self._take_ahead()
+            if ahead is not None:
+                for chunk in ahead[0]:
+                    yield chunk
+                if ahead[1] is not None:
+                    async for chunk in ahead[1]:
+                        yield chunk
+                return
             self._take()
             try:
                 async for chunk in self._chunks:
@@ -215,6 +313,8 @@ class Source:
             raise TypeError(_TEXT_CHUNK)
         data = bytes(chunk)  # no copy when it is bytes already
         self.bytes_read += len(data)
+        if self.check is not None:
+            self.check.count(self.bytes_read)  # before the chunk is written: refused, it is not
         if self.digest is not None:
             self.digest.update(data)
         return data

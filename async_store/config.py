@@ -23,6 +23,7 @@ from ._checks import (
     choice,
     content_types,
     domain,
+    extensions,
     integer,
     object_params,
     optional,
@@ -33,6 +34,7 @@ from ._checks import (
     provider,
     seconds,
     server_url,
+    sniffing,
     unset_if_empty,
     url_prefix,
 )
@@ -142,6 +144,31 @@ SETTINGS: tuple[Setting, ...] = (
         16 * MIB,
         optional(integer(1, " bytes")),
         "Flask only: MAX_CONTENT_LENGTH for an app without one",
+    ),
+    # Validation (``_validate``): checked as the bytes stream in, by every save of the storage.
+    S(
+        "STORE_MAX_FILE_SIZE",
+        None,
+        optional(integer(1, " bytes")),
+        "the largest file a save stores, bytes (None: no limit)",
+    ),
+    S(
+        "STORE_ALLOWED_EXTENSIONS",
+        None,
+        extensions,
+        "the extensions a file may have (None: any)",
+    ),
+    S(
+        "STORE_ALLOWED_TYPES",
+        None,
+        sniffing(content_types),
+        "the types a file may have, detected from its bytes (None: any)",
+    ),
+    S(
+        "STORE_CHECK_CONTENT",
+        False,
+        sniffing(boolean),
+        "refuse a file whose bytes are not what its extension says",
     ),
     S("STORE_STORAGES", {}, provider, "more storages: {name: {KEY: value}} (_storages.py)"),
     S("STORE_BACKGROUND", False, boolean, "save() returns once the file is spooled"),

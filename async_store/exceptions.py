@@ -7,6 +7,10 @@ Everything derives from :class:`StoreError`, so ``except StoreError`` catches al
     ├── UnsafePathError         (also ValueError) a name or location that would leave the store
     ├── NotFoundError           (also FileNotFoundError) no stored file at that path
     ├── BadUploadError          (also werkzeug BadRequest, 400) save_request refused the body
+    │   ├── DisallowedTypeError     (415) a type or an extension the rules do not take
+    │   ├── FileTooLargeError       (413; also UploadTooLargeError) a file over max_size
+    │   └── InvalidFileError        (422) a custom validator refused the file
+    │       └── ContentMismatchError    (422) its bytes are not what its extension says
     ├── UploadTooLargeError     (also werkzeug RequestEntityTooLarge, 413) over a limit
     └── ProviderError           the backend failed (disk full, permission denied, …)
         ├── ProviderUnavailableError   down for now (unreachable, a 5xx): worth retrying
@@ -22,6 +26,10 @@ from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 
 __all__ = [
     "BadUploadError",
+    "ContentMismatchError",
+    "DisallowedTypeError",
+    "FileTooLargeError",
+    "InvalidFileError",
     "NotConfiguredError",
     "NotFoundError",
     "ProviderError",
@@ -58,16 +66,60 @@ class BadUploadError(StoreError, BadRequest):
     answer it with a 400 and this message."""
 
 
-class DisallowedTypeError(BadUploadError):
-    """An upload of a type the storage does not take (``STORE_DIRECT_CONTENT_TYPES``). The app
-    answers 415 Unsupported Media Type."""
+class _Refusal(BadUploadError):
+    """A file the validation rules refuse (``async_store.Rules``): the message names the rule,
+    the file (the client's name) and what was found; so do the attributes.
+
+    :param rule: the rule that refused it (``'max_size'``, ``'extensions'``, ``'types'``,
+        ``'check_content'``, or a custom validator's name).
+    :param filename: the name the client gave the file.
+    :param found: what was found: the detected type, the size, the extension.
+    """
+
+    def __init__(
+        self,
+        description: str | None = None,
+        *,
+        rule: str | None = None,
+        filename: str | None = None,
+        found: object = None,
+    ) -> None:
+        super().__init__(description)
+        self.rule = rule
+        self.filename = filename
+        self.found = found
+
+
+class DisallowedTypeError(_Refusal):
+    """An upload of a type (or an extension) the storage does not take: its ``ALLOWED_TYPES``,
+    detected from the bytes, or ``ALLOWED_EXTENSIONS``, or ``STORE_DIRECT_CONTENT_TYPES``. The
+    app answers 415 Unsupported Media Type."""
 
     code = 415
+
+
+class InvalidFileError(_Refusal):
+    """A file a custom validator refused (it raised ``ValueError``, or this). The app answers
+    422 Unprocessable Content."""
+
+    code = 422
+
+
+class ContentMismatchError(InvalidFileError):
+    """A file whose bytes are not what its extension says (an ``.png`` that is HTML, a ``.pdf``
+    that is a ZIP), refused by ``CHECK_CONTENT``. The app answers 422."""
 
 
 class UploadTooLargeError(StoreError, RequestEntityTooLarge):
     """An upload request over one of ``save_request``'s limits (the body, a file, a text field,
     the number of parts). Also Werkzeug's ``RequestEntityTooLarge``: the app answers 413."""
+
+
+class FileTooLargeError(_Refusal, UploadTooLargeError):
+    """A file over its ``max_size`` rule (``STORE_MAX_FILE_SIZE``), refused as it streamed in:
+    it stops being read at once. Also an :class:`UploadTooLargeError`: the app answers 413."""
+
+    code = 413
 
 
 class ProviderError(StoreError):

@@ -17,7 +17,7 @@ import atexit
 import contextlib
 import io
 import threading
-from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, Self, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, ParamSpec, Self, TypeVar
 
 import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
 
     from ._sources import AsyncReadable
+    from ._validate import Rules
     from .providers.base import Provider, StoredFile
 
 __all__ = ["PortalOwner", "SyncFile", "SyncProvider"]
@@ -182,8 +183,11 @@ class SyncProvider:
         *,
         filename: str | None = None,
         checksum: bool = False,
+        validate: Rules | Literal[False] | None = None,
     ) -> None:
-        self._provider = self._async_class(fp, location, filename=filename, checksum=checksum)
+        self._provider = self._async_class(
+            fp, location, filename=filename, checksum=checksum, validate=validate
+        )
 
     @classmethod
     def run(cls, func: Callable[..., Awaitable[T]], *args: Any) -> T:
@@ -253,6 +257,9 @@ class SyncProvider:
     saved = property(lambda self: self._provider.saved, doc="See Provider.saved.")
     size = property(lambda self: self._provider.size, doc="See Provider.size.")
     sha256 = property(lambda self: self._provider.sha256, doc="See Provider.sha256.")
+    content_type = property(
+        lambda self: self._provider.content_type, doc="See Provider.content_type."
+    )
 
     def info(self) -> StoredFile:
         """See :meth:`Provider.info`."""

@@ -144,9 +144,9 @@ class S3Backend(Backend):
 
     # --- writing --------------------------------------------------------------------------------
 
-    def _object_args(self, name: str) -> dict[str, Any]:
+    def _object_args(self, name: str, detected: str | None = None) -> dict[str, Any]:
         params = self.config["STORE_S3_OBJECT_PARAMS"] or {}
-        mimetype = guess_type(name)
+        mimetype = detected or guess_type(name)  # the type found in the bytes, when sniffed
         args: dict[str, Any] = {"ContentType": mimetype}
         # A public object or a presigned link is opened on the bucket's origin: an active type
         # is downloaded, not run there (the local route's rule).
@@ -185,7 +185,7 @@ class S3Backend(Backend):
                     if rest is None:
                         await self._put(s3, key, name, b"".join(head), extra, source)
                     else:
-                        await self._multipart(s3, key, name, head, rest, extra, charge)
+                        await self._multipart(s3, key, name, head, rest, extra, charge, source)
                 except NameTaken:
                     if rest is None:
                         continue  # the bytes are still here: try the next name
@@ -203,7 +203,7 @@ class S3Backend(Backend):
     async def _put(
         self, s3: Any, key: str, name: str, body: bytes, extra: dict[str, str], source: Source
     ) -> None:
-        args = {**self._object_args(name), **extra}
+        args = {**self._object_args(name, source.content_type), **extra}
         if self.config["STORE_S3_CHECKSUM"] == "sha256":
             # Verified and kept by the server; the upload's own hash when it has one (no rehash).
             digest = source.digest if source.digest is not None else hashlib.sha256(body)
@@ -224,8 +224,9 @@ class S3Backend(Backend):
         rest: AsyncIterator[bytes],
         extra: dict[str, str],
         charge: Charge,
+        source: Source,
     ) -> None:
-        args = self._object_args(name)
+        args = self._object_args(name, source.content_type)
         # Each part's SHA-256, which the server verifies part by part: a multipart object's
         # checksum is of its parts' (S3 has no whole-object SHA-256 for it).
         sha256 = self.config["STORE_S3_CHECKSUM"] == "sha256"

@@ -16,11 +16,13 @@ from .._paths import clean_key
 from ..exceptions import NotConfiguredError
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Collection
+    from collections.abc import AsyncGenerator, Collection, Mapping
+    from typing import Literal
 
     from flask.sansio.app import App
 
     from .._ingest import StoredForm
+    from .._validate import Rules
     from ..backends.base import Backend, StoredFile
     from ..config import StoreConfig
     from .base import Provider
@@ -121,6 +123,7 @@ class ProviderClass(ABC):
         max_parts: int | None = None,
         max_field_size: int | None = None,
         checksum: bool = False,
+        validate: Rules | Literal[False] | Mapping[str, Rules | Literal[False]] | None = None,
     ) -> StoredForm[Self]:
         """Store every file of a ``multipart/form-data`` request as its body arrives.
 
@@ -147,7 +150,13 @@ class ProviderClass(ABC):
             default ``MAX_FORM_MEMORY_SIZE`` or 500,000.
         :param checksum: compute each file's SHA-256 as it streams in (``provider.sha256``;
             a ``FileType`` record keeps it), as ``Provider(..., checksum=True)`` does.
-        :raises BadUploadError: (a 400) not multipart, malformed, cut short, unexpected field.
+        :param validate: :class:`~async_store.Rules` every file must pass, over the storage's,
+            as ``Provider(..., validate=...)``; or a dict of them by field name
+            (``{"avatar": Rules(types=["image/*"])}``; a field not in it gets the storage's).
+            A file that breaks one stops the read of the body at once; the files stored
+            before it are deleted.
+        :raises BadUploadError: (a 400) not multipart, malformed, cut short, unexpected field;
+            its subclasses for a file the rules refuse (413, 415, 422).
         :raises UploadTooLargeError: (a 413) over one of the limits.
         :raises ProviderError: if the backend fails.
         """
@@ -161,6 +170,7 @@ class ProviderClass(ABC):
             max_parts=max_parts,
             max_field_size=max_field_size,
             checksum=checksum,
+            validate=validate,
         )
         return cast("StoredForm[Self]", stored)
 

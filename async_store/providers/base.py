@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from .._paths import clean_filename, clean_key, clean_location, collision_name
+from .._paths import clean_filename, clean_key, clean_location, collision_name, content_type
 from .._sources import AsyncReadable, Source, SourceFailure, to_source
+from .._validate import Check, Rules, rules_of
 from ..backends.base import MAX_NAMES, NoFreeName, StoredFile, no_free_name
 from ..exceptions import NotFoundError, StoreError
 from ._class import ProviderClass, clean_prefix
@@ -57,9 +58,17 @@ class Provider(ProviderClass):
     :param filename: a name to use instead of the one ``fp`` carries.
     :param checksum: compute the SHA-256 of the new file while it is saved (:attr:`sha256`),
         never by reading it again.
+    :param validate: :class:`~async_store.Rules` the new file must pass, over the storage's
+        (``STORE_MAX_FILE_SIZE``, ``STORE_ALLOWED_EXTENSIONS``, ``STORE_ALLOWED_TYPES``,
+        ``STORE_CHECK_CONTENT``): each rule given replaces the storage's, validators add to
+        them. ``False``: none, not even the storage's. Checked by :meth:`save` as the bytes
+        stream in (see ``docs/validation.md``).
     :raises UnsafePathError: if ``location`` or a stored path would leave the store.
     :raises TypeError: if ``fp`` is ``None`` or of an unsupported type.
     """
+
+    #: The storage's validation rules, made from its config on first use (storage_rules()).
+    _storage_rules: ClassVar[Rules]
 
     # --- instances ------------------------------------------------------------------------------
 
@@ -70,6 +79,7 @@ class Provider(ProviderClass):
         *,
         filename: str | None = None,
         checksum: bool = False,
+        validate: Rules | Literal[False] | None = None,
     ) -> None:
         if not hasattr(type(self), "config"):
             raise StoreError(
@@ -88,6 +98,18 @@ class Provider(ProviderClass):
                 self._source.digest = hashlib.sha256()
             self._location = clean_location(location) if location else ""
             self._filename = clean_filename(self._source.filename)
+            rules = self.storage_rules().merged(validate) if validate is not False else None
+            if rules:
+                self._source.check = Check(rules, self._filename, self._source.filename)
+
+    @classmethod
+    def storage_rules(cls) -> Rules:
+        """The validation rules of this provider's storage (its ``STORE_*`` keys)."""
+        rules = cls.__dict__.get("_storage_rules")
+        if rules is None:  # made once per bound class, from its checked config
+            rules = rules_of(cls.config)
+            cls._storage_rules = rules
+        return rules
 
     def __repr__(self) -> str:
         state = "" if self._saved else "unsaved "
@@ -155,6 +177,14 @@ class Provider(ProviderClass):
         return source.bytes_read if source is not None and self._saved else None
 
     @property
+    def content_type(self) -> str:
+        """The file's MIME type: the one found in its bytes when a check sniffed them (the
+        rules ``types``, ``check_content`` or validators), else the one its name gives."""
+        source = self._source
+        detected = source.content_type if source is not None else None
+        return detected or content_type(self._filename)
+
+    @property
     def sha256(self) -> str | None:
         """The SHA-256 (hex) of the bytes :meth:`save` stored, computed as they streamed in,
         when the provider was made with ``checksum=True``; else None."""
@@ -194,10 +224,15 @@ class Provider(ProviderClass):
         and URL already final; the transfer runs in the background (see :meth:`wait`).
 
         :raises StoreError: if this provider has no new file (already saved, or made from a path).
+        :raises BadUploadError: refused by the validation rules, as soon as they were broken
+            (``FileTooLargeError``, ``DisallowedTypeError``, ``ContentMismatchError``,
+            ``InvalidFileError``): nothing is stored, nothing is left.
         :raises ProviderError: if the backend fails (disk full, permission denied, …).
         """
         source = self._unsaved_source()
         try:
+            # The rules (if any) on what is known before a byte is written: nothing to clean up.
+            await source.prime(self.backend.chunk_size)
             written = await self.backend.save(self._location, self._candidates(), source)
         except SourceFailure as failure:  # an error of the upload's: raised as itself
             raise failure.error from failure.error.__cause__
@@ -216,8 +251,11 @@ class Provider(ProviderClass):
         source = self._source
         if not (self.backend.writes_blocking and source is not None and source.is_blocking):
             return None
+        if source.check is not None and source.check.has_validators:
+            return None  # they may be async: a loop runs them
         source = self._unsaved_source()
         try:
+            source.prime_blocking(self.backend.chunk_size)
             self._filename = self.backend.write_blocking(self._location, self._candidates(), source)
         except SourceFailure as failure:  # as in save()
             raise failure.error from failure.error.__cause__
