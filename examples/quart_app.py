@@ -14,11 +14,16 @@ key, read as JSON when it parses as a number, ``true``/``false`` or an object, e
     STORE_S3_ACCESS_KEY=... STORE_S3_SECRET_KEY=... make demo
     # MinIO, SeaweedFS, R2, ...: add STORE_S3_ENDPOINT_URL=http://127.0.0.1:8333
 
-Uploads take the library's fastest path, :meth:`Provider.save_request`: each file is parsed out
-of the request body as it arrives and streamed straight into the store (never spooled to a temp
-file first), and a failed commit deletes them again. Local files are served by the store's safe
-route; S3 files through presigned URLs (the bucket stays private). With ``STORE_BACKGROUND=true``
-a card says "uploading" until its file is delivered.
+The page uploads through the resumable path: tus (:func:`async_store.tus.tus_blueprint` at
+``/files``, tus-js-client in the page, vendored in ``static/vendor``), a few MiB per request.
+A dropped connection or a restarted server costs at most the request in flight: the page
+retries, asks where the upload stopped and sends the rest. The upload waits in
+``STORE_TUS_PATH`` (``examples/instance/store-tus``) until its last byte; then it is stored like
+any file (on local disk or S3), and the endpoint's ``on_complete`` hook adds its row. Without
+JavaScript the form posts to ``/upload``, the library's one-request path,
+:meth:`Provider.save_request`: each file streamed into the store as the body arrives. Local files
+are served by the store's safe route; S3 files through presigned URLs (the bucket stays
+private). With ``STORE_BACKGROUND=true`` a card says "uploading" until its file is delivered.
 
 Each row also records which storage holds its file: one database may serve the demo run with
 other ``STORE_*`` settings (local, then S3), and the page shows, opens and deletes only the files
@@ -51,17 +56,20 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
 
-from async_store import ProviderError, Store, StoreError
+from async_store import ProviderError, Store, StoreError, UnsafePathError
 from async_store.config import config_from_env
 from async_store.serve import content_policy
 from async_store.sqla import StoreType
+from async_store.tus import tus_blueprint
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# How long the links of a page stay valid when they are presigned (S3).
+# How long the links of a page stay valid when they are presigned (S3). Local files get the
+# store's route, permanent: a signed local link would need the app's SECRET_KEY.
 LINK_SECONDS = 3600
 # An explicit instance folder: run as a script, Quart would otherwise pick the current directory.
 app = Quart(__name__, instance_path=os.path.join(HERE, "instance"))
-# save_request streams each file into the store, so a large limit costs no memory.
+# The form's path (without JavaScript): save_request streams each file into the store, so a
+# large limit costs no memory. The resumable path has its own, STORE_TUS_MAX_SIZE (5 GiB).
 app.config["MAX_CONTENT_LENGTH"] = 1024**3
 app.config.update(config_from_env())  # STORE_* variables, e.g. STORE_PROVIDER=s3
 store = Store(app)  # STORE_PATH defaults to <instance folder>/uploads
@@ -172,6 +180,11 @@ async def is_delivered(file: Any) -> bool:
         return False  # the backend is down: the file waits in the spool
 
 
+async def link(file: Any) -> str:
+    """The store's own route for a local file; a presigned GET for a private bucket."""
+    return str(await file.url(LINK_SECONDS if ON_S3 else None))
+
+
 async def card(row: Upload, saved: Any = None) -> Card:
     """``saved``: the provider that stored the row's file in this request, if any."""
     file = saved if saved is not None else row.file
@@ -182,8 +195,7 @@ async def card(row: Upload, saved: Any = None) -> Card:
         name=row.name,
         size=row.size,
         created_at=row.created_at,
-        # The store's own route for local files; a presigned GET for a private bucket.
-        url=await file.url(LINK_SECONDS),
+        url=await link(file),
         image=mimetype.startswith("image/") and not attachment,
         kind=extension[:4].upper() or "FILE",
         delivered=await is_delivered(file),
@@ -197,6 +209,28 @@ async def find(session: AsyncSession, upload_id: int) -> Upload:
     if row is None or row.storage != STORAGE:
         abort(404, f"no upload {upload_id} in this storage ({STORAGE})")
     return row
+
+
+async def add_row(provider: Any, metadata: dict[str, str]) -> None:
+    """The tus endpoint's ``on_complete``: a finished upload, stored, gets its row. This runs in
+    the request that finished the upload, before the answer telling the page where the file went
+    (``Upload-Stored-Path``), so the row is there when the page asks for its card."""
+    row = Upload(name=provider.filename, size=provider.size, storage=STORAGE, file=provider)
+    try:
+        async with Session.begin() as session:
+            session.add(row)
+    except BaseException:
+        # No row points at the file: delete it, as /upload does.
+        with anyio.CancelScope(shield=True):
+            await provider.delete(missing_ok=True)
+        raise
+
+
+# The resumable path the page uploads through: POST /files/ creates an upload, PATCH
+# /files/<id> appends to it (a few MiB each), HEAD says how much arrived.
+app.register_blueprint(
+    tus_blueprint(store, url_prefix="/files", location="demo", on_complete=add_row)
+)
 
 
 @app.template_filter("filesize")
@@ -240,7 +274,9 @@ async def index() -> str:
         uploads = (await session.scalars(newest_first)).all()
         elsewhere = await session.scalar(others) or 0
     cards = [await card(row) for row in uploads]
-    limit = filesize(app.config["MAX_CONTENT_LENGTH"])
+    # The page's script uploads through tus: its limit, not the form's MAX_CONTENT_LENGTH.
+    largest = CONFIG["STORE_TUS_MAX_SIZE"]
+    limit = f"up to {filesize(largest)} each" if largest is not None else "any size"
     return await render_template(
         "index.html", cards=cards, where=where(), limit=limit, elsewhere=elsewhere
     )
@@ -274,8 +310,24 @@ async def upload() -> ResponseReturnValue:
     if wants_html():
         return redirect(url_for("index"), 303)
     # Relative URLs without STORE_DOMAIN; give scripts something they can fetch.
-    urls = [urljoin(request.url_root, await f.url(LINK_SECONDS)) for f in files]
+    urls = [urljoin(request.url_root, await link(f)) for f in files]
     return Response("".join(url + "\n" for url in urls), mimetype="text/plain")
+
+
+@app.get("/card")
+async def card_of_file() -> str:
+    """The card of the row holding the stored file ``?path=demo/big.iso``: the page asks for it
+    once the tus endpoint has said where an upload went (``Upload-Stored-Path``)."""
+    try:
+        file = store.Provider(request.args.get("path", ""))
+    except UnsafePathError as error:
+        abort(404, str(error))
+    newest = select(Upload).where(Upload.storage == STORAGE, Upload.file == file)
+    async with Session() as session:
+        row = await session.scalar(newest.order_by(Upload.id.desc()).limit(1))
+    if row is None:
+        abort(404, f"no upload of {file.relative_path} in this storage ({STORAGE})")
+    return await render_template("_cards.html", cards=[await card(row)])
 
 
 @app.get("/card/<int:upload_id>")

@@ -3,6 +3,10 @@ driven by selenium: nothing is downloaded), served by hypercorn as ``make demo``
 with local storage and once switched to S3 (SeaweedFS) by environment variables; then with S3
 down (a fault proxy), and with background uploads waiting for S3 to come back.
 
+The resumable path (tus) is tested there too: a large upload through a throttling TCP proxy
+that counts the bytes, whose connection is cut and whose server is killed and started again
+mid-upload.
+
 The screenshot lands in the test's tmp folder; set ``DEMO_SCREENSHOT=docs/img/demo.png`` to
 refresh the one the docs show.
 """
@@ -10,14 +14,20 @@ refresh the one the docs show.
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import math
 import os
 import re
 import shutil
+import signal
+import socket
 import struct
+import threading
+import time
 import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +36,7 @@ import pytest
 from tests.conftest import S3_CREDENTIALS, s3_client, s3_config, unavailable
 from tests.faultproxy import FaultProxy
 from tests.seaweed import SeaweedFS
-from tests.test_examples import demo_server, query
+from tests.test_examples import demo_process, demo_server, query
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -112,7 +122,12 @@ class Backend:
     def __init__(self, kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
         self.kind = kind
         self.database = tmp_path / "demo.sqlite"
-        self.environ = {"DATABASE_URL": f"sqlite+aiosqlite:///{self.database}"}
+        # Where the resumable uploads wait until their last byte (the page's tus endpoint).
+        self.tus = tmp_path / "tus"
+        self.environ = {
+            "DATABASE_URL": f"sqlite+aiosqlite:///{self.database}",
+            "STORE_TUS_PATH": str(self.tus),
+        }
         self.store = tmp_path / "store"
         if kind == "local":
             self.environ["STORE_PATH"] = str(self.store)
@@ -312,6 +327,8 @@ def test_demo_page_in_chromium(
             )
         stored_now = ["demo/report.pdf", "demo/sunset.png", "demo/waves.png"]
         wait_for(lambda: sorted(backend.files()) == stored_now, "no part of big.bin")
+        # Nor in the folder of resumable uploads: cancelling terminates the upload there too.
+        wait_for(lambda: list(backend.tus.glob("*/data")) == [], "big.bin's bytes to go")
         assert len(backend.rows()) == 3
         assert sorted(cards()) == ["report.pdf", "sunset.png", "waves.png"]
 
@@ -320,6 +337,7 @@ def s3_environ(tmp_path: Path, endpoint: str, bucket: str, **extra: str) -> dict
     """The demo on S3 through ``endpoint`` (the fault proxy), as a shell would set it."""
     return {
         "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'demo.sqlite'}",
+        "STORE_TUS_PATH": str(tmp_path / "tus"),
         "STORE_PROVIDER": "s3",
         "STORE_S3_BUCKET": bucket,
         "STORE_S3_ENDPOINT_URL": endpoint,
@@ -424,3 +442,153 @@ def test_demo_background_card_says_uploading_until_delivered(
         browser.refresh()
         wait_for(lambda: browser.execute_script(thumbs) == [400], "the thumbnail after a reload")
     empty_bucket(s3_server, bucket)
+
+
+# --- the resumable path: a dropped connection, a killed server --------------------------------
+
+
+class Pipe:
+    """A loopback TCP proxy in front of the demo, as a network would be: it passes at most
+    ``rate`` bytes a second towards the server (so a test sees an upload under way), counts
+    them, and can cut every connection at once (:meth:`cut`). While the server is down, a
+    connection it accepts is closed at once, as a refused one would be."""
+
+    def __init__(self, upstream: int, rate: float) -> None:
+        self.upstream = upstream
+        self.rate = rate
+        #: Bytes passed from the browser to the server, over every connection.
+        self.sent = 0
+        self._lock = threading.Lock()
+        self._next = time.monotonic()  # when the next byte towards the server may leave
+        self._open: set[socket.socket] = set()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            try:
+                server = socket.create_connection(("127.0.0.1", self.upstream))
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._open |= {client, server}
+            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket, upload: bool) -> None:
+        try:
+            while data := source.recv(64 * 1024):
+                if upload:
+                    with self._lock:
+                        self._next = max(self._next, time.monotonic()) + len(data) / self.rate
+                        wait = self._next - time.monotonic()
+                        self.sent += len(data)
+                    time.sleep(max(0.0, wait))
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            self._close(source, target)
+
+    def _close(self, *sockets: socket.socket) -> None:
+        for sock in sockets:
+            with self._lock:
+                self._open.discard(sock)
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def cut(self) -> None:
+        """Every connection dropped, both ways, as a network that goes away."""
+        with self._lock:
+            live = list(self._open)
+        self._close(*live)
+
+    def close(self) -> None:
+        self._listener.close()
+        self.cut()
+
+
+def sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def partial_upload(spool: Path) -> tuple[int, int]:
+    """(offset, length) of the one upload waiting in the tus folder ``spool``: the bytes the
+    server has counted so far (its ``info.json``), (0, 0) before it is created."""
+    for info in spool.glob("*/info.json"):
+        with suppress(FileNotFoundError, ValueError):  # replaced while read: look again
+            state = json.loads(info.read_text())
+            return int(state["offset"]), int(state["length"])
+    return 0, 0
+
+
+def test_demo_upload_resumes_after_a_drop_and_a_server_restart(
+    browser: Any, free_tcp_port: int, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """64 MiB through the page's resumable path, at 12 MiB/s: the connection is cut once a
+    few chunks have arrived, the server SIGKILLed at half way and started again on its port.
+    The page says it is reconnecting, carries on from what the server had, and stores the file
+    whole, having sent it about once."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def wait_for(check: Any, what: str, seconds: float = WAIT) -> Any:
+        return WebDriverWait(browser, seconds, 0.02).until(lambda _: check(), message=what)
+
+    def percents(texts: list[str]) -> list[int]:
+        return [int(m[1]) for t in texts if (m := re.fullmatch(r"(\d+) % of .*", t))]
+
+    size = 64 * 1024 * 1024
+    source = tmp_path / "big.bin"
+    with source.open("wb") as f:
+        for _ in range(size // (1024 * 1024)):
+            f.write(os.urandom(1024 * 1024))
+    backend = Backend("local", tmp_path, request)
+    pipe = Pipe(free_tcp_port, rate=12 * 1024 * 1024)
+    try:
+        with demo_process(free_tcp_port, backend.environ) as first:
+            browser.get(f"http://127.0.0.1:{pipe.port}/")
+            browser.execute_script(WATCH_QUEUE)
+            browser.find_element(By.ID, "afile").send_keys(str(source))
+            state = browser.find_element(By.CSS_SELECTOR, "#queue li .qstate")
+
+            # The connection drops after two chunks: the page carries on over a new one.
+            wait_for(lambda: partial_upload(backend.tus)[0] >= 10 * 1024 * 1024, "two chunks")
+            pipe.cut()
+            # The server is killed half way (what it wrote past its count is cut next time).
+            wait_for(lambda: partial_upload(backend.tus)[0] >= size // 2, "half the file")
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+            offset, length = partial_upload(backend.tus)
+            assert 0 < offset < size and length == size, (offset, length)
+            shown_before = len(browser.execute_script("return window.queueTexts"))
+            # Nothing answers: the page says so, and keeps trying until the server is back.
+            wait_for(lambda: state.text == "reconnecting…", "the page to say it reconnects")
+
+            with demo_process(free_tcp_port, backend.environ):
+                wait_for(lambda: state.text.startswith("stored · "), "the upload to end", 60)
+                texts = browser.execute_script("return window.queueTexts")
+                assert state.text == "stored · 64.0 MiB"
+                row = browser.find_element(By.CSS_SELECTOR, "#queue li")
+                assert "done" in row.get_attribute("class")
+                cards = browser.find_elements(By.CSS_SELECTOR, "#gallery .name")
+                assert [card.text for card in cards] == ["big.bin"]
+    finally:
+        pipe.close()
+
+    # From where the killed server had stopped: never back below its count, never from 0.
+    after = percents(texts[shown_before:])
+    assert after and min(after) >= offset * 100 // size, after
+    # Stored whole, with its row; sent about once (a chunk or two again, not the whole file).
+    assert sha256(backend.store / "demo" / "big.bin") == sha256(source)
+    assert backend.rows() == [("big.bin", size, "demo/big.bin")]
+    assert size <= pipe.sent < 1.5 * size, pipe.sent

@@ -8,6 +8,7 @@ plays an outage) by environment variables, as a user would switch it.
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import io
 import os
@@ -58,11 +59,12 @@ def database(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def load_example(
-    monkeypatch: pytest.MonkeyPatch, store_dir: Path, database: Path
+    monkeypatch: pytest.MonkeyPatch, store_dir: Path, database: Path, tmp_path: Path
 ) -> Iterator[Loader]:
-    """Import ``examples/<name>.py`` as a new module each time, with STORE_PATH and
-    DATABASE_URL set."""
+    """Import ``examples/<name>.py`` as a new module each time, with STORE_PATH, STORE_TUS_PATH
+    and DATABASE_URL set."""
     monkeypatch.setenv("STORE_PATH", str(store_dir))
+    monkeypatch.setenv("STORE_TUS_PATH", str(tmp_path / "tus"))
     monkeypatch.setenv("DATABASE_URL", f"sqlite+aiosqlite:///{database}")
     monkeypatch.delenv("STORE_DOMAIN", raising=False)
     loaded: list[ModuleType] = []
@@ -91,8 +93,14 @@ def stored_files(store_dir: Path) -> list[str]:
 
 
 # Async tests touch files and the database through anyio (a worker thread) and load modules in
-# sync fixtures, so the tests themselves never block the event loop (should a blockbuster
-# fixture be turned on).
+# sync fixtures or worker threads, so the tests themselves never block the event loop (the
+# blockbuster fixture is on in async tests).
+async def load_off_the_loop(load: Loader, name: str) -> ModuleType:
+    """``load(name)`` in a worker thread: importing an example builds its app and blueprints,
+    which read the disk (their root folders), as a module import may."""
+    return await anyio.to_thread.run_sync(load, name)
+
+
 async def stored(store_dir: Path) -> list[str]:
     """Relative paths of the files below ``store_dir``."""
 
@@ -250,6 +258,59 @@ async def test_quart_page_script_gets_cards_and_text_errors(
     response = await client.post("/delete/2", headers=script)
     assert response.status_code == 200
     assert [row[1] for row in await rows(database)] == ["cat.png", "logo.svg"]
+
+
+async def test_quart_tus_upload_adds_its_row_and_its_card(
+    client: Client, store_dir: Path, database: Path
+) -> None:
+    """The page's resumable path: a tus upload in two PATCHes. The endpoint's hook adds the row
+    before the last answer, which says where the file went; /card?path= gives the page its
+    card."""
+    tus = {"Tus-Resumable": "1.0.0"}
+    content = os.urandom(300_000)
+
+    def metadata(name: str) -> str:
+        return "filename " + base64.b64encode(name.encode()).decode()
+
+    created = await client.post(
+        "/files/",
+        headers={**tus, "Upload-Length": str(len(content)), "Upload-Metadata": metadata("a.bin")},
+    )
+    assert created.status_code == 201
+    url = created.headers["Location"]
+    patch = {**tus, "Content-Type": "application/offset+octet-stream"}
+    first = await client.patch(url, data=content[:100_000], headers={**patch, "Upload-Offset": "0"})
+    assert first.status_code == 204
+    assert first.headers["Upload-Offset"] == "100000"
+    assert "Upload-Stored-Path" not in first.headers
+    assert await rows(database) == []
+    assert await stored(store_dir) == []  # the bytes wait in STORE_TUS_PATH
+
+    last = await client.patch(
+        url, data=content[100_000:], headers={**patch, "Upload-Offset": "100000"}
+    )
+    assert last.status_code == 204
+    assert last.headers["Upload-Stored-Path"] == "demo/a.bin"
+    assert await rows(database) == [(1, "a.bin", len(content), "demo/a.bin")]
+    assert await read(store_dir / "demo" / "a.bin") == content
+
+    script = {"X-Requested-With": "XMLHttpRequest"}
+    response = await client.get("/card", query_string={"path": "demo/a.bin"}, headers=script)
+    assert response.status_code == 200
+    card = await response.get_data(as_text=True)
+    assert '<li class="card" id="upload-1" data-status="stored"' in card
+    assert '<a class="name" href="/uploads/demo/a.bin" title="a.bin">a.bin</a>' in card
+    for path in ("demo/other.bin", "../a.bin", "/etc/passwd", ""):
+        response = await client.get("/card", query_string={"path": path}, headers=script)
+        assert response.status_code == 404, path
+
+    # An empty file is complete, stored and recorded by the request that creates it.
+    empty = await client.post(
+        "/files/", headers={**tus, "Upload-Length": "0", "Upload-Metadata": metadata("e.txt")}
+    )
+    assert empty.status_code == 201
+    assert empty.headers["Upload-Stored-Path"] == "demo/e.txt"
+    assert (await rows(database))[1] == (2, "e.txt", 0, "demo/e.txt")
 
 
 async def test_quart_browser_form_redirects(
@@ -470,6 +531,14 @@ def demo_server(port: int, environ: dict[str, str]) -> Iterator[str]:
     """What ``make demo`` does: the launcher serving examples/quart_app.py with hypercorn on
     127.0.0.1, with ``environ`` (STORE_*, DATABASE_URL) added to the environment. Yields the
     base URL."""
+    with demo_process(port, environ):
+        yield f"http://127.0.0.1:{port}"
+
+
+@contextmanager
+def demo_process(port: int, environ: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    """:func:`demo_server`, yielding the server's process once it answers (the leader of its
+    own process group), for a test that kills it."""
     env = {**launcher_environ(), **environ}
     if "STORE_DOMAIN" not in environ:
         env.pop("STORE_DOMAIN", None)
@@ -489,7 +558,7 @@ def demo_server(port: int, environ: dict[str, str]) -> Iterator[str]:
                 pass
             assert time.monotonic() < deadline, "hypercorn did not start within 15 s"
             time.sleep(0.1)
-        yield base
+        yield server
     finally:
         server.terminate()
         try:
@@ -505,7 +574,7 @@ def test_quart_demo_under_hypercorn(store_dir: Path, database: Path, free_tcp_po
     environ = {"STORE_PATH": str(store_dir), "DATABASE_URL": f"sqlite+aiosqlite:///{database}"}
     with demo_server(free_tcp_port, environ) as base, httpx.Client(base_url=base) as client:
         page = client.get("/").text
-        for asset in ("/static/demo.css", "/static/demo.js"):
+        for asset in ("/static/demo.css", "/static/vendor/tus.min.js", "/static/demo.js"):
             assert f'href="{asset}"' in page or f'src="{asset}"' in page
             assert client.get(asset).status_code == 200
 
@@ -564,7 +633,7 @@ async def test_quart_demo_never_deletes_another_storages_file(
     """One database, the demo run on local disk and then on S3: a row stored locally and a file
     of the same path in the bucket. Deleting that row on S3 must not delete the S3 file."""
     script = {"X-Requested-With": "XMLHttpRequest"}
-    local = load_example("quart_app")
+    local = await load_off_the_loop(load_example, "quart_app")
     async with local.app.test_app() as test_app:
         response = await test_app.test_client().post(
             "/upload", files={"afile": upload(b"on disk", "x.txt")}
@@ -573,7 +642,7 @@ async def test_quart_demo_never_deletes_another_storages_file(
     assert await read(store_dir / "demo" / "x.txt") == b"on disk"
 
     use_s3(monkeypatch, s3_server.endpoint, bucket)
-    on_s3 = load_example("quart_app")
+    on_s3 = await load_off_the_loop(load_example, "quart_app")
     s3 = s3_client(s3_server)
     try:
         async with on_s3.app.test_app() as test_app:
@@ -596,7 +665,7 @@ async def test_quart_demo_never_deletes_another_storages_file(
         # Back on local disk, the row deletes its own file and nothing in the bucket.
         monkeypatch.setenv("STORE_PROVIDER", "local")
         monkeypatch.setenv("STORE_PATH", str(store_dir))
-        back = load_example("quart_app")
+        back = await load_off_the_loop(load_example, "quart_app")
         async with back.app.test_app() as test_app:
             response = await test_app.test_client().post("/delete/1", headers=script)
             assert response.status_code == 200
@@ -619,7 +688,7 @@ async def test_quart_demo_s3_down_shows_the_librarys_message(
     """With S3 down, the page's script gets the library's message, which names the file and
     the key to check, not a bare "500 Internal Server Error"."""
     use_s3(monkeypatch, proxy.endpoint, bucket, STORE_S3_MAX_ATTEMPTS="1")
-    demo = load_example("quart_app")
+    demo = await load_off_the_loop(load_example, "quart_app")
     script = {"X-Requested-With": "XMLHttpRequest", "Accept": "*/*"}
     async with demo.app.test_app() as test_app:
         client = test_app.test_client()
@@ -660,7 +729,7 @@ async def test_quart_demo_background_card_says_uploading_until_delivered(
         STORE_BACKGROUND_MAX_BACKOFF="0.2",
         STORE_S3_MAX_ATTEMPTS="1",
     )
-    demo = load_example("quart_app")
+    demo = await load_off_the_loop(load_example, "quart_app")
     script = {"X-Requested-With": "XMLHttpRequest", "Accept": "*/*"}
     png = b"\x89PNG\r\n\x1a\n" + bytes(100)
     async with demo.app.test_app() as test_app:

@@ -1,9 +1,21 @@
 // The async_store demo page: drag and drop (or paste), one upload and progress bar per file,
 // delete without a reload. Plain JavaScript; without it the form posts and the page reloads.
+//
+// Each file goes to the tus endpoint (the form's data-tus, /files/) with tus-js-client
+// (vendor/tus.min.js, which defines `tus`), a few MiB per request: when the connection drops or
+// the server restarts, the upload asks the server how much it has and sends only the rest.
 "use strict";
 
 const PARALLEL = 3; // uploads at once; the others wait their turn
 const RECHECK = 1000; // ms between two looks at a card whose background upload is on its way
+// Bytes per PATCH: what a drop can cost, and how often the server counts what it has.
+const CHUNK = 5 * 1024 * 1024;
+// ms to wait before each new attempt when the server is out of reach (back to the first one
+// whenever bytes got through): a restart takes seconds; this gives up after about a minute.
+const RETRY_DELAYS = [0, 1000, 2000, 3000, 5000, 5000, 10000, 10000, 10000, 20000];
+// An answer that the server could not store the file (503: S3 is down) is tried this many more
+// times, then shown: it seldom heals in seconds, and the upload stays resumable.
+const SERVER_ERROR_RETRIES = 2;
 
 const form = document.getElementById("upload-form");
 const input = document.getElementById("afile");
@@ -17,6 +29,8 @@ const status = document.getElementById("status");
 
 const waiting = [];
 let running = 0;
+// Upload URLs this page is sending to now: a second copy of a file must not resume the same one.
+const sending = new Set();
 
 function announce(text) {
   status.textContent = text;
@@ -65,7 +79,8 @@ function queueItem(file) {
   item.append(name, side, reason, bar);
   queue.prepend(item);
   queueHead.hidden = false;
-  return { file, item, state, reason, bar, cancel, xhr: null };
+  // stop: set while the upload runs (cancels it); message: the server's last error line.
+  return { file, item, state, reason, bar, cancel, stop: null, message: "" };
 }
 
 function finish(job, ok, text, reason = "") {
@@ -80,8 +95,8 @@ function enqueue(files) {
   for (const file of files) {
     const job = queueItem(file);
     job.cancel.addEventListener("click", () => {
-      if (job.xhr) {
-        job.xhr.abort(); // the server sees the body stop: nothing of it is kept
+      if (job.stop) {
+        job.stop();
       } else {
         waiting.splice(waiting.indexOf(job), 1);
         finish(job, false, "cancelled");
@@ -103,59 +118,137 @@ function pump() {
   }
 }
 
-// One request per file, so each progress bar is its own file's.
+// tus-js-client would start the whole file again when a HEAD (where did my upload stop?) is
+// answered with a server error, such as S3 being down while the finished upload is stored. Thrown
+// from onAfterResponse, it is an error to retry like any other instead.
+class ServerError extends Error {
+  constructor(status) {
+    super(`the server answered ${status}`);
+    this.status = status;
+  }
+}
+
+// The HTTP status of a failed attempt; 0 when no answer came (the server is down or restarting).
+function statusOf(error) {
+  if (error.originalResponse) return error.originalResponse.getStatus();
+  return error.causingError instanceof ServerError ? error.causingError.status : 0;
+}
+
+function progress(job, sent) {
+  const size = job.file.size;
+  const percent = size === 0 ? 100 : Math.floor((100 * sent) / size);
+  job.bar.value = percent;
+  job.state.textContent = `${percent} % of ${formatSize(size)}`;
+}
+
+// One tus upload per file, so each progress bar is its own file's.
 function send(job) {
   return new Promise((resolve) => {
-    const xhr = new XMLHttpRequest();
-    job.xhr = xhr;
-    const body = new FormData();
-    body.append("afile", job.file, job.file.name);
-    xhr.open("POST", form.action);
-    xhr.setRequestHeader("X-Requested-With", "XMLHttpRequest");
-    xhr.upload.addEventListener("progress", (event) => {
-      if (!event.lengthComputable) return;
-      const percent = Math.floor((100 * event.loaded) / event.total);
-      job.bar.value = percent;
-      job.state.textContent = `${percent} % of ${formatSize(job.file.size)}`;
-    });
-    xhr.addEventListener("load", () => {
-      if (xhr.status >= 200 && xhr.status < 300) {
-        job.bar.value = 100;
-        const cards = addCards(xhr.responseText);
-        const stored = () => {
-          finish(job, true, `stored · ${formatSize(job.file.size)}`);
-          announce(`${job.file.name} uploaded`);
-        };
-        const onTheirWay = cards.filter((card) => card.dataset.status === "uploading");
-        if (onTheirWay.length === 0) {
-          stored();
-        } else {
-          // Background uploads: spooled on the server, delivered to the store in a moment.
-          job.state.textContent = `uploading · ${formatSize(job.file.size)}`;
-          job.cancel.remove();
-          Promise.all(onTheirWay.map(watch)).then((found) => {
-            if (found.every(Boolean)) stored();
-            else finish(job, false, "deleted before it was delivered");
-          });
+    let url = null;
+    const settle = (ok, text, reason = "") => {
+      sending.delete(url);
+      job.stop = null;
+      finish(job, ok, text, reason);
+      resolve();
+    };
+    const upload = new tus.Upload(job.file, {
+      endpoint: form.dataset.tus,
+      chunkSize: CHUNK,
+      retryDelays: RETRY_DELAYS,
+      metadata: { filename: job.file.name, filetype: job.file.type },
+      // The same file picked again after a reload carries on; once stored, it starts afresh.
+      removeFingerprintOnSuccess: true,
+      onUploadUrlAvailable() {
+        url = upload.url;
+        sending.add(url);
+      },
+      onProgress(sent) {
+        progress(job, sent);
+      },
+      onAfterResponse(request, response) {
+        const status = response.getStatus();
+        // The server's one line ("503 Service Unavailable: cannot reach the S3 endpoint…");
+        // a HEAD's answer has no body, so the last PATCH's line is kept.
+        const text = (response.getBody() || "").trim();
+        if (status >= 400 && text) job.message = text;
+        if (request.getMethod() === "HEAD" && status >= 500) throw new ServerError(status);
+      },
+      onShouldRetry(error, attempt, options) {
+        const status = statusOf(error);
+        const retry =
+          status >= 500
+            ? attempt < SERVER_ERROR_RETRIES
+            : tus.defaultOptions.onShouldRetry(error, attempt, options);
+        if (retry) job.state.textContent = status === 0 ? "reconnecting…" : "retrying…";
+        return retry;
+      },
+      onSuccess({ lastResponse }) {
+        const path = lastResponse.getHeader("Upload-Stored-Path");
+        sending.delete(url);
+        job.stop = null;
+        job.cancel.remove();
+        if (!path) {
+          settle(false, "failed", "the server did not say where it stored the file");
+          return;
         }
-      } else {
-        // The server's one line ("503 Service Unavailable: cannot reach the S3 endpoint…").
-        const reason = xhr.responseText.trim() || `${xhr.status} ${xhr.statusText}`;
-        finish(job, false, "failed", reason);
+        showCard(job, decodeURIComponent(path)).then(resolve);
+      },
+      onError(error) {
+        const status = statusOf(error);
+        const unreachable = "network error: is the server running?";
+        const reason = job.message || (status ? `${status} from the server` : unreachable);
+        settle(false, "failed", reason);
         announce(`${job.file.name} failed: ${reason}`);
-      }
-      resolve();
+      },
     });
-    xhr.addEventListener("error", () => {
-      finish(job, false, "failed", "network error: is the server running?");
-      resolve();
+    job.stop = () => {
+      // Terminates it too: the server removes what arrived.
+      upload.abort(true).catch(() => {});
+      settle(false, "cancelled");
+    };
+    upload.findPreviousUploads().then((previous) => {
+      const mine = previous.find((p) => !sending.has(p.uploadUrl));
+      if (mine) upload.resumeFromPreviousUpload(mine);
+      if (job.stop) upload.start(); // not cancelled meanwhile
     });
-    xhr.addEventListener("abort", () => {
-      finish(job, false, "cancelled");
-      resolve();
-    });
-    xhr.send(body);
   });
+}
+
+// The upload is stored and the server's hook has added its row: the row's card, from the
+// stored path the endpoint answered with.
+async function showCard(job, path) {
+  const fail = (reason) => {
+    finish(job, false, "failed", reason);
+    announce(`${job.file.name} failed: ${reason}`);
+  };
+  let response;
+  try {
+    const headers = { "X-Requested-With": "XMLHttpRequest" };
+    response = await fetch(`${form.dataset.card}?${new URLSearchParams({ path })}`, { headers });
+  } catch {
+    fail(`stored as ${path}, but the server is out of reach: reload the page`);
+    return;
+  }
+  if (!response.ok) {
+    fail((await response.text()).trim() || `${response.status} ${response.statusText}`);
+    return;
+  }
+  job.bar.value = 100;
+  const cards = addCards(await response.text());
+  const stored = () => {
+    finish(job, true, `stored · ${formatSize(job.file.size)}`);
+    announce(`${job.file.name} uploaded`);
+  };
+  const onTheirWay = cards.filter((card) => card.dataset.status === "uploading");
+  if (onTheirWay.length === 0) {
+    stored();
+    return;
+  }
+  // Background uploads: spooled on the server, delivered to the store in a moment.
+  job.state.textContent = `uploading · ${formatSize(job.file.size)}`;
+  const found = await Promise.all(onTheirWay.map(watch));
+  if (found.every(Boolean)) stored();
+  else finish(job, false, "deleted before it was delivered");
 }
 
 function parseCards(html) {
