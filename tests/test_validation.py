@@ -506,6 +506,7 @@ async def test_a_disallowed_gigabyte_is_refused_after_its_first_mebibytes_and_le
     assert jobs_and_temp(spool, store_path) == []
 
 
+@pytest.mark.parametrize("backend", ["s3"])  # the inventory looks in the bucket
 async def test_s3_multipart_over_max_size_is_aborted_after_at_most_its_limit_and_a_part(
     s3_server: Any, bucket: str, inventory: Inventory
 ) -> None:
@@ -579,3 +580,24 @@ def test_the_sync_shim_checks_the_same_rules_in_the_callers_thread_and_on_its_lo
     finally:
         store.close()
     assert [p.name for p in store_path.iterdir()] == ["b.png"]
+
+
+@pytest.mark.parametrize("backend", ["s3"])  # the inventory looks in the bucket
+async def test_s3_adopt_stores_the_type_a_check_found(
+    s3_server: Any, bucket: str, inventory: Inventory
+) -> None:
+    """What direct-upload confirm hands on: the staged object's sniffed type, not its name's."""
+    from async_store.backends.s3 import S3Backend
+
+    app = make_app("quart", None, **s3_config(s3_server, bucket, STORE_PATH="media"))
+    store = Store(app)
+    inventory.client.put_object(Bucket=bucket, Key="media/staged/x", Body=png())
+    try:
+        async with app.app_context():
+            backend = store.state(app).provider_class.backend
+            assert isinstance(backend, S3Backend)
+            names = iter(["photo.bin"])
+            name = await backend.adopt("staged/x", "", names, content_type="image/png")
+    finally:
+        store.close()
+    assert name == "photo.bin" and inventory.head("photo.bin")["ContentType"] == "image/png"

@@ -259,6 +259,7 @@ class S3Backend(Backend):
         *,
         size: int | None = None,
         part_size: int = _COPY_PART,
+        content_type: str | None = None,
     ) -> str:
         """Store the object at ``staged`` (store-relative) under the first of ``names`` free in
         ``location``, copied by the server, never over another file: each copy is a multipart
@@ -266,6 +267,8 @@ class S3Backend(Backend):
         here is. The staged object stays (the caller deletes it). The name it got.
 
         :param size: the staged object's size, when the caller knows it (no HEAD then).
+        :param content_type: the type found in its bytes (a validation check's), stored as its
+            ``Content-Type`` instead of the type its name gives.
         :raises NotFoundError: when nothing is at ``staged``.
         :raises NoFreeName: when every name is taken.
         """
@@ -283,7 +286,7 @@ class S3Backend(Backend):
                 if await self._head(s3, key) is not None:
                     continue
                 created = await s3.create_multipart_upload(
-                    Bucket=self.bucket, Key=key, **self._object_args(name)
+                    Bucket=self.bucket, Key=key, **self._object_args(name, content_type)
                 )
                 upload = S3Parts(s3, self.bucket, key, created["UploadId"], extra, self._claims)
                 try:
