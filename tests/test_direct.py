@@ -108,7 +108,7 @@ async def post_single(client: Client, filename: str, data: bytes, type_: str) ->
     assert status == 200, params
     assert params["method"] == "POST" and params["headers"] == {}
     reply = httpx.post(
-        params["url"], data=params["fields"], files={"file": (filename, data, type_)}
+        params["url"], data=params["fields"], files={"file": (filename, data, type_)}, timeout=60
     )
     return reply.status_code, params["fields"]["key"]
 
@@ -197,7 +197,7 @@ async def test_a_multipart_upload_resumes_and_is_confirmed(
     chunks = [data[i : i + 5 * MIB] for i in range(0, len(data), 5 * MIB)]
     # The first part alone, as the plugin signs one part at a time...
     _, signed = await client.call("get", f"{base}/1", query_string={"key": key})
-    first = httpx.put(signed["url"], content=chunks[0])
+    first = httpx.put(signed["url"], content=chunks[0], timeout=60)
     assert first.status_code == 200
     # ... then the connection drops: the plugin lists what arrived and goes on from there.
     status, listed = await client.call("get", base, query_string={"key": key})
@@ -207,7 +207,9 @@ async def test_a_multipart_upload_resumes_and_is_confirmed(
     )
     etags = {1: first.headers["etag"]}
     for number in (2, 3):
-        reply = httpx.put(batch["presignedUrls"][str(number)], content=chunks[number - 1])
+        reply = httpx.put(
+            batch["presignedUrls"][str(number)], content=chunks[number - 1], timeout=60
+        )
         etags[number] = reply.headers["etag"]
     parts = [{"PartNumber": n, "ETag": e} for n, e in etags.items()]
     status, done = await client.call(
@@ -235,7 +237,7 @@ async def test_a_multipart_upload_over_the_limit_is_aborted(
     parts = []
     for number in (1, 2):
         _, signed = await client.call("get", f"{base}/{number}", query_string={"key": key})
-        reply = httpx.put(signed["url"], content=os.urandom(5 * MIB))
+        reply = httpx.put(signed["url"], content=os.urandom(5 * MIB), timeout=60)
         parts.append({"PartNumber": number, "ETag": reply.headers["etag"]})
     status, refused = await client.call(
         "post", f"{base}/complete", query_string={"key": key}, json={"parts": parts}

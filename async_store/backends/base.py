@@ -39,6 +39,7 @@ from urllib.parse import quote
 
 from anyio.abc import AsyncResource
 
+from .._paths import collision_name
 from ..exceptions import ProviderError, StoreError
 
 if TYPE_CHECKING:
@@ -56,12 +57,23 @@ __all__ = [
     "NoFreeName",
     "StoredFile",
     "Written",
+    "candidates",
     "check_range",
     "no_free_name",
 ]
 
 #: How many collision names a save tries after the client's (each has 128 random bits).
 MAX_NAMES = 16
+
+
+def candidates(name: str) -> Iterator[str]:
+    """The names a new file of the (clean) ``name`` may get, in order: its own, then
+    :data:`MAX_NAMES` collision names ``{root}_{shortuuid}{ext}``."""
+    yield name
+    for _ in range(MAX_NAMES):
+        yield collision_name(name)
+
+
 #: Keys that ``quote(key, safe="/")`` returns unchanged: skip it for them.
 _URL_PLAIN = re.compile(r"[A-Za-z0-9_.\-~/]*")
 

@@ -16,11 +16,11 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
-from .._paths import clean_filename, clean_location, collision_name
+from .._paths import clean_filename, clean_location
 from .._paths import content_type as guess_type
 from .._record import FileRecord
 from ..backends.background import direct
-from ..backends.base import MAX_NAMES
+from ..backends.base import candidates
 from ..backends.s3 import S3Backend
 from ..exceptions import (
     BadUploadError,
@@ -32,7 +32,7 @@ from ..exceptions import (
 from ._keys import STAGING, StagedKeys
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Mapping
 
     from ..extension import StoreState
 
@@ -268,7 +268,7 @@ class DirectUploads:
         except (UploadTooLargeError, DisallowedTypeError):
             await self._remove(relative)
             raise
-        stored = await self.backend.adopt(relative, location, _names(name), size=size)
+        stored = await self.backend.adopt(relative, location, candidates(name), size=size)
         await self._remove(relative)
         path = f"{location}/{stored}" if location else stored
         return FileRecord(
@@ -318,12 +318,6 @@ class DirectUploads:
                         )
                         uploads += 1
         return objects, uploads
-
-
-def _names(name: str) -> Iterator[str]:
-    yield name
-    for _ in range(MAX_NAMES):
-        yield collision_name(name)
 
 
 def _parts_of(parts: object) -> list[dict[str, Any]]:

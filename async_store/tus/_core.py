@@ -19,17 +19,21 @@ When the offset reaches the length the upload is published into its storage exac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 import anyio
 import anyio.to_thread
 
 from .._sources import finish_anyway
+from ..backends.background import direct
+from ..backends.s3 import S3Backend
+from ..exceptions import StoreError
+from ._parts import S3Parts
 from ._protocol import (
     CHECKSUMS,
     EXTENSIONS,
@@ -38,12 +42,14 @@ from ._protocol import (
     TusError,
     base_headers,
     check_version,
+    content_length,
     http_date,
     parse_checksum,
     parse_length,
     parse_metadata,
     parse_offset,
     require_offset_type,
+    state_headers,
 )
 from ._state import Held, Spool, UploadInfo, is_id, new_id, remove_expired
 
@@ -119,6 +125,13 @@ class TusCore:
         self.clock = clock
         self.chunk_size = state.config.chunk_size
         self._last_cleanup = -CLEANUP_EVERY
+        backend = direct(state.provider_class.backend)
+        #: On S3, uploads go up in parts as they fill (``_parts``); elsewhere, from the spool.
+        self.parts = (
+            S3Parts(backend, int(state.config["STORE_S3_PART_SIZE"]))
+            if isinstance(backend, S3Backend)
+            else None
+        )
 
     # --- dispatch ---------------------------------------------------------------------------
 
@@ -210,7 +223,7 @@ class TusCore:
                     info = held.info
                 finally:
                     await self._release(held)
-        return Reply(200, self._state_headers(info, head=True), completed=completed)
+        return Reply(200, state_headers(info, head=True), completed=completed)
 
     async def patch(self, upload_id: str, headers: Headers, body: Body | None) -> Reply:
         require_offset_type(headers)
@@ -219,6 +232,7 @@ class TusCore:
     async def delete(self, upload_id: str) -> Reply:
         held = await self._lock(upload_id)
         try:
+            await self._abort_parts(held)
             await anyio.to_thread.run_sync(held.remove)
         finally:
             await self._release(held)
@@ -234,7 +248,7 @@ class TusCore:
         body: Body | None,
     ) -> Reply:
         checksum = parse_checksum(headers)
-        declared = _content_length(headers)
+        declared = content_length(headers)
         held = await self._lock(upload_id)
         keep = checksum is None  # what a request that ends early keeps
         try:
@@ -264,10 +278,12 @@ class TusCore:
                 keep = True
                 finish = functools.partial(held.finish, keep=True, expires=self._expiry())
                 await anyio.to_thread.run_sync(finish)
+                if self.parts is not None and not held.info.complete:
+                    await self.parts.send_full_parts(held, _name(held.info.metadata))
             completed = None
             if held.info.complete and held.info.stored_path is None:
                 completed = await self._publish(held)
-            return Reply(204, self._state_headers(held.info), completed=completed)
+            return Reply(204, state_headers(held.info), completed=completed)
         except TusError as error:
             if error.status == 413:
                 keep = False
@@ -305,11 +321,18 @@ class TusCore:
     async def _publish(self, held: Held) -> Completed:
         """Save the finished upload into the storage as any other file, then record where."""
         info = held.info
-        name = info.metadata.get("filename") or info.metadata.get("name") or "upload"
-        provider = self.state.AsyncProvider(
-            Path(held.data_path), self.location, filename=name, checksum=True
-        )
-        await provider.save()
+        name = _name(info.metadata)
+        if self.parts is not None and (
+            info.extra.get("parts") or info.length > self.parts.part_size
+        ):
+            await self.parts.send_full_parts(held, name)
+            stored = await self.parts.publish(held, self.location or "", name)
+            provider = self.state.AsyncProvider(stored)
+        else:
+            provider = self.state.AsyncProvider(
+                Path(held.data_path), self.location, filename=name, checksum=True
+            )
+            await provider.save()
         await anyio.to_thread.run_sync(
             held.published, provider.relative_path, provider.absolute_url
         )
@@ -360,10 +383,18 @@ class TusCore:
             raise TusError(404, "no such upload")  # another endpoint's
         if info.expires <= self.clock():
             if held is not None:
+                await self._abort_parts(held)
                 await anyio.to_thread.run_sync(held.remove)
             else:
                 await self._take(info.id)  # removes it (410), unless a request holds it
             raise TusError(410, "this upload expired: start a new one")
+
+    async def _abort_parts(self, held: Held) -> None:
+        """An upload removed before it finished: its parts in S3 go too (best effort: what
+        stays is aborted by ``store cleanup``)."""
+        if self.parts is not None and held.info.stored_path is None:
+            with contextlib.suppress(StoreError):
+                await self.parts.abort(held)
 
     async def _release(self, held: Held, *, keep: bool = False) -> None:
         release = functools.partial(held.release, keep=keep, expires=self._expiry())
@@ -378,28 +409,10 @@ class TusCore:
     def _expiry(self) -> float:
         return self.clock() + self.expires
 
-    def _state_headers(self, info: UploadInfo, *, head: bool = False) -> dict[str, str]:
-        headers = {**base_headers(), "Upload-Offset": str(info.offset)}
-        if head:
-            headers["Upload-Length"] = str(info.length)
-            if info.raw_metadata:
-                headers["Upload-Metadata"] = info.raw_metadata
-        if info.stored_path is not None:
-            headers["Upload-Stored-Path"] = quote(info.stored_path, safe="/")
-            headers["Upload-Stored-Url"] = quote(info.stored_url or "", safe=_URL_SAFE)
-        else:
-            headers["Upload-Expires"] = http_date(info.expires)
-        return headers
 
-
-_URL_SAFE = ":/?#[]@!$&'()*+,;=%~"
-
-
-def _content_length(headers: Headers) -> int | None:
-    value = headers.get("Content-Length")
-    if value is None or not value.strip().isdigit():
-        return None
-    return int(value)
+def _name(metadata: dict[str, str]) -> str:
+    """The file's name, as the client's metadata gives it (Uppy sends ``name``)."""
+    return metadata.get("filename") or metadata.get("name") or "upload"
 
 
 def _release_when_done(job: asyncio.Future[Held | None]) -> None:

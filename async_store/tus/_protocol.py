@@ -14,11 +14,14 @@ import hashlib
 import re
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from werkzeug.datastructures import Headers
+
+    from ._state import UploadInfo
 
 __all__ = [
     "CHECKSUMS",
@@ -28,12 +31,14 @@ __all__ = [
     "TusError",
     "base_headers",
     "check_version",
+    "content_length",
     "http_date",
     "parse_checksum",
     "parse_length",
     "parse_metadata",
     "parse_offset",
     "require_offset_type",
+    "state_headers",
 ]
 
 #: The one protocol version served.
@@ -169,3 +174,29 @@ def parse_checksum(headers: Headers) -> tuple[Any, bytes] | None:
 def http_date(timestamp: float) -> str:
     """``Upload-Expires``'s format (RFC 9110's IMF-fixdate)."""
     return formatdate(timestamp, usegmt=True)
+
+
+def content_length(headers: Headers) -> int | None:
+    value = headers.get("Content-Length")
+    if value is None or not value.strip().isdigit():
+        return None
+    return int(value)
+
+
+_URL_SAFE = ":/?#[]@!$&'()*+,;=%~"
+
+
+def state_headers(info: UploadInfo, *, head: bool = False) -> dict[str, str]:
+    """An upload's headers: its offset, and its length and metadata for a HEAD; where it is
+    stored once published, else when it expires."""
+    headers = {**base_headers(), "Upload-Offset": str(info.offset)}
+    if head:
+        headers["Upload-Length"] = str(info.length)
+        if info.raw_metadata:
+            headers["Upload-Metadata"] = info.raw_metadata
+    if info.stored_path is not None:
+        headers["Upload-Stored-Path"] = quote(info.stored_path, safe="/")
+        headers["Upload-Stored-Url"] = quote(info.stored_url or "", safe=_URL_SAFE)
+    else:
+        headers["Upload-Expires"] = http_date(info.expires)
+    return headers

@@ -182,8 +182,51 @@ class Held:
         self.pending: list[bytes] = []
 
     @property
+    def base(self) -> int:
+        """Where ``data`` starts in the upload: the bytes before went to the storage already
+        (S3 parts uploaded as they filled, ``_s3_parts``)."""
+        return int(self.info.extra.get("base", 0))
+
+    @property
     def data_path(self) -> str:
-        return os.path.join(self.spool.folder(self.info.id), _DATA)
+        base = self.base
+        return os.path.join(
+            self.spool.folder(self.info.id), _DATA if not base else f"{_DATA}-{base}"
+        )
+
+    def note(self, values: dict[str, Any]) -> None:
+        """Keep ``values`` in the upload's info (``extra``), written at once."""
+        with self._guard:
+            self._step()
+            self.info.extra.update(values)
+            self.save_info()
+
+    def read_head(self, size: int) -> bytes:
+        """The first ``size`` bytes of ``data`` (a part to upload)."""
+        with self._guard:
+            self._step()
+            with open(self.data_path, "rb") as f:
+                return f.read(size)
+
+    def rebase(self, new_base: int, part: dict[str, Any]) -> None:
+        """Record ``part`` as stored and keep only the bytes from ``new_base`` here: the rest is
+        copied to ``data-NEW_BASE``, the info switched to it in one atomic write, then the old
+        file goes (a crash in between leaves a stray file the next :meth:`open_data` removes)."""
+        with self._guard:
+            self._step()
+            old, base = self.data_path, self.base
+            folder = self.spool.folder(self.info.id)
+            new = os.path.join(folder, f"{_DATA}-{new_base}")
+            with open(old, "rb") as src, open(new, "wb") as dst:
+                src.seek(new_base - base)
+                shutil.copyfileobj(src, dst)
+                dst.flush()
+                if self.spool.fsync:
+                    os.fsync(dst.fileno())
+            self.info.extra["base"] = new_base
+            self.info.extra.setdefault("parts", []).append(part)
+            self.save_info()
+            os.unlink(old)
 
     def _step(self) -> None:
         if self._released:
@@ -193,9 +236,13 @@ class Held:
         """Open ``data`` for appending at the info's offset (cut back to it first)."""
         with self._guard:
             self._step()
+            folder, current = self.spool.folder(self.info.id), os.path.basename(self.data_path)
+            for name in os.listdir(folder):  # a crash between a rebase's steps left one
+                if name.startswith(f"{_DATA}-") and name != current:
+                    os.unlink(os.path.join(folder, name))
             f = open(self.data_path, "r+b")  # closed by finish() or release()
-            f.truncate(self.info.offset)
-            f.seek(self.info.offset)
+            f.truncate(self.info.offset - self.base)
+            f.seek(self.info.offset - self.base)
             self._data = f
             self.start, self.written = self.info.offset, 0
 
@@ -241,7 +288,7 @@ class Held:
             return
         with f:
             offset = self.start + (self.written if keep else 0)
-            f.truncate(offset)
+            f.truncate(offset - self.base)
             self._flush(f)
         if offset != self.info.offset:
             self.info.offset = offset

@@ -1,0 +1,149 @@
+"""tus uploads into S3 in parts as they fill: the local folder keeps only the tail.
+
+The real tuspy client against real servers and the suite's SeaweedFS (helpers of
+``tests/test_tus.py``); parts of 5 MiB, S3's smallest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+import httpx
+import pytest
+from tusclient import client as tus_client
+
+from tests.conftest import s3_client, s3_config
+from tests.seaweed import SeaweedFS
+from tests.test_tus import MIB, V, b64, kind, serving, source_file, tuspy_upload
+
+__all__ = ["kind"]  # the fixture, shared
+
+PART = 5 * MIB
+
+
+def config_for(server: SeaweedFS, bucket: str) -> dict[str, Any]:
+    return s3_config(
+        server,
+        bucket,
+        STORE_PATH="media",
+        STORE_S3_PART_SIZE=PART,
+        STORE_S3_MULTIPART_THRESHOLD=PART,
+    )
+
+
+def objects(server: SeaweedFS, bucket: str) -> dict[str, bytes]:
+    s3 = s3_client(server)
+    listed = s3.list_objects_v2(Bucket=bucket).get("Contents", [])
+    return {o["Key"]: s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for o in listed}
+
+
+def local_bytes(folder: Path) -> int:
+    """What the tus folder holds of uploads' bytes now."""
+    return sum(p.stat().st_size for p in folder.rglob("data*") if p.is_file())
+
+
+async def test_a_large_upload_goes_up_in_parts_and_keeps_only_the_tail(
+    kind: str, tmp_path: Path, free_tcp_port: int, s3_server: SeaweedFS, bucket: str
+) -> None:
+    path, data = source_file(tmp_path, 3 * PART + 123)
+    async with serving(
+        kind, tmp_path, free_tcp_port, config=config_for(s3_server, bucket), location="tus"
+    ) as endpoint:
+        seen: list[int] = []
+        with open(path, "rb") as stream:
+            uploader = tus_client.TusClient(endpoint.url).uploader(
+                file_stream=stream, chunk_size=MIB, metadata={"filename": "Data set.bin"}
+            )
+            while uploader.offset < len(data):
+                await anyio.to_thread.run_sync(uploader.upload_chunk)
+                seen.append(local_bytes(endpoint.tus_path))
+        [(provider, _)] = endpoint.completed
+    # Never more than a part (and the chunk that filled it) on local disk.
+    assert max(seen) < PART + MIB
+    assert provider.relative_path == "tus/Data_set.bin"
+    assert uploader.request is not None
+    assert uploader.request.response_headers["upload-stored-path"] == "tus/Data_set.bin"
+    stored = objects(s3_server, bucket)
+    assert list(stored) == ["media/tus/Data_set.bin"]  # the staged object went
+    assert (
+        hashlib.sha256(stored["media/tus/Data_set.bin"]).digest() == hashlib.sha256(data).digest()
+    )
+    assert not s3_client(s3_server).list_multipart_uploads(Bucket=bucket).get("Uploads")
+    assert local_bytes(endpoint.tus_path) == 0
+
+
+async def test_parts_on_their_way_are_resumed_by_another_server(
+    tmp_path: Path, free_tcp_port: int, s3_server: SeaweedFS, bucket: str
+) -> None:
+    """The upload's parts and tail are on disk and in S3, not in a worker's memory: a new server
+    (here: a Flask one after a Quart one) picks it up from its offset."""
+    path, data = source_file(tmp_path, 2 * PART + 7)
+    config = config_for(s3_server, bucket)
+    async with serving("quart", tmp_path, free_tcp_port, config=config) as first:
+        with open(path, "rb") as stream:
+            uploader = tus_client.TusClient(first.url).uploader(
+                file_stream=stream, chunk_size=3 * MIB, metadata={"filename": "a.bin"}
+            )
+            for _ in range(2):  # 6 MiB: one part sent, 1 MiB of tail
+                await anyio.to_thread.run_sync(uploader.upload_chunk)
+            url = uploader.url
+    assert url is not None
+    async with serving("flask", tmp_path, free_tcp_port, config=config) as second:
+        upload_url = second.upload_url(url.rsplit("/files/", 1)[1])
+        with open(path, "rb") as stream:
+            resumed = tus_client.TusClient(second.url).uploader(
+                file_stream=stream, chunk_size=3 * MIB, url=upload_url
+            )
+            assert resumed.offset == 6 * MIB
+            await anyio.to_thread.run_sync(resumed.upload)
+        [(provider, _)] = second.completed
+    assert objects(s3_server, bucket) == {f"media/{provider.relative_path}": data}
+
+
+async def test_a_terminated_upload_leaves_no_parts(
+    tmp_path: Path, free_tcp_port: int, s3_server: SeaweedFS, bucket: str
+) -> None:
+    path, data = source_file(tmp_path, PART + MIB)
+    async with serving("quart", tmp_path, free_tcp_port, config=config_for(s3_server, bucket)) as e:
+        async with httpx.AsyncClient() as client:
+            created = await client.post(
+                e.url,
+                headers={
+                    **V,
+                    "Upload-Length": str(len(data)),
+                    "Upload-Metadata": f"filename {b64('x.bin')}",
+                },
+            )
+            location = e.upload_url(created.headers["Location"])
+            patched = await client.patch(
+                location,
+                content=data[: PART + 1],
+                headers={
+                    **V,
+                    "Upload-Offset": "0",
+                    "Content-Type": "application/offset+octet-stream",
+                },
+            )
+            assert patched.status_code == 204
+            assert s3_client(s3_server).list_multipart_uploads(Bucket=bucket).get("Uploads")
+            deleted = await client.delete(location, headers=V)
+            assert deleted.status_code == 204
+    assert not s3_client(s3_server).list_multipart_uploads(Bucket=bucket).get("Uploads")
+    assert objects(s3_server, bucket) == {}
+
+
+@pytest.mark.parametrize("size", [0, 10, PART])
+async def test_small_uploads_are_saved_from_the_spool_as_before(
+    size: int, tmp_path: Path, free_tcp_port: int, s3_server: SeaweedFS, bucket: str
+) -> None:
+    path, data = source_file(tmp_path, size)
+    async with serving("quart", tmp_path, free_tcp_port, config=config_for(s3_server, bucket)) as e:
+        await anyio.to_thread.run_sync(
+            lambda: tuspy_upload(e.url, path, chunk_size=MIB, metadata={"filename": "s.bin"})
+        )
+        [(provider, _)] = e.completed
+    assert provider.sha256 == hashlib.sha256(data).hexdigest()  # a save: it counted them
+    assert objects(s3_server, bucket) == {"media/s.bin": data}
