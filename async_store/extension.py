@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from flask.sansio.app import App
     from quart import Quart
 
+    from ._validate import Rules
     from .backends.base import Backend
     from .config import StoreConfig
     from .direct import DirectUploads
@@ -132,10 +133,11 @@ class StoreState(Generic[P]):
         Flask)."""
         return self.Provider.save_request(request, **options)
 
-    def confirm(self, key: str, location: str = "") -> Any:
+    def confirm(self, key: str, location: str = "", validate: Rules | None = None) -> Any:
         """Store a finished direct upload (the ``key`` its endpoints handed the client) under
         its name in ``location``, never over another file, and give its :class:`FileRecord`:
-        awaitable in Quart, blocking in Flask. See ``DirectUploads.confirm``.
+        awaitable in Quart, blocking in Flask. The storage's validation rules apply (and
+        ``validate``'s over them), as for a save. See ``DirectUploads.confirm``.
 
         :raises StoreError: when :meth:`Store.direct_uploads` did not mount them for this storage.
         """
@@ -146,8 +148,8 @@ class StoreState(Generic[P]):
                 f"store.direct_uploads(app, storage={self.name!r}) first"
             )
         if self.is_async:
-            return uploads.confirm(key, location)
-        return self.sync_provider_class.run(uploads.confirm, key, location)
+            return uploads.confirm(key, location, validate)
+        return self.sync_provider_class.run(uploads.confirm, key, location, validate)
 
     def storage(self, name: str) -> StoreState[P]:
         """Another storage of the same app.

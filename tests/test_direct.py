@@ -25,9 +25,12 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from async_store import (
     BadUploadError,
+    ContentMismatchError,
     DisallowedTypeError,
+    FileTooLargeError,
     NotConfiguredError,
     NotFoundError,
+    Rules,
     Store,
     UploadTooLargeError,
 )
@@ -86,15 +89,17 @@ def objects(server: SeaweedFS, bucket: str) -> dict[str, bytes]:
     return {o["Key"]: client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for o in listed}
 
 
-async def confirm(app: Any, store: Store, key: str, location: str = "") -> FileRecord:
+async def confirm(
+    app: Any, store: Store, key: str, location: str = "", validate: Rules | None = None
+) -> FileRecord:
     if isinstance(app, quart.Quart):
         async with app.app_context():
-            record: FileRecord = await store["default"].confirm(key, location)
+            record: FileRecord = await store["default"].confirm(key, location, validate)
             return record
 
     def in_flask() -> FileRecord:
         with app.app_context():
-            found: FileRecord = store["default"].confirm(key, location)
+            found: FileRecord = store["default"].confirm(key, location, validate)
             return found
 
     return await anyio.to_thread.run_sync(in_flask)
@@ -459,3 +464,24 @@ async def test_store_cleanup_removes_what_was_never_confirmed(
     assert "default: removed 1 staged upload, aborted 1 multipart upload" in done.output
     assert objects(signed_s3_server, bucket) == {"media/kept.txt": b"a stored file"}
     assert not s3_client(signed_s3_server).list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+async def test_confirm_checks_the_storages_rules_on_the_bytes(
+    signed_s3_server: SeaweedFS, bucket: str
+) -> None:
+    app, store = make("quart", signed_s3_server, bucket, STORE_CHECK_CONTENT=True)
+    store.direct_uploads(app)
+    client = Client(app)
+    _, lying = await post_single(client, "avatar.png", b"<html><script>x</script>", "image/png")
+    with pytest.raises(ContentMismatchError, match=r"'avatar.png'.*HTML"):
+        await confirm(app, store, lying)
+    assert objects(signed_s3_server, bucket) == {}  # the staged object went too
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + b"\x00" * 64
+    _, honest = await post_single(client, "photo.png", png, "image/png")
+    record = await confirm(app, store, honest)
+    assert record.content_type == "image/png"
+    assert objects(signed_s3_server, bucket) == {"media/photo.png": png}
+    with pytest.raises(FileTooLargeError, match="max_size"):
+        _, key = await post_single(client, "big.png", png, "image/png")
+        await confirm(app, store, key, validate=Rules(max_size=10))
+    store.close()

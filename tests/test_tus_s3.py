@@ -147,3 +147,55 @@ async def test_small_uploads_are_saved_from_the_spool_as_before(
         [(provider, _)] = e.completed
     assert provider.sha256 == hashlib.sha256(data).hexdigest()  # a save: it counted them
     assert objects(s3_server, bucket) == {"media/s.bin": data}
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+async def test_the_storages_rules_refuse_a_lying_upload_and_keep_nothing(
+    where: str, tmp_path: Path, free_tcp_port: int, s3_server: SeaweedFS, bucket: str
+) -> None:
+    data = b"<html><script>alert(1)</script>" + b" " * (PART + MIB)
+    config = config_for(s3_server, bucket) if where == "s3" else {}
+    config["STORE_CHECK_CONTENT"] = True
+    async with serving("quart", tmp_path, free_tcp_port, config=config) as e:
+        async with httpx.AsyncClient(timeout=60) as client:
+            created = await client.post(
+                e.url,
+                headers={
+                    **V,
+                    "Upload-Length": str(len(data)),
+                    "Upload-Metadata": f"filename {b64('photo.png')}",
+                },
+            )
+            location = e.upload_url(created.headers["Location"])
+            patched = await client.patch(
+                location,
+                content=data,
+                headers={
+                    **V,
+                    "Upload-Offset": "0",
+                    "Content-Type": "application/offset+octet-stream",
+                },
+            )
+            assert patched.status_code == 422, patched.text
+            assert "photo.png" in patched.text and "HTML" in patched.text
+            gone = await client.head(location, headers=V)
+            assert gone.status_code == 404
+        assert e.completed == []
+        stored = Path(e.app.config["STORE_PATH"]) if where == "local" else None
+    assert objects(s3_server, bucket) == {}
+    assert stored is None or not [p for p in stored.rglob("*") if p.is_file()]
+    assert not s3_client(s3_server).list_multipart_uploads(Bucket=bucket).get("Uploads")
+    assert local_bytes(e.tus_path) == 0
+
+
+async def test_a_creation_over_the_storages_size_limit_is_a_413(
+    tmp_path: Path, free_tcp_port: int, s3_server: SeaweedFS, bucket: str
+) -> None:
+    config = {**config_for(s3_server, bucket), "STORE_MAX_FILE_SIZE": 1000}
+    async with serving("flask", tmp_path, free_tcp_port, config=config) as e:
+        async with httpx.AsyncClient() as client:
+            created = await client.post(
+                e.url,
+                headers={**V, "Upload-Length": "1001", "Upload-Metadata": f"filename {b64('a')}"},
+            )
+    assert created.status_code == 413 and "max_size" in created.text

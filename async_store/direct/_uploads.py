@@ -19,8 +19,8 @@ from urllib.parse import quote, unquote
 from .._paths import clean_filename, clean_location
 from .._paths import content_type as guess_type
 from .._record import FileRecord
+from ..backends._staged import publish_staged, remove_staged
 from ..backends.background import direct
-from ..backends.base import candidates
 from ..backends.s3 import S3Backend
 from ..exceptions import (
     BadUploadError,
@@ -34,6 +34,7 @@ from ._keys import STAGING, StagedKeys
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from .._validate import Rules
     from ..extension import StoreState
 
 __all__ = ["DirectUploads"]
@@ -231,7 +232,9 @@ class DirectUploads:
 
     # --- confirm: a staged upload becomes a stored file -------------------------------------------
 
-    async def confirm(self, key: object, location: str = "") -> FileRecord:
+    async def confirm(
+        self, key: object, location: str = "", validate: Rules | None = None
+    ) -> FileRecord:
         """Look at what arrived at the staged ``key``, store it under its name in ``location``
         (a collision name when that is taken, never over another file), remove the staged
         object, and return the stored file's record.
@@ -240,6 +243,8 @@ class DirectUploads:
         :raises NotFoundError: when nothing arrived there (or it was confirmed already).
         :raises UploadTooLargeError: over ``STORE_DIRECT_MAX_SIZE`` (the staged object goes).
         :raises DisallowedTypeError: for a stored type the storage does not take (it goes).
+        :raises BadUploadError: a refusal of the storage's rules or ``validate``'s, which are
+            checked as a save checks them (the first bytes read for a type rule); it goes too.
         """
         relative, name = self._staged(key)
         location = clean_location(location)
@@ -266,26 +271,22 @@ class DirectUploads:
                 )
             self._check_type(mimetype, client_name)
         except (UploadTooLargeError, DisallowedTypeError):
-            await self._remove(relative)
+            await remove_staged(self.backend, relative)
             raise
-        stored = await self.backend.adopt(relative, location, candidates(name), size=size)
-        await self._remove(relative)
+        # The storage's own rules too (STORE_MAX_FILE_SIZE, types from the bytes, ...).
+        rules = self.state.provider_class.storage_rules().merged(validate)
+        stored, found = await publish_staged(
+            self.backend, rules, relative, location, name, client_name, size
+        )
         path = f"{location}/{stored}" if location else stored
         return FileRecord(
             self.state.name,
             path,
             size=size,
-            content_type=mimetype,
+            content_type=found or mimetype,
             filename=client_name,
             stored_at=datetime.now(UTC),
         )
-
-    async def _remove(self, relative: str) -> None:
-        """Delete a staged object (one request: no HEAD first, as ``delete()`` makes)."""
-        async with self.backend.requests(relative) as s3:
-            await s3.delete_object(
-                Bucket=self.backend.bucket, Key=self.backend.object_key(relative)
-            )
 
     # --- cleanup ----------------------------------------------------------------------------------
 

@@ -29,10 +29,12 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.to_thread
 
+from .._paths import clean_filename
 from .._sources import finish_anyway
+from .._validate import Check
 from ..backends.background import direct
 from ..backends.s3 import S3Backend
-from ..exceptions import StoreError
+from ..exceptions import BadUploadError, StoreError
 from ._parts import S3Parts
 from ._protocol import (
     CHECKSUMS,
@@ -193,6 +195,13 @@ class TusCore:
             created=now,
             expires=now + self.expires,
         )
+        try:  # what the storage's rules can tell before a byte: the name, the size
+            name = _name(metadata)
+            Check(self.state.provider_class.storage_rules(), clean_filename(name), name).before(
+                length
+            )
+        except BadUploadError as refused:
+            raise TusError(refused.code or 400, refused.description or str(refused)) from None
         await self._cleanup(now)
         await anyio.to_thread.run_sync(self.spool.create, info)
         location = f"{base_url.rstrip('/')}/{info.id}"
@@ -322,17 +331,25 @@ class TusCore:
         """Save the finished upload into the storage as any other file, then record where."""
         info = held.info
         name = _name(info.metadata)
-        if self.parts is not None and (
-            info.extra.get("parts") or info.length > self.parts.part_size
-        ):
-            await self.parts.send_full_parts(held, name)
-            stored = await self.parts.publish(held, self.location or "", name)
-            provider = self.state.AsyncProvider(stored)
-        else:
-            provider = self.state.AsyncProvider(
-                Path(held.data_path), self.location, filename=name, checksum=True
-            )
-            await provider.save()
+        try:
+            if self.parts is not None and (
+                info.extra.get("parts") or info.length > self.parts.part_size
+            ):
+                await self.parts.send_full_parts(held, name)
+                rules = self.state.provider_class.storage_rules()
+                stored, _ = await self.parts.publish(held, self.location or "", name, rules)
+                provider = self.state.AsyncProvider(stored)
+            else:
+                provider = self.state.AsyncProvider(
+                    Path(held.data_path), self.location, filename=name, checksum=True
+                )
+                await provider.save()
+        except BadUploadError as refused:
+            # The storage's rules refuse the file: the upload goes, as a refused save leaves
+            # nothing; the client is told why (413, 415, 422).
+            await self._abort_parts(held)
+            await anyio.to_thread.run_sync(held.remove)
+            raise TusError(refused.code or 400, refused.description or str(refused)) from None
         await anyio.to_thread.run_sync(
             held.published, provider.relative_path, provider.absolute_url
         )

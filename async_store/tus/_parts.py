@@ -22,9 +22,10 @@ import anyio.to_thread
 
 from .._paths import clean_filename
 from .._paths import content_type as guess_type
-from ..backends.base import candidates
+from ..backends._staged import publish_staged
 
 if TYPE_CHECKING:
+    from .._validate import Rules
     from ..backends.s3 import S3Backend
     from ._state import Held
 
@@ -80,8 +81,14 @@ class S3Parts:
         part["ETag"] = response["ETag"]
         await anyio.to_thread.run_sync(held.rebase, held.base + len(body), part)
 
-    async def publish(self, held: Held, location: str, name: str) -> str:
-        """The finished upload, stored under its name in ``location``: the path it got."""
+    async def publish(
+        self, held: Held, location: str, name: str, rules: Rules
+    ) -> tuple[str, str | None]:
+        """The finished upload, checked against ``rules`` and stored under its name in
+        ``location``: (the path it got, the type its bytes showed when a rule looked).
+
+        :raises BadUploadError: a refusal of the rules (the staged object is gone then).
+        """
         tail = held.info.offset - held.base
         if tail or not held.info.extra.get("parts"):
             await self._send(held, name, tail)
@@ -94,12 +101,10 @@ class S3Parts:
                 UploadId=held.info.extra["upload_id"],
                 MultipartUpload={"Parts": parts},
             )
-        stored = await self.backend.adopt(
-            key, location, candidates(clean_filename(name)), size=held.info.length
+        stored, found = await publish_staged(
+            self.backend, rules, key, location, clean_filename(name), name, held.info.length
         )
-        async with self.backend.requests(key) as s3:
-            await s3.delete_object(Bucket=self.backend.bucket, Key=self.backend.object_key(key))
-        return f"{location}/{stored}" if location else stored
+        return (f"{location}/{stored}" if location else stored), found
 
     async def abort(self, held: Held) -> None:
         """Throw away the parts of an upload removed before it finished."""
