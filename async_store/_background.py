@@ -281,6 +281,7 @@ class Background:
                     return
                 try:
                     source = Source(job.name, path=self.spool.data(job.id))
+                    source.content_type = job.content_type  # what the save's check found
                     await backend.write(job.location, iter([job.name]), source)
                 except NoFreeName:
                     if not await self._already_there(job):

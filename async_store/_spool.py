@@ -46,6 +46,8 @@ class Job:
     last_error: str | None = None
     #: The token of the worker that spooled it (its inbox); '' from earlier versions.
     owner: str = ""
+    #: The type a validation check found in its bytes (stored as the object's type).
+    content_type: str | None = None
 
     @property
     def key(self) -> str:

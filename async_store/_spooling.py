@@ -65,6 +65,7 @@ async def spool_upload(
     def finish(data: IO[bytes]) -> None:
         spool._sync(data)
         job.size = data.tell()
+        job.content_type = source.content_type  # known once its first bytes were checked
 
     published = os.path.join(spool.path, job_id)
 
