@@ -33,7 +33,7 @@ from async_store import (
     UploadTooLargeError,
 )
 from async_store._record import FileRecord
-from tests.conftest import Driver, Inventory, make_app, s3_config
+from tests.conftest import Driver, Inventory, make_app, s3_client, s3_config
 from tests.helpers import BOUNDARY, CONTENT_TYPE, multipart
 
 MIB = 1024 * 1024
@@ -601,3 +601,31 @@ async def test_s3_adopt_stores_the_type_a_check_found(
     finally:
         store.close()
     assert name == "photo.bin" and inventory.head("photo.bin")["ContentType"] == "image/png"
+
+
+async def test_a_background_delivery_stores_the_type_the_save_found(
+    s3_server: Any, bucket: str, tmp_path: Path
+) -> None:
+    """HTML in a .txt passes the content check (both text) and is stored as HTML: in
+    background mode too, where the object is written later from the spool."""
+    config = s3_config(
+        s3_server,
+        bucket,
+        STORE_PATH="media",
+        STORE_BACKGROUND=True,
+        STORE_SPOOL_PATH=str(tmp_path / "spool"),
+        STORE_CHECK_CONTENT=True,
+    )
+    app = make_app("quart", None, **config)
+    store = Store(app)
+    try:
+        async with app.test_app(), app.app_context():
+            provider = store.Provider(HTML, filename="notes.txt")
+            await provider.save()
+            await provider.wait()
+            assert provider.content_type == "text/html"
+    finally:
+        store.close()
+    head = s3_client(s3_server).head_object(Bucket=bucket, Key="media/notes.txt")
+    assert head["ContentType"] == "text/html"
+    assert head["ContentDisposition"].startswith("attachment")  # an active type: downloaded
