@@ -16,6 +16,7 @@ import pytest
 from tusclient import client as tus_client
 
 from tests.conftest import s3_client, s3_config
+from tests.faultproxy import FaultProxy
 from tests.seaweed import SeaweedFS
 from tests.test_tus import MIB, V, b64, kind, serving, source_file, tuspy_upload
 
@@ -199,3 +200,49 @@ async def test_a_creation_over_the_storages_size_limit_is_a_413(
                 headers={**V, "Upload-Length": "1001", "Upload-Metadata": f"filename {b64('a')}"},
             )
     assert created.status_code == 413 and "max_size" in created.text
+
+
+async def test_a_finished_upload_waits_out_an_s3_outage_and_is_stored_when_it_ends(
+    tmp_path: Path, free_tcp_port: int, s3_server: SeaweedFS, bucket: str, proxy: FaultProxy
+) -> None:
+    """Clients retry a 503 to a PATCH and a 423 to a HEAD; a 5xx to a HEAD would make
+    tus-js-client and Uppy send the whole file again."""
+    data = b"every byte arrives while S3 is down"
+    config = {
+        **config_for(s3_server, bucket),
+        "STORE_S3_ENDPOINT_URL": proxy.endpoint,
+        "STORE_S3_MAX_ATTEMPTS": 1,
+    }
+    async with serving("quart", tmp_path, free_tcp_port, config=config) as e:
+        async with httpx.AsyncClient(timeout=60) as client:
+            created = await client.post(
+                e.url,
+                headers={
+                    **V,
+                    "Upload-Length": str(len(data)),
+                    "Upload-Metadata": f"filename {b64('a.txt')}",
+                },
+            )
+            location = e.upload_url(created.headers["Location"])
+            proxy.down()
+            try:
+                patched = await client.patch(
+                    location,
+                    content=data,
+                    headers={
+                        **V,
+                        "Upload-Offset": "0",
+                        "Content-Type": "application/offset+octet-stream",
+                    },
+                )
+                assert patched.status_code == 503 and patched.headers["Retry-After"] == "5"
+                waiting = await client.head(location, headers=V)
+                assert waiting.status_code == 423, waiting.text
+            finally:
+                proxy.up()
+            done = await client.head(location, headers=V)
+            assert done.status_code == 200
+            assert done.headers["Upload-Offset"] == str(len(data))
+            assert done.headers["Upload-Stored-Path"] == "a.txt"
+        assert len(e.completed) == 1
+    assert objects(s3_server, bucket) == {"media/a.txt": data}

@@ -228,7 +228,9 @@ class TusCore:
             if held is not None:
                 try:
                     if held.info.complete and held.info.stored_path is None:
-                        completed = await self._publish(held)
+                        # 423 while the storage fails: clients retry it (a 5xx to a HEAD makes
+                        # tus-js-client and Uppy start the whole file again).
+                        completed = await self._publish(held, failing=423)
                     info = held.info
                 finally:
                     await self._release(held)
@@ -291,7 +293,7 @@ class TusCore:
                     await self.parts.send_full_parts(held, _name(held.info.metadata))
             completed = None
             if held.info.complete and held.info.stored_path is None:
-                completed = await self._publish(held)
+                completed = await self._publish(held, failing=503)
             return Reply(204, state_headers(held.info), completed=completed)
         except TusError as error:
             if error.status == 413:
@@ -327,8 +329,13 @@ class TusCore:
                     counted = held.written
         await anyio.to_thread.run_sync(held.write_pending)
 
-    async def _publish(self, held: Held) -> Completed:
-        """Save the finished upload into the storage as any other file, then record where."""
+    async def _publish(self, held: Held, *, failing: int) -> Completed:
+        """Save the finished upload into the storage as any other file, then record where.
+
+        A refusal of the storage's rules removes the upload (its status: 413, 415, 422); a
+        failing storage (S3 down) answers ``failing`` with ``Retry-After`` and keeps every
+        byte: the next HEAD publishes it.
+        """
         info = held.info
         name = _name(info.metadata)
         try:
@@ -350,6 +357,12 @@ class TusCore:
             await self._abort_parts(held)
             await anyio.to_thread.run_sync(held.remove)
             raise TusError(refused.code or 400, refused.description or str(refused)) from None
+        except StoreError as exc:
+            raise TusError(
+                failing,
+                f"every byte is here, and storing the file failed for now: {exc}; try again",
+                {"Retry-After": "5"},
+            ) from exc
         await anyio.to_thread.run_sync(
             held.published, provider.relative_path, provider.absolute_url
         )
