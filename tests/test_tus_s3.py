@@ -18,6 +18,7 @@ from tusclient import client as tus_client
 from tests.conftest import s3_client, s3_config
 from tests.faultproxy import FaultProxy
 from tests.seaweed import SeaweedFS
+from tests.test_cli import invoke
 from tests.test_tus import MIB, V, b64, kind, serving, source_file, tuspy_upload
 
 __all__ = ["kind"]  # the fixture, shared
@@ -246,3 +247,38 @@ async def test_a_finished_upload_waits_out_an_s3_outage_and_is_stored_when_it_en
             assert done.headers["Upload-Stored-Path"] == "a.txt"
         assert len(e.completed) == 1
     assert objects(s3_server, bucket) == {"media/a.txt": data}
+
+
+async def test_store_cleanup_aborts_the_parts_of_tus_uploads_left_idle(
+    tmp_path: Path, free_tcp_port: int, s3_server: SeaweedFS, bucket: str
+) -> None:
+    data = b"x" * (PART + 10)
+    config = config_for(s3_server, bucket)
+    async with serving("quart", tmp_path, free_tcp_port, config=config) as e:
+        async with httpx.AsyncClient(timeout=60) as client:
+            created = await client.post(
+                e.url,
+                headers={
+                    **V,
+                    "Upload-Length": str(2 * len(data)),
+                    "Upload-Metadata": f"filename {b64('left.bin')}",
+                },
+            )
+            patched = await client.patch(
+                e.upload_url(created.headers["Location"]),
+                content=data,
+                headers={
+                    **V,
+                    "Upload-Offset": "0",
+                    "Content-Type": "application/offset+octet-stream",
+                },
+            )
+            assert patched.status_code == 204  # a part in S3, the client gone
+    s3 = s3_client(s3_server)
+    assert len(s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])) == 1
+    young = await anyio.to_thread.run_sync(invoke, ["cleanup"], config)
+    assert "aborted 0 multipart uploads" in young.output  # idle less than STORE_TUS_EXPIRES
+    idle = await anyio.to_thread.run_sync(invoke, ["cleanup", "--older-than", "0"], config)
+    assert idle.exit_code == 0, idle.output
+    assert "aborted 1 multipart upload never completed" in idle.output
+    assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")

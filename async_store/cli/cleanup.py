@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..backends._staged import cleanup_staged
 from ..backends.background import direct
 from ..backends.s3 import S3Backend
 from ..exceptions import StoreError
@@ -21,14 +22,16 @@ from ._app import keys_of, load_state, pick_storage, run, storage_option
 @storage_option("The storage to clean up (default: every S3 storage of the app).")
 @click.pass_context
 def cleanup(ctx: click.Context, older_than: int | None, storage: str | None) -> None:
-    """Remove the direct-to-bucket uploads that were never confirmed.
+    """Remove the direct-to-bucket and tus uploads that were abandoned in the bucket.
 
     A direct upload waits under the storage's '.direct/' prefix until the app confirms it; one
-    older than STORE_DIRECT_MAX_AGE never will be (its key is refused by then). This removes
-    those objects, and aborts the multipart uploads begun that long ago, whose parts S3 bills
-    until they are aborted. Run it from cron, or let a bucket lifecycle rule do it (README).
+    older than STORE_DIRECT_MAX_AGE never will be (its key is refused by then). A tus upload
+    sent in parts waits under '.tus/'; one idle longer than STORE_TUS_EXPIRES has expired. This
+    removes those objects and aborts those multipart uploads, whose parts S3 bills until they
+    are aborted. Run it from cron, or let a bucket lifecycle rule do it (README).
     """
     from ..direct import DirectUploads
+    from ..tus._parts import STAGING as TUS_STAGING
 
     state = load_state(ctx)
     if storage is not None:
@@ -49,7 +52,12 @@ def cleanup(ctx: click.Context, older_than: int | None, storage: str | None) -> 
         results = []
         for each in chosen:
             objects, uploads = await DirectUploads(each, {}).cleanup(older_than)
-            results.append((each.name, objects, uploads))
+            # tus uploads sent in parts: idle longer than they may wait for their next PATCH.
+            tus_age = float(each.config["STORE_TUS_EXPIRES"]) if older_than is None else older_than
+            backend = direct(each.provider_class.backend)
+            assert isinstance(backend, S3Backend)
+            more, parts = await cleanup_staged(backend, f"{TUS_STAGING}/", tus_age)
+            results.append((each.name, objects + more, uploads + parts))
         return results
 
     try:

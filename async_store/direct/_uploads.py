@@ -19,7 +19,7 @@ from urllib.parse import quote, unquote
 from .._paths import clean_filename, clean_location
 from .._paths import content_type as guess_type
 from .._record import FileRecord
-from ..backends._staged import publish_staged, remove_staged
+from ..backends._staged import cleanup_staged, publish_staged, remove_staged
 from ..backends.background import direct
 from ..backends.s3 import S3Backend
 from ..exceptions import (
@@ -294,31 +294,7 @@ class DirectUploads:
         """Remove staged objects and abort multipart uploads older than ``older_than`` seconds
         (``STORE_DIRECT_MAX_AGE``): never confirmed, they never will be. (objects, uploads)."""
         limit = self.max_age if older_than is None else older_than
-        now = datetime.now(UTC)
-        prefix = self.backend.object_key(f"{STAGING}/")
-        objects = uploads = 0
-        async with self.backend.requests(f"{STAGING}/") as s3:
-            pages = s3.get_paginator("list_objects_v2").paginate(
-                Bucket=self.backend.bucket, Prefix=prefix
-            )
-            async for page in pages:
-                for obj in page.get("Contents", ()):
-                    if (now - obj["LastModified"]).total_seconds() > limit:
-                        await s3.delete_object(Bucket=self.backend.bucket, Key=obj["Key"])
-                        objects += 1
-            pages = s3.get_paginator("list_multipart_uploads").paginate(
-                Bucket=self.backend.bucket, Prefix=prefix
-            )
-            async for page in pages:
-                for upload in page.get("Uploads", ()):
-                    if (now - upload["Initiated"]).total_seconds() > limit:
-                        await s3.abort_multipart_upload(
-                            Bucket=self.backend.bucket,
-                            Key=upload["Key"],
-                            UploadId=upload["UploadId"],
-                        )
-                        uploads += 1
-        return objects, uploads
+        return await cleanup_staged(self.backend, f"{STAGING}/", limit)
 
 
 def _parts_of(parts: object) -> list[dict[str, Any]]:

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from flask.sansio.app import App
 
     from ..extension import Store, StoreState
-    from ._core import Completed
+    from ._publish import Completed
 
 __all__ = ["tus_blueprint"]
 

@@ -12,30 +12,22 @@ Without ``Upload-Checksum``, what arrived is kept even when the client goes away
 cancelled Quart task, a Werkzeug ``ClientDisconnected``): the cleanup that counts it and gives
 up the lock runs to its end in a task of its own. With one, a chunk is all or nothing.
 
-When the offset reaches the length the upload is published into its storage exactly as a
-``save()``: ``Provider(Path(data), location, filename=...)``, atomic, under a free name.
+When the offset reaches the length the upload is published into its storage as a ``save()``
+would store it (``_publish``: from the folder, or, on S3, from the parts sent as they filled).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
 
-from .._paths import clean_filename
 from .._sources import finish_anyway
-from .._validate import Check
-from ..backends.background import direct
-from ..backends.s3 import S3Backend
-from ..exceptions import BadUploadError, StoreError
-from ._parts import S3Parts
 from ._protocol import (
     CHECKSUMS,
     EXTENSIONS,
@@ -53,6 +45,7 @@ from ._protocol import (
     require_offset_type,
     state_headers,
 )
+from ._publish import Completed, Publisher
 from ._state import Held, Spool, UploadInfo, is_id, new_id, remove_expired
 
 if TYPE_CHECKING:
@@ -61,9 +54,8 @@ if TYPE_CHECKING:
     from werkzeug.datastructures import Headers
 
     from ..extension import StoreState
-    from ..providers.base import Provider
 
-__all__ = ["Body", "Completed", "Reply", "TusCore"]
+__all__ = ["Body", "Reply", "TusCore"]
 
 #: A long PATCH without a checksum makes what it wrote count this often (a worker killed
 #: mid-request loses at most this much).
@@ -81,15 +73,6 @@ class Body:
     #: What the server received that ``chunks`` had not yielded yet when the request ended
     #: early (Quart's buffered messages): kept with the rest, so a drop loses nothing.
     leftover: Callable[[], list[bytes]] | None = None
-
-
-@dataclass(frozen=True)
-class Completed:
-    """An upload that this request published: for the app's ``on_complete`` hook."""
-
-    provider: Provider
-    metadata: dict[str, str]
-    upload_id: str
 
 
 @dataclass
@@ -127,13 +110,8 @@ class TusCore:
         self.clock = clock
         self.chunk_size = state.config.chunk_size
         self._last_cleanup = -CLEANUP_EVERY
-        backend = direct(state.provider_class.backend)
-        #: On S3, uploads go up in parts as they fill (``_parts``); elsewhere, from the spool.
-        self.parts = (
-            S3Parts(backend, int(state.config["STORE_S3_PART_SIZE"]))
-            if isinstance(backend, S3Backend)
-            else None
-        )
+        #: Stores finished uploads (on S3 in parts as they fill, ``_parts``).
+        self.publisher = Publisher(state, location)
 
     # --- dispatch ---------------------------------------------------------------------------
 
@@ -195,13 +173,7 @@ class TusCore:
             created=now,
             expires=now + self.expires,
         )
-        try:  # what the storage's rules can tell before a byte: the name, the size
-            name = _name(metadata)
-            Check(self.state.provider_class.storage_rules(), clean_filename(name), name).before(
-                length
-            )
-        except BadUploadError as refused:
-            raise TusError(refused.code or 400, refused.description or str(refused)) from None
+        self.publisher.check_new(metadata, length)
         await self._cleanup(now)
         await anyio.to_thread.run_sync(self.spool.create, info)
         location = f"{base_url.rstrip('/')}/{info.id}"
@@ -230,7 +202,7 @@ class TusCore:
                     if held.info.complete and held.info.stored_path is None:
                         # 423 while the storage fails: clients retry it (a 5xx to a HEAD makes
                         # tus-js-client and Uppy start the whole file again).
-                        completed = await self._publish(held, failing=423)
+                        completed = await self.publisher.publish(held, failing=423)
                     info = held.info
                 finally:
                     await self._release(held)
@@ -243,7 +215,7 @@ class TusCore:
     async def delete(self, upload_id: str) -> Reply:
         held = await self._lock(upload_id)
         try:
-            await self._abort_parts(held)
+            await self.publisher.abort(held)
             await anyio.to_thread.run_sync(held.remove)
         finally:
             await self._release(held)
@@ -289,11 +261,11 @@ class TusCore:
                 keep = True
                 finish = functools.partial(held.finish, keep=True, expires=self._expiry())
                 await anyio.to_thread.run_sync(finish)
-                if self.parts is not None and not held.info.complete:
-                    await self.parts.send_full_parts(held, _name(held.info.metadata))
+                if not held.info.complete:
+                    await self.publisher.send_parts(held)
             completed = None
             if held.info.complete and held.info.stored_path is None:
-                completed = await self._publish(held, failing=503)
+                completed = await self.publisher.publish(held, failing=503)
             return Reply(204, state_headers(held.info), completed=completed)
         except TusError as error:
             if error.status == 413:
@@ -328,45 +300,6 @@ class TusCore:
                     await anyio.to_thread.run_sync(held.checkpoint, self._expiry())
                     counted = held.written
         await anyio.to_thread.run_sync(held.write_pending)
-
-    async def _publish(self, held: Held, *, failing: int) -> Completed:
-        """Save the finished upload into the storage as any other file, then record where.
-
-        A refusal of the storage's rules removes the upload (its status: 413, 415, 422); a
-        failing storage (S3 down) answers ``failing`` with ``Retry-After`` and keeps every
-        byte: the next HEAD publishes it.
-        """
-        info = held.info
-        name = _name(info.metadata)
-        try:
-            if self.parts is not None and (
-                info.extra.get("parts") or info.length > self.parts.part_size
-            ):
-                await self.parts.send_full_parts(held, name)
-                rules = self.state.provider_class.storage_rules()
-                stored, _ = await self.parts.publish(held, self.location or "", name, rules)
-                provider = self.state.AsyncProvider(stored)
-            else:
-                provider = self.state.AsyncProvider(
-                    Path(held.data_path), self.location, filename=name, checksum=True
-                )
-                await provider.save()
-        except BadUploadError as refused:
-            # The storage's rules refuse the file: the upload goes, as a refused save leaves
-            # nothing; the client is told why (413, 415, 422).
-            await self._abort_parts(held)
-            await anyio.to_thread.run_sync(held.remove)
-            raise TusError(refused.code or 400, refused.description or str(refused)) from None
-        except StoreError as exc:
-            raise TusError(
-                failing,
-                f"every byte is here, and storing the file failed for now: {exc}; try again",
-                {"Retry-After": "5"},
-            ) from exc
-        await anyio.to_thread.run_sync(
-            held.published, provider.relative_path, provider.absolute_url
-        )
-        return Completed(provider, dict(info.metadata), info.id)
 
     # --- locks and state --------------------------------------------------------------------
 
@@ -413,18 +346,11 @@ class TusCore:
             raise TusError(404, "no such upload")  # another endpoint's
         if info.expires <= self.clock():
             if held is not None:
-                await self._abort_parts(held)
+                await self.publisher.abort(held)
                 await anyio.to_thread.run_sync(held.remove)
             else:
                 await self._take(info.id)  # removes it (410), unless a request holds it
             raise TusError(410, "this upload expired: start a new one")
-
-    async def _abort_parts(self, held: Held) -> None:
-        """An upload removed before it finished: its parts in S3 go too (best effort: what
-        stays is aborted by ``store cleanup``)."""
-        if self.parts is not None and held.info.stored_path is None:
-            with contextlib.suppress(StoreError):
-                await self.parts.abort(held)
 
     async def _release(self, held: Held, *, keep: bool = False) -> None:
         release = functools.partial(held.release, keep=keep, expires=self._expiry())
@@ -438,11 +364,6 @@ class TusCore:
 
     def _expiry(self) -> float:
         return self.clock() + self.expires
-
-
-def _name(metadata: dict[str, str]) -> str:
-    """The file's name, as the client's metadata gives it (Uppy sends ``name``)."""
-    return metadata.get("filename") or metadata.get("name") or "upload"
 
 
 def _release_when_done(job: asyncio.Future[Held | None]) -> None:

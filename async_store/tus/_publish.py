@@ -1,0 +1,124 @@
+"""How a finished tus upload becomes a stored file, and what the storage's rules say first.
+
+A small upload (or one on local disk) is saved from its folder exactly as ``save()`` saves any
+file: ``Provider(Path(data), location, filename=...)``, atomic, under a free name, its SHA-256
+counted. On S3 a larger one went up in parts as it arrived (``_parts``) and is copied to its
+name. Either way the storage's validation rules apply: the name and length at creation, the
+bytes at the end; a refusal removes the upload (nothing is stored), a storage failing for now
+keeps every byte for the next try.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio.to_thread
+
+from .._paths import clean_filename
+from .._validate import Check
+from ..backends.background import direct
+from ..backends.s3 import S3Backend
+from ..exceptions import BadUploadError, StoreError
+from ._parts import S3Parts
+from ._protocol import TusError
+
+if TYPE_CHECKING:
+    from ..extension import StoreState
+    from ..providers.base import Provider
+    from ._state import Held
+
+__all__ = ["Completed", "Publisher", "name_of"]
+
+
+@dataclass(frozen=True)
+class Completed:
+    """An upload that this request published: for the app's ``on_complete`` hook."""
+
+    provider: Provider
+    metadata: dict[str, str]
+    upload_id: str
+
+
+def name_of(metadata: dict[str, str]) -> str:
+    """The file's name, as the client's metadata gives it (Uppy sends ``name``)."""
+    return metadata.get("filename") or metadata.get("name") or "upload"
+
+
+class Publisher:
+    """Stores the finished uploads of one endpoint into its storage, below ``location``."""
+
+    def __init__(self, state: StoreState[Any], location: str | None) -> None:
+        self.state = state
+        self.location = location
+        backend = direct(state.provider_class.backend)
+        #: On S3, uploads go up in parts as they fill; elsewhere, from the local folder.
+        self.parts = (
+            S3Parts(backend, int(state.config["STORE_S3_PART_SIZE"]))
+            if isinstance(backend, S3Backend)
+            else None
+        )
+
+    def check_new(self, metadata: dict[str, str], length: int) -> None:
+        """What the storage's rules can tell before a byte: the name, the size.
+
+        :raises TusError: their refusal's status (413, 415) and message.
+        """
+        name = name_of(metadata)
+        try:
+            Check(self.state.provider_class.storage_rules(), clean_filename(name), name).before(
+                length
+            )
+        except BadUploadError as refused:
+            raise TusError(refused.code or 400, refused.description or str(refused)) from None
+
+    async def send_parts(self, held: Held) -> None:
+        """On S3, send the whole parts the upload's folder holds now."""
+        if self.parts is not None:
+            await self.parts.send_full_parts(held, name_of(held.info.metadata))
+
+    async def publish(self, held: Held, *, failing: int) -> Completed:
+        """Save the finished upload into the storage as any other file, then record where.
+
+        A refusal of the storage's rules removes the upload (its status: 413, 415, 422); a
+        failing storage (S3 down) answers ``failing`` with ``Retry-After`` and keeps every
+        byte: the next HEAD publishes it.
+        """
+        info = held.info
+        name = name_of(info.metadata)
+        parts = self.parts
+        try:
+            if parts is not None and (info.extra.get("parts") or info.length > parts.part_size):
+                await parts.send_full_parts(held, name)
+                rules = self.state.provider_class.storage_rules()
+                stored, _ = await parts.publish(held, self.location or "", name, rules)
+                provider = self.state.AsyncProvider(stored)
+            else:
+                provider = self.state.AsyncProvider(
+                    Path(held.data_path), self.location, filename=name, checksum=True
+                )
+                await provider.save()
+        except BadUploadError as refused:
+            # The rules refuse the file: the upload goes, as a refused save leaves nothing.
+            await self.abort(held)
+            await anyio.to_thread.run_sync(held.remove)
+            raise TusError(refused.code or 400, refused.description or str(refused)) from None
+        except StoreError as exc:
+            raise TusError(
+                failing,
+                f"every byte is here, and storing the file failed for now: {exc}; try again",
+                {"Retry-After": "5"},
+            ) from exc
+        await anyio.to_thread.run_sync(
+            held.published, provider.relative_path, provider.absolute_url
+        )
+        return Completed(provider, dict(info.metadata), info.id)
+
+    async def abort(self, held: Held) -> None:
+        """An upload removed before it finished: its parts in S3 go too (best effort: what
+        stays is aborted by ``store cleanup``)."""
+        if self.parts is not None and held.info.stored_path is None:
+            with contextlib.suppress(StoreError):
+                await self.parts.abort(held)
