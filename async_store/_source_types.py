@@ -259,7 +259,7 @@ class Source:
 
     def blocking_chunks(self, size: int) -> Iterator[bytes]:
         """Yield the content; call it from a worker thread, it blocks."""
-        ahead = self._take_ahead()
+        ahead = self._take_ahead() if self._head is not None else None
         if ahead is not None:
             yield from ahead[0]
             if ahead[1] is not None:
@@ -286,7 +286,7 @@ class Source:
     async def chunks(self, size: int) -> AsyncIterator[bytes]:
         """Yield the content on the event loop (blocking sources cost a thread hop a chunk)."""
         if self._chunks is not None:
-            ahead = self._take_ahead()
+            ahead = self._take_ahead() if self._head is not None else None
             if ahead is not None:
                 for chunk in ahead[0]:
                     yield chunk

@@ -98,9 +98,11 @@ class Provider(ProviderClass):
                 self._source.digest = hashlib.sha256()
             self._location = clean_location(location) if location else ""
             self._filename = clean_filename(self._source.filename)
-            rules = self.storage_rules().merged(validate) if validate is not False else None
-            if rules:
-                self._source.check = Check(rules, self._filename, self._source.filename)
+            if validate is not False:
+                rules = self.storage_rules()
+                rules = rules.merged(validate) if validate is not None else rules
+                if rules:
+                    self._source.check = Check(rules, self._filename, self._source.filename)
 
     @classmethod
     def storage_rules(cls) -> Rules:
@@ -232,7 +234,8 @@ class Provider(ProviderClass):
         source = self._unsaved_source()
         try:
             # The rules (if any) on what is known before a byte is written: nothing to clean up.
-            await source.prime(self.backend.chunk_size)
+            if source.check is not None:
+                await source.prime(self.backend.chunk_size)
             written = await self.backend.save(self._location, self._candidates(), source)
         except SourceFailure as failure:  # an error of the upload's: raised as itself
             raise failure.error from failure.error.__cause__
@@ -255,7 +258,8 @@ class Provider(ProviderClass):
             return None  # they may be async: a loop runs them
         source = self._unsaved_source()
         try:
-            source.prime_blocking(self.backend.chunk_size)
+            if source.check is not None:
+                source.prime_blocking(self.backend.chunk_size)
             self._filename = self.backend.write_blocking(self._location, self._candidates(), source)
         except SourceFailure as failure:  # as in save()
             raise failure.error from failure.error.__cause__
