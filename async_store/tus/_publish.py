@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -106,9 +107,11 @@ class Publisher:
             await anyio.to_thread.run_sync(held.remove)
             raise TusError(refused.code or 400, refused.description or str(refused)) from None
         except StoreError as exc:
+            status = HTTPStatus(failing)
             raise TusError(
                 failing,
-                f"every byte is here, and storing the file failed for now: {exc}; try again",
+                f"{status.value} {status.phrase}: {exc} (every byte of the upload is here: "
+                f"try again)",
                 {"Retry-After": "5"},
             ) from exc
         await anyio.to_thread.run_sync(

@@ -175,10 +175,12 @@ function send(job) {
       },
       onShouldRetry(error, attempt, options) {
         const status = statusOf(error);
-        const retry =
-          status >= 500
-            ? attempt < SERVER_ERROR_RETRIES
-            : tus.defaultOptions.onShouldRetry(error, attempt, options);
+        // A 423 to the HEAD after a 5xx: every byte is on the server and storing the file
+        // fails for now (S3 down): retried as the server error it follows, not forever.
+        const failing = status >= 500 || (status === 423 && job.message);
+        const retry = failing
+          ? attempt < SERVER_ERROR_RETRIES
+          : tus.defaultOptions.onShouldRetry(error, attempt, options);
         if (retry) job.state.textContent = status === 0 ? "reconnecting…" : "retrying…";
         return retry;
       },
