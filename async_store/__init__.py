@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+from ._images import ImageRules, Variant
 from ._ingest import StoredForm
 from ._validate import Rules, UploadInfo
+from ._variants import make_variants
 from .config import StoreConfigWarning
 from .exceptions import (
     BadUploadError,
@@ -42,6 +44,7 @@ __all__ = [
     "ContentMismatchError",
     "DisallowedTypeError",
     "FileTooLargeError",
+    "ImageRules",
     "InvalidFileError",
     "LocalProvider",
     "NotConfiguredError",
@@ -62,5 +65,7 @@ __all__ = [
     "UploadError",
     "UploadInfo",
     "UploadTooLargeError",
+    "Variant",
+    "make_variants",
     "store_provider",
 ]

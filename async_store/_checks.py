@@ -242,6 +242,48 @@ def sniffing(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
     return sniffs
 
 
+def imaging(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+    """``check``, and, for a value that turns an image rule on, that Pillow (and the sniffer
+    the rules read types with) is there."""
+
+    def images(key: str, value: Any) -> Any:
+        value = check(key, value)
+        if value:
+            from ._images import require_images
+            from ._sniff import require
+
+            require_images(key)
+            require(key)
+        return value
+
+    return images
+
+
+def image_formats(key: str, value: Any) -> frozenset[str] | None:
+    """Image formats (Pillow's names: ``['jpeg', 'png', 'webp']``); None: any."""
+    from ._images import image_formats as formats
+
+    try:
+        return formats(value)
+    except (ValueError, TypeError):
+        raise _refuse(
+            key, value, "a list of image formats such as ['jpeg', 'png', 'webp']"
+        ) from None
+
+
+def image_variants(key: str, value: Any) -> dict[str, Any]:
+    """Declared variants: ``{name: {"size": [w, h], "format": "webp"}}`` or ``Variant`` objects."""
+    from ._images import variants_of
+
+    try:
+        return variants_of(value)
+    except (ValueError, TypeError) as exc:
+        raise NotConfiguredError(
+            f"{key} must be a dict of variants such as {{'thumb': {{'size': [256, 256], "
+            f"'format': 'webp'}}, 'preview': {{'width': 1280}}}}: {exc}."
+        ) from None
+
+
 def unset_if_empty(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
     # ``os.environ.get("S3_REGION", "")`` and the like: an empty string means not set.
     def optional(key: str, value: Any) -> Any:

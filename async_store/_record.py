@@ -2,8 +2,10 @@
 
 What a ``FileType`` column keeps (as JSON): the storage's name and the file's path in it, its
 size, content type and SHA-256 (taken while the bytes streamed in), the name the client gave
-it, when it was stored, and the application's own metadata. A record is plain data: it is read
-from a row without an app; its provider (URLs, ``open()``, ``delete()``) is the current app's.
+it, when it was stored, the application's own metadata, and the paths of its image variants
+(``_variants``: a thumbnail, a preview; stored next to it, released with it). A record is plain
+data: it is read from a row without an app; its provider (URLs, ``open()``, ``delete()``) is the
+current app's.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class FileRecord:
         doc.file.storage, doc.file.path, doc.file.size, doc.file.content_type, doc.file.sha256
         doc.file.filename                # what the client called it: 'Contract (final).pdf'
         doc.file.absolute_url            # and the rest of the provider's API, in an app
+        doc.file.variant("thumb").absolute_url   # a variant: a record of its own file
 
     Records are immutable; ``dataclasses.replace(doc.file, metadata={...})`` assigned back
     changes the row's record and keeps the file.
@@ -70,9 +73,32 @@ class FileRecord:
     stored_at: datetime | None = None
     #: The application's own data about the file (JSON-serialisable).
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: Its image variants' paths in the same storage, by the variant's name (``{'thumb':
+    #: 'photos/_variants/cat.jpg/thumb.webp'}``): made by ``make_variants``, deleted with it.
+    variants: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         clean_key(self.path)  # a record read from a database never names a path out of the store
+        for path in self.variants.values():
+            clean_key(path)
+
+    @property
+    def paths(self) -> list[str]:
+        """Every file the record names: its own path, then its variants'."""
+        return [self.path, *self.variants.values()]
+
+    def variant(self, name: str) -> FileRecord:
+        """The variant ``name`` as a record of its own (``.absolute_url``, ``.url(expires)``,
+        ``.open()``: served and signed as any stored file).
+
+        :raises KeyError: naming the variants it has, when it has none of that name.
+        """
+        path = self.variants.get(name)
+        if path is None:
+            raise KeyError(
+                f"{self.path!r} has no variant {name!r} (it has {sorted(self.variants)})"
+            )
+        return FileRecord(self.storage, path, content_type=content_type(path))
 
     # --- JSON -----------------------------------------------------------------------------------
 
@@ -99,6 +125,7 @@ class FileRecord:
         if isinstance(values.get("stored_at"), str):
             values["stored_at"] = datetime.fromisoformat(values["stored_at"])
         values["metadata"] = dict(values.get("metadata") or {})
+        values["variants"] = {str(k): str(v) for k, v in (values.get("variants") or {}).items()}
         return cls(**values)
 
     @classmethod

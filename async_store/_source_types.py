@@ -160,8 +160,9 @@ class Source:
 
     async def prime(self, size: int) -> None:
         """Run :attr:`check` on what is known before anything is written: the name and a size
-        known already, then (when its rules need them) the first :data:`HEAD_SIZE` bytes, read
-        ahead here and yielded first by the read that follows.
+        known already, then (when its rules need them) the first :data:`HEAD_SIZE` bytes (more
+        for image rules: ``Check.head_size``), read ahead here and yielded first by the read
+        that follows.
 
         :raises BadUploadError: a refusal (see ``_validate``); :raises SourceFailure: as a read.
         """
@@ -195,28 +196,34 @@ class Source:
         self.content_type = info.detected_type
         return info
 
+    def _head_size(self) -> int:
+        # Image rules read further: a JPEG's size may follow 64 KiB EXIF and ICC segments.
+        return self.check.head_size if self.check is not None else HEAD_SIZE
+
     def _read_ahead_blocking(self, size: int) -> tuple[bytes, bool]:
         chunks = self.blocking_chunks(size)
         head: list[bytes] = []
-        while sum(map(len, head)) < HEAD_SIZE:
+        limit = self._head_size()
+        while sum(map(len, head)) < limit:
             chunk = next(chunks, None)
             if chunk is None:
                 self._head, self._rest = head, None
-                return b"".join(head)[:HEAD_SIZE], True
+                return b"".join(head)[:limit], True
             head.append(chunk)
         self._head, self._rest = head, chunks
-        return b"".join(head)[:HEAD_SIZE], False
+        return b"".join(head)[:limit], False
 
     async def _read_ahead(self, chunks: AsyncIterator[bytes]) -> tuple[bytes, bool]:
         head: list[bytes] = []
-        while sum(map(len, head)) < HEAD_SIZE:
+        limit = self._head_size()
+        while sum(map(len, head)) < limit:
             chunk = await anext(chunks, None)
             if chunk is None:
                 self._head, self._rest = head, None
-                return b"".join(head)[:HEAD_SIZE], True
+                return b"".join(head)[:limit], True
             head.append(chunk)
         self._head, self._rest = head, chunks
-        return b"".join(head)[:HEAD_SIZE], False
+        return b"".join(head)[:limit], False
 
     def _take_ahead(self) -> tuple[list[bytes], Any] | None:
         """What :meth:`prime` read ahead (once), if it did."""

@@ -22,7 +22,7 @@ from sqlalchemy.sql.elements import BindParameter, ClauseElement, ColumnElement
 from ._record import storage_named
 from ._sqla_files import Released, files
 from ._sqla_filetype import FileList, FileType, records_of, uploads_in
-from ._sqla_records import file_columns
+from ._sqla_records import file_columns, files_of
 from ._sqla_type import StoreType, _is_upload, _provider, _raise_other_storage, _store_columns
 from .exceptions import StoreError
 
@@ -215,5 +215,6 @@ def _refresh(session: Session, target: _Target, pk: tuple[Any, ...], now: tuple[
 def _files(type_: StoreType | FileType, store: StoreState, value: Any) -> list[Released]:
     """The files a column value read by :meth:`_Target.select` names, each with its storage."""
     if isinstance(type_, FileType):
-        return [Released(r.state(), r.path) for r in records_of(value)]
+        # A record's image variants are released with it (and kept with it).
+        return [Released(r.state(), f.path) for r in records_of(value) for f in files_of(r)]
     return [] if value is None else [Released(store, value)]

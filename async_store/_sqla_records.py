@@ -1,10 +1,11 @@
 """The flush hooks' half for ``FileType`` columns: which files a row's records name, which of
-them a change releases, and storing the uploads assigned to them.
+them a change releases, and storing the uploads assigned to them (and their image variants).
 
 ``sqla.py`` calls these from the same hooks that serve ``StoreType``, so both kinds of column
 follow one set of rules (``_sqla_files``): files saved in a transaction are deleted if it does
 not commit; the files a record named, once replaced, removed from a list or deleted with its
-row, are deleted after the commit, each from the storage its record names.
+row, are deleted after the commit, each from the storage its record names. A record's image
+variants (``FileRecord.variants``) are files it names too: saved with it, released with it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ._record import FileRecord, storage_named
 from ._sqla_files import Released, Saved, files, run
 from ._sqla_filetype import FileType, records_of, storage_of, uploads_in
 from ._sqla_type import _provider, typed_columns
+from ._variants import declared, make_variants
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -31,6 +33,7 @@ __all__ = [
     "Pending",
     "changed_records",
     "file_columns",
+    "files_of",
     "held_records",
     "keep_named",
     "store_pending",
@@ -45,8 +48,21 @@ def file_columns(mapper: Mapper[Any]) -> list[tuple[str, ColumnElement[Any], Fil
 def held_records(
     execute: Callable[[Any], Result[Any]], row: InstanceState[Any], key: str
 ) -> list[FileRecord]:
-    """The records ``row`` holds for ``key`` in the database: what the session loaded, or, when
-    that is not known (never loaded, or a list changed in place), a query by primary key."""
+    """The files ``row`` holds for ``key`` in the database, one record each (a record's image
+    variants as records of their own, so that whatever releases it releases them): what the
+    session loaded, or, when that is not known (never loaded, or a list changed in place), a
+    query by primary key."""
+    return [file for record in _held(execute, row, key) for file in files_of(record)]
+
+
+def files_of(record: FileRecord) -> list[FileRecord]:
+    """A record, then a record of each of its variants: every file it names."""
+    return [record, *(FileRecord(record.storage, p) for p in record.variants.values())]
+
+
+def _held(
+    execute: Callable[[Any], Result[Any]], row: InstanceState[Any], key: str
+) -> list[FileRecord]:
     history = row.attrs[key].history
     if history.deleted:
         return records_of(history.deleted[0])
@@ -82,7 +98,7 @@ def changed_records(
     for key, _, type_ in file_columns(row.mapper):
         value = row.dict.get(key)
         if row.attrs[key].history.has_changes():
-            kept = {(r.storage, r.path) for r in records_of(value)}
+            kept = {(r.storage, path) for r in records_of(value) for path in r.paths}
             named |= kept
             for held in held_records(session.execute, row, key) if row.has_identity else ():
                 if (held.storage, held.path) not in kept:
@@ -106,12 +122,19 @@ def keep_named(session: Session, named: set[tuple[str, str]]) -> None:
 
 
 def store_pending(pending: list[Pending]) -> Iterator[tuple[InstanceState[Any], Saved]]:
-    """Store each upload, put its record in its place, and yield what was saved for which row."""
+    """Store each upload, put its record in its place, and yield what was saved for which row:
+    the upload, then the image variants its storage declares, made from it right away."""
     for row, key, position, value, type_, store in pending:
         provider = _provider(value) or store.provider_class(value, type_.location, checksum=True)
         run(store, provider.save)
         yield row, Saved(store, provider)
         record = FileRecord.of(provider, store.name)
+        if declared(store):
+            # A failure leaves no variant (make_variants removes what it made); the original,
+            # yielded above, goes with the transaction's rollback.
+            record = run(store, make_variants, record, store)
+            for path in record.variants.values():
+                yield row, Saved(store, store.provider_class(path))
         if position is None:
             setattr(row.obj(), key, record)
         else:

@@ -1,12 +1,13 @@
 """Validation rules, and the check one save runs with them as the bytes stream in.
 
 A storage declares rules in its config (``STORE_MAX_FILE_SIZE``, ``STORE_ALLOWED_EXTENSIONS``,
-``STORE_ALLOWED_TYPES``, ``STORE_CHECK_CONTENT``); a call adds its own (``Provider(...,
-validate=Rules(...))``, ``save_request(validate=...)``), which override the storage's rule for
-rule, custom validators added after the storage's. ``Source`` runs the :class:`Check`: the name
-before any byte is read, the type and the validators on the first :data:`~._sniff.HEAD_SIZE`
-bytes before any is written, the size on every chunk as it is read. A refusal stops the read at
-once, and the save's own cleanup leaves nothing behind.
+``STORE_ALLOWED_TYPES``, ``STORE_CHECK_CONTENT``, ``STORE_IMAGE_*``); a call adds its own
+(``Provider(..., validate=Rules(...))``, ``save_request(validate=...)``), which override the
+storage's rule for rule, custom validators added after the storage's. ``Source`` runs the
+:class:`Check`: the name before any byte is read, the type and the validators on the first
+:data:`~._sniff.HEAD_SIZE` bytes before any is written (``IMAGE_HEAD_SIZE`` with image rules:
+an image's header may come later), the size on every chunk as it is read. A refusal stops the
+read at once, and the save's own cleanup leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ._image_check import IMAGE_HEAD_SIZE, check_image
+from ._images import ImageRules, require_images
 from ._paths import content_type as guess_type
-from ._sniff import extension_of, require, sniff
+from ._sniff import HEAD_SIZE, extension_of, require, sniff
 from .exceptions import (
     BadUploadError,
     ContentMismatchError,
@@ -49,7 +52,7 @@ class UploadInfo:
     detected_type: str | None
     #: The type it is stored with: the detected one, else the one its name gives.
     content_type: str
-    #: Its first bytes: up to 8 KiB (all of it for a smaller file).
+    #: Its first bytes: up to 8 KiB, 256 KiB with image rules (all of it for a smaller file).
     head: bytes
     #: Its size, when known already (the whole file is in ``head``, or it is in memory);
     #: None for a file still streaming in (``max_size`` checks it as it grows).
@@ -100,6 +103,8 @@ class Rules:
         ``.png`` that is HTML, a ``.pdf`` that is a ZIP (see ``async_store._sniff``).
     :param validators: custom checks, plain or async, run on the first bytes (an
         :class:`UploadInfo`) before anything is written.
+    :param images: :class:`~async_store.ImageRules` for images (format, width, height, pixels),
+        read from their header before anything is written (needs ``async_store[images]``).
     :raises ValueError: for a malformed type.
     """
 
@@ -108,6 +113,7 @@ class Rules:
     types: Collection[str] | None = None
     check_content: bool | None = None
     validators: Sequence[Validator] = field(default=())
+    images: ImageRules | None = None
 
     def __post_init__(self) -> None:
         if self.max_size is not None and (
@@ -117,6 +123,10 @@ class Rules:
         object.__setattr__(self, "extensions", _extensions(self.extensions))
         object.__setattr__(self, "types", _types(self.types))
         object.__setattr__(self, "validators", tuple(self.validators))
+        if self.images is not None and not isinstance(self.images, ImageRules):
+            raise ValueError(f"images= takes ImageRules(...), not {self.images!r}")
+        if self.images is not None and not self.images:
+            object.__setattr__(self, "images", None)
 
     def __bool__(self) -> bool:
         return any(getattr(self, f.name) not in (None, False, ()) for f in dataclasses.fields(self))
@@ -132,12 +142,14 @@ class Rules:
             if f.name != "validators" and getattr(call, f.name) is not None
         }
         changes["validators"] = (*self.validators, *call.validators)
+        if self.images is not None and call.images is not None:
+            changes["images"] = self.images.merged(call.images)  # rule for rule, too
         return dataclasses.replace(self, **changes)
 
     @property
     def sniffs(self) -> bool:
         """Whether checking these rules reads the first bytes before writing any."""
-        return bool(self.types is not None or self.check_content or self.validators)
+        return bool(self.types is not None or self.check_content or self.validators or self.images)
 
 
 def rules_of(config: StoreConfig) -> Rules:
@@ -147,6 +159,12 @@ def rules_of(config: StoreConfig) -> Rules:
         extensions=config.get("STORE_ALLOWED_EXTENSIONS"),
         types=config.get("STORE_ALLOWED_TYPES"),
         check_content=bool(config.get("STORE_CHECK_CONTENT")),
+        images=ImageRules(
+            formats=config.get("STORE_IMAGE_FORMATS"),
+            max_width=config.get("STORE_IMAGE_MAX_WIDTH"),
+            max_height=config.get("STORE_IMAGE_MAX_HEIGHT"),
+            max_pixels=config.get("STORE_IMAGE_MAX_PIXELS"),
+        ),
     )
 
 
@@ -164,12 +182,16 @@ class Check:
 
     def __init__(self, rules: Rules, name: str, client_name: str | None) -> None:
         if rules.sniffs:
-            require("validation by type (types=, check_content=, validators=)")
+            require("validation by type (types=, check_content=, validators=, images=)")
+        if rules.images:
+            require_images("image rules (images=ImageRules(...), STORE_IMAGE_*)")
         self.rules = rules
         self.name = name
         self.client_name = client_name
         #: Whether the first bytes are read before any is written (to sniff them).
         self.reads_head = rules.sniffs
+        #: How many: an image's header may come after 64 KiB segments (EXIF, ICC).
+        self.head_size = IMAGE_HEAD_SIZE if rules.images else HEAD_SIZE
         #: Whether the validators must be awaited (then no blocking save without a loop).
         self.has_validators = bool(rules.validators)
 
@@ -213,10 +235,11 @@ class Check:
         rules; what the validators are then given.
 
         :raises ContentMismatchError: bytes that are not what the extension says.
-        :raises DisallowedTypeError: a detected type the rules do not take.
+        :raises DisallowedTypeError: a detected type (or image format) the rules do not take.
+        :raises InvalidFileError: an image over a size rule (``images=``).
         """
         rules = self.rules
-        sniffed = sniff(head, self.name)
+        sniffed = sniff(head[:HEAD_SIZE], self.name)
         if rules.check_content and sniffed.mismatch is not None:
             raise ContentMismatchError(
                 f"the file {self._file()} is refused by the rule check_content: {sniffed.mismatch}",
@@ -236,6 +259,10 @@ class Check:
                     filename=self.client_name,
                     found=checked,
                 )
+        if rules.images:
+            complete = size is not None and len(head) >= size
+            mime = sniffed.mime
+            check_image(rules.images, head, complete, mime, self._file(), self.client_name)
         return UploadInfo(
             self.client_name,
             self.name,
