@@ -841,3 +841,48 @@ def test_demo_launcher_port_in_use_is_one_line(
         f"error: 127.0.0.1:{free_tcp_port} is in use (another make demo?): stop what holds it, "
         f"or pick another port, e.g. make demo PORT={free_tcp_port + 1}"
     ]
+
+
+def test_the_demo_runs_with_the_demo_extra_alone(tmp_path: Path) -> None:
+    """``make demo`` installs the ``demo`` extra only: no aioboto3 (``s3``), no Pillow, no
+    puremagic. A subprocess where importing those fails loads the demo, stores a file through
+    its tus endpoint and its form, and lists the store with the CLI."""
+    script = f"""
+import asyncio, importlib.util, sys
+for name in ("aioboto3", "aiobotocore", "botocore", "boto3", "PIL", "puremagic"):
+    sys.modules[name] = None  # ImportError on import, as where it is not installed
+spec = importlib.util.spec_from_file_location("demo", {str(EXAMPLES / "quart_app.py")!r})
+demo = importlib.util.module_from_spec(spec)
+sys.modules["demo"] = demo
+spec.loader.exec_module(demo)
+
+async def main():
+    async with demo.app.test_app() as test_app:
+        client = test_app.test_client()
+        v = {{"Tus-Resumable": "1.0.0"}}
+        made = await client.post("/files/", headers={{**v, "Upload-Length": "5",
+                                 "Upload-Metadata": "filename YS50eHQ="}})
+        assert made.status_code == 201, await made.get_data()
+        done = await client.patch(made.headers["Location"], data=b"hello", headers={{**v,
+                                  "Upload-Offset": "0",
+                                  "Content-Type": "application/offset+octet-stream"}})
+        assert done.status_code == 204, await done.get_data()
+        print("stored", done.headers["Upload-Stored-Path"])
+
+asyncio.run(main())
+from async_store.cli import main as cli
+from click.testing import CliRunner
+print(CliRunner().invoke(cli, ["ls"], env={{"STORE_PATH": {str(tmp_path / "store")!r}}}).output)
+"""
+    environ = {
+        **os.environ,
+        "STORE_PATH": str(tmp_path / "store"),
+        "STORE_TUS_PATH": str(tmp_path / "tus"),
+        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'demo.sqlite'}",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=environ, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "stored demo/a.txt" in result.stdout
+    assert "demo/a.txt" in result.stdout.splitlines()[-3]  # store ls found it

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import click
 
 from ..backends._staged import cleanup_staged
 from ..backends.background import direct
-from ..backends.s3 import S3Backend
 from ..exceptions import StoreError
 from ._app import keys_of, load_state, pick_storage, run, storage_option
+
+if TYPE_CHECKING:
+    from ..backends.s3 import S3Backend
 
 
 @click.command()
@@ -36,16 +40,14 @@ def cleanup(ctx: click.Context, older_than: int | None, storage: str | None) -> 
     state = load_state(ctx)
     if storage is not None:
         chosen = [pick_storage(state, storage)]
-        if not isinstance(direct(chosen[0].provider_class.backend), S3Backend):
+        if direct(chosen[0].provider_class.backend).kind != "s3":
             raise click.BadParameter(
                 f"the storage {storage!r} is not on S3: direct uploads go to buckets only",
                 param_hint="--storage",
             )
     else:
         chosen = [
-            s
-            for s in state.storages.values()
-            if isinstance(direct(s.provider_class.backend), S3Backend)
+            s for s in state.storages.values() if direct(s.provider_class.backend).kind == "s3"
         ]
 
     async def clean() -> list[tuple[str, int, int]]:
@@ -54,8 +56,7 @@ def cleanup(ctx: click.Context, older_than: int | None, storage: str | None) -> 
             objects, uploads = await DirectUploads(each, {}).cleanup(older_than)
             # tus uploads sent in parts: idle longer than they may wait for their next PATCH.
             tus_age = float(each.config["STORE_TUS_EXPIRES"]) if older_than is None else older_than
-            backend = direct(each.provider_class.backend)
-            assert isinstance(backend, S3Backend)
+            backend = cast("S3Backend", direct(each.provider_class.backend))
             more, parts = await cleanup_staged(backend, f"{TUS_STAGING}/", tus_age)
             results.append((each.name, objects + more, uploads + parts))
         return results

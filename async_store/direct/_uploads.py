@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote, unquote
 
 from .._paths import clean_filename, clean_location
@@ -21,7 +21,6 @@ from .._paths import content_type as guess_type
 from .._record import FileRecord
 from ..backends._staged import cleanup_staged, publish_staged, remove_staged
 from ..backends.background import direct
-from ..backends.s3 import S3Backend
 from ..exceptions import (
     BadUploadError,
     DisallowedTypeError,
@@ -35,6 +34,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from .._validate import Rules
+    from ..backends.s3 import S3Backend
     from ..extension import StoreState
 
 __all__ = ["DirectUploads"]
@@ -53,13 +53,13 @@ class DirectUploads:
 
     def __init__(self, state: StoreState[Any], app_config: Mapping[str, Any]) -> None:
         backend = direct(state.provider_class.backend)
-        if not isinstance(backend, S3Backend):
+        if backend.kind != "s3":  # by kind: importing the S3 backend needs aioboto3
             raise NotConfiguredError(
                 f"direct uploads go straight to a bucket, and the storage {state.name!r} keeps "
                 f"its files in {backend.kind!r}: use an S3 storage (PROVIDER 's3'), or the "
                 f"resumable uploads (async_store.tus), which store into any storage."
             )
-        self.state, self.backend = state, backend
+        self.state, self.backend = state, cast("S3Backend", backend)
         config = state.config
         self.max_size = int(config["STORE_DIRECT_MAX_SIZE"])
         self.content_types: tuple[str, ...] | None = config["STORE_DIRECT_CONTENT_TYPES"]

@@ -14,19 +14,19 @@ import contextlib
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio.to_thread
 
 from .._paths import clean_filename
 from .._validate import Check
 from ..backends.background import direct
-from ..backends.s3 import S3Backend
 from ..exceptions import BadUploadError, StoreError
 from ._parts import S3Parts
 from ._protocol import TusError
 
 if TYPE_CHECKING:
+    from ..backends.s3 import S3Backend
     from ..extension import StoreState
     from ..providers.base import Provider
     from ._state import Held
@@ -56,9 +56,10 @@ class Publisher:
         self.location = location
         backend = direct(state.provider_class.backend)
         #: On S3, uploads go up in parts as they fill; elsewhere, from the local folder.
+        # By kind, not by class: importing the S3 backend needs aioboto3 (the s3 extra).
         self.parts = (
-            S3Parts(backend, int(state.config["STORE_S3_PART_SIZE"]))
-            if isinstance(backend, S3Backend)
+            S3Parts(cast("S3Backend", backend), int(state.config["STORE_S3_PART_SIZE"]))
+            if backend.kind == "s3"
             else None
         )
 
