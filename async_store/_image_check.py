@@ -174,7 +174,7 @@ def check_image(
         raise refuse("max_pixels", _n(rules.max_pixels), why, bomb.pixels) from bomb
     if header is None:
         if not _is_image(mime):
-            why = f"its bytes are {mime or 'unrecognised bytes'}, not an image"
+            why = f"its bytes are {mime or 'of no known type'}, not an image"
             raise refuse("formats", formats, why, mime, DisallowedTypeError)
         if complete:
             why = f"its bytes start as {mime} but are not an image Pillow can read"
