@@ -110,7 +110,7 @@ async def test_a_terminated_upload_leaves_no_parts(
 ) -> None:
     path, data = source_file(tmp_path, PART + MIB)
     async with serving("quart", tmp_path, free_tcp_port, config=config_for(s3_server, bucket)) as e:
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(timeout=60) as client:
             created = await client.post(
                 e.url,
                 headers={
@@ -195,7 +195,7 @@ async def test_a_creation_over_the_storages_size_limit_is_a_413(
 ) -> None:
     config = {**config_for(s3_server, bucket), "STORE_MAX_FILE_SIZE": 1000}
     async with serving("flask", tmp_path, free_tcp_port, config=config) as e:
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(timeout=60) as client:
             created = await client.post(
                 e.url,
                 headers={**V, "Upload-Length": "1001", "Upload-Metadata": f"filename {b64('a')}"},
