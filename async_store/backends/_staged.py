@@ -15,10 +15,7 @@ from .base import candidates
 if TYPE_CHECKING:
     from .s3 import S3Backend
 
-__all__ = ["HEAD", "cleanup_staged", "publish_staged", "remove_staged"]
-
-#: What a rule that sniffs the type reads of a staged object: what a save reads first.
-HEAD = 8192
+__all__ = ["cleanup_staged", "publish_staged", "remove_staged"]
 
 
 async def publish_staged(
@@ -41,7 +38,7 @@ async def publish_staged(
     try:
         check.before(size)
         if check.reads_head:
-            async with backend.open(staged, 0, min(size, HEAD)) as f:
+            async with backend.open(staged, 0, min(size, check.head_size)) as f:
                 head = await f.read()
             info = check.inspect(head, size)
             await check.validate(info)
