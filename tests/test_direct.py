@@ -8,6 +8,7 @@ fields, or a PUT of each part to its presigned URL (httpx).
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
 from collections.abc import Iterator
@@ -484,4 +485,28 @@ async def test_confirm_checks_the_storages_rules_on_the_bytes(
     with pytest.raises(FileTooLargeError, match="max_size"):
         _, key = await post_single(client, "big.png", png, "image/png")
         await confirm(app, store, key, validate=Rules(max_size=10))
+    store.close()
+
+
+async def test_confirm_makes_the_storages_image_variants(
+    signed_s3_server: SeaweedFS, bucket: str
+) -> None:
+    from PIL import Image
+
+    app, store = make(
+        "quart",
+        signed_s3_server,
+        bucket,
+        STORE_IMAGE_VARIANTS={"thumb": {"size": [64, 64], "format": "webp"}},
+    )
+    store.direct_uploads(app)
+    picture = io.BytesIO()
+    Image.new("RGB", (640, 480), "teal").save(picture, "JPEG")
+    _, key = await post_single(Client(app), "cat.jpg", picture.getvalue(), "image/jpeg")
+    record = await confirm(app, store, key, "photos")
+    assert record.variants == {"thumb": "photos/_variants/cat.jpg/thumb.webp"}
+    stored = objects(signed_s3_server, bucket)
+    assert set(stored) == {"media/photos/cat.jpg", "media/photos/_variants/cat.jpg/thumb.webp"}
+    thumb = Image.open(io.BytesIO(stored["media/photos/_variants/cat.jpg/thumb.webp"]))
+    assert thumb.format == "WEBP" and max(thumb.size) == 64
     store.close()

@@ -19,6 +19,7 @@ from urllib.parse import quote, unquote
 from .._paths import clean_filename, clean_location
 from .._paths import content_type as guess_type
 from .._record import FileRecord
+from .._variants import declared, make_variants
 from ..backends._staged import cleanup_staged, publish_staged, remove_staged
 from ..backends.background import direct
 from ..exceptions import (
@@ -279,7 +280,7 @@ class DirectUploads:
             self.backend, rules, relative, location, name, client_name, size
         )
         path = f"{location}/{stored}" if location else stored
-        return FileRecord(
+        record = FileRecord(
             self.state.name,
             path,
             size=size,
@@ -287,6 +288,9 @@ class DirectUploads:
             filename=client_name,
             stored_at=datetime.now(UTC),
         )
+        if declared(self.state):  # the storage's image variants, as for a column's upload
+            record = await make_variants(record, self.state)
+        return record
 
     # --- cleanup ----------------------------------------------------------------------------------
 
