@@ -83,6 +83,7 @@ def test_the_storages_size_limit_and_async_validators_on_every_file_of_a_field(
 ) -> None:
     app, store = app_with_views(store_path, STORE_MAX_FILE_SIZE=100)
     try:
+
         def titled() -> tuple[io.BytesIO, str]:
             return io.BytesIO(b"<title>a</title>"), "a.html"
 
