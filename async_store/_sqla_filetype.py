@@ -25,6 +25,7 @@ from ._paths import clean_location
 from ._record import FileRecord
 from ._sqla_type import _is_upload, _provider, unsaved_upload
 from ._storages import DEFAULT
+from ._validate import Rules
 from .exceptions import StoreError
 
 if TYPE_CHECKING:
@@ -58,6 +59,8 @@ class FileType(TypeDecorator[Any]):
     :param storage: where new uploads go: ``'default'`` or a name of ``STORE_STORAGES``.
     :param location: the folder below the storage's ``PATH`` uploads are saved into.
     :param multiple: hold a list of files instead of one.
+    :param validate: :class:`~async_store.Rules` of this column over its storage's, checked as
+        each upload the flush stores streams in (a refusal fails the flush; nothing is kept).
     """
 
     __module__ = "async_store.sqla"
@@ -74,14 +77,21 @@ class FileType(TypeDecorator[Any]):
 
     # Positional-or-keyword: SQLAlchemy's cache key is made of these (see StoreType).
     def __init__(
-        self, storage: str = DEFAULT, location: str | None = None, multiple: bool = False
+        self,
+        storage: str = DEFAULT,
+        location: str | None = None,
+        multiple: bool = False,
+        validate: Rules | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(storage, str) or not storage:
             raise TypeError(f"FileType(storage=...) takes a storage's name, not {storage!r}")
+        if validate is not None and not isinstance(validate, Rules):
+            raise TypeError(f"FileType(validate=...) takes Rules(...), not {validate!r}")
         self.storage = storage
         self.location = clean_location(location)
         self.multiple = multiple
+        self.validate = validate
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         if dialect.name == "postgresql":

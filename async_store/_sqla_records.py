@@ -125,7 +125,9 @@ def store_pending(pending: list[Pending]) -> Iterator[tuple[InstanceState[Any], 
     """Store each upload, put its record in its place, and yield what was saved for which row:
     the upload, then the image variants its storage declares, made from it right away."""
     for row, key, position, value, type_, store in pending:
-        provider = _provider(value) or store.provider_class(value, type_.location, checksum=True)
+        provider = _provider(value) or store.provider_class(
+            value, type_.location, checksum=True, validate=type_.validate
+        )
         run(store, provider.save)
         yield row, Saved(store, provider)
         record = FileRecord.of(provider, store.name)

@@ -18,6 +18,7 @@ from sqlalchemy.types import TypeDecorator
 from ._paths import clean_key, clean_location
 from ._record import FileRecord
 from ._storages import DEFAULT
+from ._validate import Rules
 from .exceptions import StoreError
 from .extension import current_state
 from .providers.base import Provider
@@ -55,6 +56,8 @@ class StoreType(TypeDecorator[Any]):
     :param storage: the storage the column's files live in: ``'default'`` (the ``STORE_*``
         keys') or a name of ``STORE_STORAGES``, looked up in the current app when the column is
         used (the model may be declared before any app exists).
+    :param validate: :class:`~async_store.Rules` of this column over its storage's, checked as
+        each upload the flush stores streams in (a refusal fails the flush; nothing is kept).
     :raises StoreError: when used, if the current app has no storage of that name.
     """
 
@@ -73,13 +76,17 @@ class StoreType(TypeDecorator[Any]):
         max_length: int = 256,
         location: str | None = None,
         storage: str = DEFAULT,
+        validate: Rules | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(max_length, **kwargs)
         if not isinstance(storage, str) or not storage:
             raise TypeError(f"StoreType(storage=...) takes a storage's name, not {storage!r}")
+        if validate is not None and not isinstance(validate, Rules):
+            raise TypeError(f"StoreType(validate=...) takes Rules(...), not {validate!r}")
         self.location = clean_location(location)
         self.storage = storage
+        self.validate = validate
         #: "table.column" of each column of this type, for messages (see _attached).
         self._columns: tuple[str, ...] = ()
 

@@ -12,7 +12,9 @@ read at once, and the save's own cleanup leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import importlib
 import inspect
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -127,6 +129,13 @@ class Rules:
             raise ValueError(f"images= takes ImageRules(...), not {self.images!r}")
         if self.images is not None and not self.images:
             object.__setattr__(self, "images", None)
+        # The sniffer and Pillow are imported where the rules are made (a module's import,
+        # init_app), not by the first save that needs them, which may run on an event loop
+        # (an import reads files). Not installed: the save that needs them says what to install.
+        for needed, module in ((self.sniffs, "puremagic"), (bool(self.images), "PIL.Image")):
+            if needed:
+                with contextlib.suppress(ImportError):
+                    importlib.import_module(module)
 
     def __bool__(self) -> bool:
         return any(getattr(self, f.name) not in (None, False, ()) for f in dataclasses.fields(self))

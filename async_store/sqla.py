@@ -124,7 +124,9 @@ def _save_uploads(session: Session, flush_context: UOWTransaction, instances: An
     )
     records = files(session)
     for row, key, value, type_, store in uploads:
-        provider = _provider(value) or store.provider_class(value, type_.location)
+        provider = _provider(value) or store.provider_class(
+            value, type_.location, validate=type_.validate
+        )
         run(store, provider.save)
         records.new.append(Saved(store, provider))
         saved_now.setdefault(row, []).append(Released(store, provider.relative_path))

@@ -19,6 +19,10 @@ import flask
 import pytest
 import quart
 from PIL import Image
+from sqlalchemy import create_engine
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from werkzeug.datastructures import FileStorage
 
 from async_store import (
     BadUploadError,
@@ -29,10 +33,12 @@ from async_store import (
     NotConfiguredError,
     Rules,
     Store,
+    StoreError,
     UploadInfo,
     UploadTooLargeError,
 )
 from async_store._record import FileRecord
+from async_store.sqla import FileType, StoreType
 from tests.conftest import Driver, Inventory, make_app, s3_client, s3_config
 from tests.helpers import BOUNDARY, CONTENT_TYPE, multipart
 
@@ -629,3 +635,69 @@ async def test_a_background_delivery_stores_the_type_the_save_found(
     head = s3_client(s3_server).head_object(Bucket=bucket, Key="media/notes.txt")
     assert head["ContentType"] == "text/html"
     assert head["ContentDisposition"].startswith("attachment")  # an active type: downloaded
+
+
+class ColumnBase(DeclarativeBase):
+    pass
+
+
+class Avatar(ColumnBase):
+    __tablename__ = "validated_avatars"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    path = mapped_column(StoreType(validate=Rules(types=["image/*"])), nullable=True)
+    record: Mapped[Any] = mapped_column(
+        FileType(location="r", validate=Rules(max_size=100)), nullable=True
+    )
+
+
+@pytest.mark.parametrize("app_kind", ["quart", "flask"])
+async def test_a_columns_rules_refuse_an_upload_at_the_flush_and_keep_nothing(
+    app_kind: str, store_path: Path, tmp_path: Path
+) -> None:
+    app = make_app(app_kind, store_path)
+    store = Store(app)
+    engine = create_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    ColumnBase.metadata.create_all(engine)
+
+    def commit(session: Session, values: dict[str, Any]) -> str:
+        session.add(Avatar(**values))
+        try:
+            session.commit()
+        except StoreError as exc:
+            return type(exc).__name__
+        return "stored"
+
+    async def flush(**values: Any) -> str:
+        if app_kind == "quart":  # an AsyncSession, the Quart way
+            async_engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
+            try:
+                async with app.app_context(), AsyncSession(async_engine) as session:
+                    return str(await session.run_sync(commit, values))
+            finally:
+                await async_engine.dispose()
+
+        def in_flask() -> str:
+            with app.app_context(), Session(engine) as session:
+                return commit(session, values)
+
+        return await anyio.to_thread.run_sync(in_flask)
+
+    def stored() -> list[str]:
+        return sorted(p.relative_to(store_path).as_posix() for p in store_path.rglob("*.*"))
+
+    try:
+        lying = FileStorage(io.BytesIO(HTML), "me.png")
+        assert await flush(path=lying) == "DisallowedTypeError"
+        too_big = FileStorage(io.BytesIO(b"x" * 101), "a.txt")
+        assert await flush(record=too_big) == "FileTooLargeError"
+        assert stored() == []  # refused at the flush: nothing stored
+        good = FileStorage(io.BytesIO(png()), "me.png")
+        assert await flush(path=good, record=FileStorage(io.BytesIO(b"x" * 100), "a.txt")) == (
+            "stored"
+        )
+        assert stored() == ["me.png", "r/a.txt"]
+        with pytest.raises(TypeError, match="Rules"):
+            FileType(validate={"max_size": 1})  # type: ignore[arg-type]
+    finally:
+        engine.dispose()
+        store.close()
