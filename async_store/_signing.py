@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
     from werkzeug.datastructures import MultiDict
 
-__all__ = ["MAX_EXPIRES", "PARAMS", "Grant", "LinkSigner"]
+__all__ = ["MAX_EXPIRES", "PARAMS", "Grant", "LinkSigner", "derived_keys"]
 
 #: The longest a signed link may be valid: a year (longer is a permanent URL: a public storage).
 MAX_EXPIRES = 365 * 24 * 3600
@@ -82,6 +82,20 @@ def _check_content_type(value: object) -> str:
     return value
 
 
+def derived_keys(app_config: Mapping[str, Any], salt: bytes) -> list[bytes]:
+    """Keys of one purpose (``salt``: what signs, for which storage) derived from the app's
+    ``SECRET_KEY`` and ``SECRET_KEY_FALLBACKS``, the current one first; none without a key."""
+    secret = app_config.get("SECRET_KEY")
+    if not secret:
+        return []
+    fallbacks = app_config.get("SECRET_KEY_FALLBACKS") or []
+    return [
+        hmac.new(s if isinstance(s, bytes) else str(s).encode(), salt, hashlib.sha256).digest()
+        for s in (secret, *fallbacks)
+        if s
+    ]
+
+
 def _encode(digest: bytes) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
@@ -111,16 +125,7 @@ class LinkSigner:
 
     def _keys(self) -> list[bytes]:
         """The derived keys, the current one first; none without a ``SECRET_KEY``."""
-        secret = self._app_config.get("SECRET_KEY")
-        if not secret:
-            return []
-        fallbacks = self._app_config.get("SECRET_KEY_FALLBACKS") or []
-        info = _SALT + self.storage.encode()
-        return [
-            hmac.new(s if isinstance(s, bytes) else str(s).encode(), info, hashlib.sha256).digest()
-            for s in (secret, *fallbacks)
-            if s
-        ]
+        return derived_keys(self._app_config, _SALT + self.storage.encode())
 
     @staticmethod
     def _signature(key: bytes, path: str, expires_at: int, grant: Grant) -> bytes:

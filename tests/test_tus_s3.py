@@ -47,6 +47,23 @@ def local_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("data*") if p.is_file())
 
 
+async def create(client: httpx.AsyncClient, endpoint: Any, length: Any, name: str) -> Any:
+    """A tus creation request for a file of ``length`` bytes called ``name``."""
+    return await client.post(
+        endpoint.url,
+        headers={**V, "Upload-Length": str(length), "Upload-Metadata": f"filename {b64(name)}"},
+    )
+
+
+async def patch(client: httpx.AsyncClient, location: str, data: bytes) -> Any:
+    """All of ``data`` at offset 0 of the upload at ``location``."""
+    return await client.patch(
+        location,
+        content=data,
+        headers={**V, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"},
+    )
+
+
 async def test_a_large_upload_goes_up_in_parts_and_keeps_only_the_tail(
     kind: str, tmp_path: Path, free_tcp_port: int, s3_server: SeaweedFS, bucket: str
 ) -> None:
@@ -111,24 +128,9 @@ async def test_a_terminated_upload_leaves_no_parts(
     path, data = source_file(tmp_path, PART + MIB)
     async with serving("quart", tmp_path, free_tcp_port, config=config_for(s3_server, bucket)) as e:
         async with httpx.AsyncClient(timeout=60) as client:
-            created = await client.post(
-                e.url,
-                headers={
-                    **V,
-                    "Upload-Length": str(len(data)),
-                    "Upload-Metadata": f"filename {b64('x.bin')}",
-                },
-            )
+            created = await create(client, e, str(len(data)), "x.bin")
             location = e.upload_url(created.headers["Location"])
-            patched = await client.patch(
-                location,
-                content=data[: PART + 1],
-                headers={
-                    **V,
-                    "Upload-Offset": "0",
-                    "Content-Type": "application/offset+octet-stream",
-                },
-            )
+            patched = await patch(client, location, data[: PART + 1])
             assert patched.status_code == 204
             assert s3_client(s3_server).list_multipart_uploads(Bucket=bucket).get("Uploads")
             deleted = await client.delete(location, headers=V)
@@ -160,24 +162,9 @@ async def test_the_storages_rules_refuse_a_lying_upload_and_keep_nothing(
     config["STORE_CHECK_CONTENT"] = True
     async with serving("quart", tmp_path, free_tcp_port, config=config) as e:
         async with httpx.AsyncClient(timeout=60) as client:
-            created = await client.post(
-                e.url,
-                headers={
-                    **V,
-                    "Upload-Length": str(len(data)),
-                    "Upload-Metadata": f"filename {b64('photo.png')}",
-                },
-            )
+            created = await create(client, e, str(len(data)), "photo.png")
             location = e.upload_url(created.headers["Location"])
-            patched = await client.patch(
-                location,
-                content=data,
-                headers={
-                    **V,
-                    "Upload-Offset": "0",
-                    "Content-Type": "application/offset+octet-stream",
-                },
-            )
+            patched = await patch(client, location, data)
             assert patched.status_code == 422, patched.text
             assert "photo.png" in patched.text and "HTML" in patched.text
             gone = await client.head(location, headers=V)
@@ -196,10 +183,7 @@ async def test_a_creation_over_the_storages_size_limit_is_a_413(
     config = {**config_for(s3_server, bucket), "STORE_MAX_FILE_SIZE": 1000}
     async with serving("flask", tmp_path, free_tcp_port, config=config) as e:
         async with httpx.AsyncClient(timeout=60) as client:
-            created = await client.post(
-                e.url,
-                headers={**V, "Upload-Length": "1001", "Upload-Metadata": f"filename {b64('a')}"},
-            )
+            created = await create(client, e, "1001", "a")
     assert created.status_code == 413 and "max_size" in created.text
 
 
@@ -216,26 +200,11 @@ async def test_a_finished_upload_waits_out_an_s3_outage_and_is_stored_when_it_en
     }
     async with serving("quart", tmp_path, free_tcp_port, config=config) as e:
         async with httpx.AsyncClient(timeout=60) as client:
-            created = await client.post(
-                e.url,
-                headers={
-                    **V,
-                    "Upload-Length": str(len(data)),
-                    "Upload-Metadata": f"filename {b64('a.txt')}",
-                },
-            )
+            created = await create(client, e, str(len(data)), "a.txt")
             location = e.upload_url(created.headers["Location"])
             proxy.down()
             try:
-                patched = await client.patch(
-                    location,
-                    content=data,
-                    headers={
-                        **V,
-                        "Upload-Offset": "0",
-                        "Content-Type": "application/offset+octet-stream",
-                    },
-                )
+                patched = await patch(client, location, data)
                 assert patched.status_code == 503 and patched.headers["Retry-After"] == "5"
                 waiting = await client.head(location, headers=V)
                 assert waiting.status_code == 423, waiting.text
@@ -256,23 +225,8 @@ async def test_store_cleanup_aborts_the_parts_of_tus_uploads_left_idle(
     config = config_for(s3_server, bucket)
     async with serving("quart", tmp_path, free_tcp_port, config=config) as e:
         async with httpx.AsyncClient(timeout=60) as client:
-            created = await client.post(
-                e.url,
-                headers={
-                    **V,
-                    "Upload-Length": str(2 * len(data)),
-                    "Upload-Metadata": f"filename {b64('left.bin')}",
-                },
-            )
-            patched = await client.patch(
-                e.upload_url(created.headers["Location"]),
-                content=data,
-                headers={
-                    **V,
-                    "Upload-Offset": "0",
-                    "Content-Type": "application/offset+octet-stream",
-                },
-            )
+            created = await create(client, e, str(2 * len(data)), "left.bin")
+            patched = await patch(client, e.upload_url(created.headers["Location"]), data)
             assert patched.status_code == 204  # a part in S3, the client gone
     s3 = s3_client(s3_server)
     assert len(s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])) == 1

@@ -17,6 +17,7 @@ import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
+from .._signing import derived_keys
 from ..exceptions import NotConfiguredError
 
 if TYPE_CHECKING:
@@ -50,20 +51,14 @@ class StagedKeys:
         self.clock = clock
 
     def _keys(self) -> list[bytes]:
-        secret = self._app_config.get("SECRET_KEY")
-        if not secret:
+        keys = derived_keys(self._app_config, _SALT + self.storage.encode())
+        if not keys:
             raise NotConfiguredError(
                 "direct uploads sign the keys they hand out with the app's SECRET_KEY, which is "
                 "not set: set app.config['SECRET_KEY'] to a long random value, the same in "
                 "every worker."
             )
-        fallbacks = self._app_config.get("SECRET_KEY_FALLBACKS") or []
-        info = _SALT + self.storage.encode()
-        return [
-            hmac.new(s if isinstance(s, bytes) else str(s).encode(), info, hashlib.sha256).digest()
-            for s in (secret, *fallbacks)
-            if s
-        ]
+        return keys
 
     @staticmethod
     def _signature(key: bytes, issued: str, nonce: str, name: str) -> str:
