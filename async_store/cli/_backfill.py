@@ -198,12 +198,23 @@ class Backfill:
             if new is not None:
                 updates.append((row, new))
 
+        tally = self.tally
+        lists = (tally.would, tally.missing, tally.failed, tally.waiting)
+        before = [len(found) for found in lists]
         async with anyio.create_task_group() as tg:
             for row in rows:
                 tg.start_soon(one, row)
-        self.tally.rows += len(rows)
+        tally.rows += len(rows)
         order = {id(row): i for i, row in enumerate(rows)}
         updates.sort(key=lambda u: order[id(u[0])])
+        # Files are read ``jobs`` at once: what this page reports goes in the rows' order.
+        names = [f"{self._name(row.key)}: " for row in rows]
+
+        def position(line: str) -> int:
+            return next((i for i, n in enumerate(names) if line.startswith(n)), len(names))
+
+        for found, start in zip(lists, before, strict=True):
+            found[start:] = sorted(found[start:], key=position)
         return updates
 
     async def _fill_row(self, row: Row, limiter: anyio.CapacityLimiter) -> str | None:
