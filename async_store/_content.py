@@ -9,6 +9,7 @@ backends cannot drift apart.
 
 from __future__ import annotations
 
+import os
 import unicodedata
 from urllib.parse import quote
 
@@ -16,7 +17,15 @@ from werkzeug.http import dump_options_header
 
 from ._paths import content_type
 
-__all__ = ["content_policy", "disposition", "disposition_header", "is_passive"]
+__all__ = [
+    "TYPE_ATTRIBUTE",
+    "content_policy",
+    "disposition",
+    "disposition_header",
+    "is_passive",
+    "keep_type",
+    "stored_type",
+]
 
 _PASSIVE_PREFIXES = ("image/", "audio/", "video/")
 _PASSIVE_TYPES = frozenset({"text/plain", "text/csv", "application/pdf", "application/json"})
@@ -34,10 +43,34 @@ def is_passive(mimetype: str) -> bool:
     )
 
 
-def content_policy(filename: str) -> tuple[str, bool]:
-    """Return ``(mimetype, as_attachment)`` for a stored file's name."""
-    mimetype = content_type(filename)
+def content_policy(filename: str, stored: str | None = None) -> tuple[str, bool]:
+    """Return ``(mimetype, as_attachment)`` for a stored file: its ``stored`` type (what its
+    bytes showed a validation check) when known, else the one its name gives."""
+    mimetype = stored or content_type(filename)
     return mimetype, not is_passive(mimetype)
+
+
+#: Where a local file keeps the type its bytes showed (an extended attribute of the file).
+TYPE_ATTRIBUTE = "user.async_store.content_type"
+
+
+def stored_type(path: str) -> str | None:
+    """The type a local file was stored with (see :data:`TYPE_ATTRIBUTE`), if it has one: None
+    on file systems without extended attributes, or for files stored without a check."""
+    try:
+        return os.getxattr(path, TYPE_ATTRIBUTE).decode("ascii") or None
+    except (OSError, AttributeError, UnicodeDecodeError):  # none, or no xattrs here (macOS)
+        return None
+
+
+def keep_type(fd: int, mimetype: str | None) -> None:
+    """Keep ``mimetype`` with the file open on ``fd``, where the file system can (else the name
+    gives the type, as before)."""
+    if mimetype:
+        try:
+            os.setxattr(fd, TYPE_ATTRIBUTE, mimetype.encode("ascii"))
+        except (OSError, AttributeError, UnicodeEncodeError):
+            pass
 
 
 def disposition(name: str, attachment: bool) -> tuple[str, dict[str, str]]:

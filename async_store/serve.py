@@ -31,7 +31,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.http import parse_range_header
 
 from ._checks import signing_secret
-from ._content import content_policy, disposition, is_passive
+from ._content import content_policy, disposition, is_passive, stored_type
 from ._signing import LinkSigner
 from ._storages import DEFAULT
 from .backends.background import direct
@@ -83,11 +83,11 @@ def usable_range(header: str | None, size: int) -> str | None:
     return header
 
 
-def _policy(path: str, grant: Grant) -> tuple[str, bool, str]:
-    """``(mimetype, as_attachment, download name)`` for the file at ``path``, with a signed
-    link's overrides: a ``download_name`` is always an attachment, a ``content_type`` is one
-    unless it is passive."""
-    mimetype, attachment = content_policy(path)
+def _policy(path: str, stored: str | None, grant: Grant) -> tuple[str, bool, str]:
+    """``(mimetype, as_attachment, download name)`` for the file at ``path`` (stored as the
+    type ``stored``, when it was checked), with a signed link's overrides: a ``download_name``
+    is always an attachment, a ``content_type`` is one unless it is passive."""
+    mimetype, attachment = content_policy(path, stored)
     if grant.content_type is not None:
         mimetype, attachment = grant.content_type, not is_passive(grant.content_type)
     if grant.download_name is not None:
@@ -118,7 +118,7 @@ def _flask_view(state: StoreState, links: LinkSigner) -> Any:
         if found is None:
             return _secure(flask.Response("Not Found", 404, mimetype="text/plain"), False)
         path, st = found
-        mimetype, attachment, name = _policy(path, grant)
+        mimetype, attachment, name = _policy(path, stored_type(path), grant)
         # send_file reads the Range header from the WSGI environ.
         environ = flask.request.environ
         usable = usable_range(environ.get("HTTP_RANGE"), st.st_size)
@@ -157,12 +157,16 @@ def _quart_view(state: StoreState, links: LinkSigner) -> Any:
                 begin += self.size
             return await super().make_conditional(begin, end)
 
-    def find_and_open(filename: str) -> tuple[str, os.stat_result, FileBody] | None:
+    def find_and_open(
+        filename: str,
+    ) -> tuple[str, os.stat_result, FileBody, str | None] | None:
         found = _find(state.config.path, filename)
         if found is None:
             return None
-        # FileBody stats the file in __init__: do it here, in the thread, not on the loop.
-        return (*found, StoredFileBody(found[0], buffer_size=256 * 1024))
+        # FileBody stats the file in __init__, and the stored type is an xattr: here, in the
+        # thread, not on the loop.
+        body = StoredFileBody(found[0], buffer_size=256 * 1024)
+        return (*found, body, stored_type(found[0]))
 
     signed_only = bool(state.config.get("STORE_SERVE_SIGNED_ONLY"))
 
@@ -175,8 +179,8 @@ def _quart_view(state: StoreState, links: LinkSigner) -> Any:
         found = await anyio.to_thread.run_sync(find_and_open, filename)
         if found is None:
             return _secure(response_class("Not Found", 404, mimetype="text/plain"), False)
-        path, st, body = found
-        mimetype, attachment, name = _policy(path, grant)
+        path, st, body, stored = found
+        mimetype, attachment, name = _policy(path, stored, grant)
         if "Range" in request.headers:
             usable = usable_range(request.headers["Range"], st.st_size)
             if usable is None:

@@ -12,7 +12,7 @@ import io
 import zipfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import flask
@@ -700,4 +700,54 @@ async def test_a_columns_rules_refuse_an_upload_at_the_flush_and_keep_nothing(
             FileType(validate={"max_size": 1})  # type: ignore[arg-type]
     finally:
         engine.dispose()
+        store.close()
+
+
+@pytest.mark.parametrize("app_kind", ["quart", "flask"])
+async def test_the_local_route_serves_the_type_the_bytes_showed(
+    app_kind: str, store_path: Path
+) -> None:
+    """A local file keeps its checked type (an extended attribute): the route serves HTML in a
+    .txt as HTML, so as an attachment in a sandbox, not as the text its name says."""
+    from tests.test_serve import fetch
+
+    app = make_app(app_kind, store_path, STORE_CHECK_CONTENT=True)
+    store = Store(app)
+
+    cases: list[tuple[str, Literal[False] | None]] = [("notes.txt", None), ("plain.txt", False)]
+
+    def types_in_flask() -> list[str | None]:
+        with app.app_context():
+            found = []
+            for name, validate in cases:
+                provider = store.SyncProvider(HTML, filename=name, validate=validate)
+                provider.save()
+                found.append(provider.info().content_type)
+            return found
+
+    async def types_in_quart() -> list[str | None]:
+        async with app.app_context():
+            found = []
+            for name, validate in cases:
+                provider = store.AsyncProvider(HTML, filename=name, validate=validate)
+                await provider.save()
+                found.append((await provider.info()).content_type)
+            return found
+
+    try:
+        # The check's type is kept; without a check (validate=False) the name says.
+        types = (
+            await types_in_quart()
+            if app_kind == "quart"
+            else await anyio.to_thread.run_sync(types_in_flask)
+        )
+        assert types == ["text/html", "text/plain"]
+        served = await fetch(app, "/uploads/notes.txt")
+        assert served.status == 200 and served.body == HTML
+        assert served.headers["Content-Type"].startswith("text/html")
+        assert served.headers["Content-Disposition"].startswith("attachment")
+        assert "sandbox" in served.headers["Content-Security-Policy"]
+        plain = await fetch(app, "/uploads/plain.txt")
+        assert plain.headers["Content-Type"].startswith("text/plain")
+    finally:
         store.close()

@@ -42,6 +42,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 import anyio
 import anyio.to_thread
 
+from .._content import keep_type, stored_type
 from .._paths import content_type, safe_join
 from .._sources import write_source
 from ..exceptions import NotFoundError, StoreError
@@ -160,7 +161,15 @@ class _Write:
     through the GIL, and a buffer a single-chunk save does not need.
     """
 
-    def __init__(self, backend: LocalBackend, location: str, names: Iterator[str]) -> None:
+    def __init__(
+        self,
+        backend: LocalBackend,
+        location: str,
+        names: Iterator[str],
+        content_type: str | None = None,
+    ) -> None:
+        #: The type a validation check found in its bytes: kept with the file (an xattr).
+        self._content_type = content_type
         first = next(names, None)  # a failure is reported under the caller's own name
         if first is None:
             raise no_free_name(location)
@@ -184,12 +193,14 @@ class _Write:
                 self._backend._unnamed = False  # this file system has none: named temp files
             else:
                 os.fchmod(self._fd, 0o644)  # whatever the umask: a web server may serve it
+                keep_type(self._fd, self._content_type)
                 return cast("IO[bytes]", self)
         self._fd = self._named_temp()
         return cast("IO[bytes]", self)
 
     def _named_temp(self) -> int:
         self._temp, fd = _new_temp(self._directory)  # from here on, the cleanup removes it
+        keep_type(fd, self._content_type)
         return fd
 
     def write(self, data: bytes) -> int:
@@ -328,14 +339,14 @@ class LocalBackend(Backend):
     # --- I/O -----------------------------------------------------------------------------------
 
     async def write(self, location: str, names: Iterator[str], source: Source) -> str:
-        write = _Write(self, location, names)
+        write = _Write(self, location, names, source.content_type)
         with self._errors(write.key):
             return await write_source(
                 source, write.open, write.finish, write.cleanup, self.chunk_size
             )
 
     def write_blocking(self, location: str, names: Iterator[str], source: Source) -> str:
-        write = _Write(self, location, names)
+        write = _Write(self, location, names, source.content_type)
         with self._errors(write.key):
             try:
                 write.open()
@@ -399,6 +410,10 @@ class LocalBackend(Backend):
                 yield StoredFile(path, size, datetime.fromtimestamp(mtime, UTC))
 
     async def stat(self, key: str) -> StoredFile:
-        _, st = await self._run(key, resolve_file, self._root, key)
+        def stat() -> tuple[os.stat_result, str | None]:
+            path, st = resolve_file(self._root, key)
+            return st, stored_type(path)
+
+        st, stored = await self._run(key, stat)
         modified = datetime.fromtimestamp(st.st_mtime, UTC)
-        return StoredFile(key, st.st_size, modified, content_type(key))
+        return StoredFile(key, st.st_size, modified, stored or content_type(key))
