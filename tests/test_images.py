@@ -12,7 +12,6 @@ on the event loop: the decoding runs in worker threads.
 from __future__ import annotations
 
 import dataclasses
-import html
 import io
 import json
 import struct
@@ -46,7 +45,7 @@ from async_store import (
 from async_store._image_check import IMAGE_HEAD_SIZE
 from async_store.sqla import FileRecord, FileType
 from tests.conftest import make_app, s3_config
-from tests.helpers import CONTENT_TYPE, multipart
+from tests.helpers import multipart, post_form
 from tests.test_sqla import new_database, postgres
 
 __all__ = ["postgres"]  # test_sqla's fixture: one PostgreSQL server for the session
@@ -258,19 +257,6 @@ def http_app(app_kind: str, store_path: Path) -> Iterator[Any]:
     store.close()
 
 
-async def post(app: Any, body: bytes) -> tuple[int, str]:
-    headers = {"Content-Type": CONTENT_TYPE}
-    if isinstance(app, quart.Quart):
-        response = await app.test_client().post("/up", data=body, headers=headers)
-        return response.status_code, html.unescape(await response.get_data(as_text=True))
-
-    def flask_post() -> tuple[int, str]:
-        response = app.test_client().post("/up", data=body, headers=headers)
-        return response.status_code, html.unescape(response.get_data(as_text=True))
-
-    return await anyio.to_thread.run_sync(flask_post)
-
-
 @pytest.mark.parametrize(
     ("name", "data", "status", "message"),
     [
@@ -284,7 +270,7 @@ async def post(app: Any, body: bytes) -> tuple[int, str]:
 async def test_refusals_answer_422_and_415_through_the_app_naming_rule_file_and_size(
     http_app: Any, store_path: Path, name: str, data: bytes, status: int, message: str
 ) -> None:
-    code, body = await post(http_app, multipart(("a", name, data)))
+    code, body = await post_form(http_app, multipart(("a", name, data)))
     assert code == status, body
     assert f"the file {name!r} is refused by the rule images." in body
     assert message in body
@@ -294,7 +280,7 @@ async def test_refusals_answer_422_and_415_through_the_app_naming_rule_file_and_
 async def test_an_image_within_the_rules_is_stored_through_the_app(
     http_app: Any, store_path: Path
 ) -> None:
-    code, body = await post(http_app, multipart(("a", "photo.jpg", photo())))
+    code, body = await post_form(http_app, multipart(("a", "photo.jpg", photo())))
     assert (code, json.loads(body)) == (200, {"a": "photo.jpg"})
     assert (store_path / "photo.jpg").read_bytes() == photo()
 

@@ -26,7 +26,7 @@ import quart
 from async_store import BadUploadError, Store, StoreError, UploadTooLargeError
 
 from .conftest import Inventory, make_app, s3_config
-from .helpers import BOUNDARY, being_written, multipart
+from .helpers import BOUNDARY, being_written, multipart, upload_scope
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -450,25 +450,7 @@ async def test_quart_buffers_at_most_about_a_mebibyte_of_a_streamed_body(
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "http_version": "1.1",
-        "asgi": {"spec_version": "2.3", "version": "3.0"},
-        "method": "POST",
-        "scheme": "http",
-        "path": "/up",
-        "raw_path": b"/up",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"host", b"localhost"),
-            (b"content-type", f"multipart/form-data; boundary={BOUNDARY}".encode()),
-            (b"content-length", str(len(body)).encode()),
-        ],
-        "client": ("127.0.0.1", 1234),
-        "server": ("127.0.0.1", 80),
-        "extensions": {},
-    }
+    scope = upload_scope(len(body))
     with anyio.fail_after(60):
         # Hand-made ASGI messages: plain dicts, not hypercorn's TypedDicts (every key required).
         await app(scope, receive, send)  # type: ignore[arg-type]

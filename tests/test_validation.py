@@ -40,7 +40,7 @@ from async_store import (
 from async_store._record import FileRecord
 from async_store.sqla import FileType, StoreType
 from tests.conftest import Driver, Inventory, make_app, s3_client, s3_config
-from tests.helpers import BOUNDARY, CONTENT_TYPE, multipart
+from tests.helpers import BOUNDARY, CONTENT_TYPE, multipart, post_form, upload_scope
 
 MIB = 1024 * 1024
 HTML = b"<!DOCTYPE html><html><body><script>alert(1)</script></body></html>"
@@ -315,19 +315,6 @@ def http_app(app_kind: str, store_path: Path) -> Iterator[tuple[Any, Store]]:
     store.close()
 
 
-async def post(app: Any, body: bytes) -> tuple[int, str]:
-    headers = {"Content-Type": CONTENT_TYPE}
-    if isinstance(app, quart.Quart):
-        response = await app.test_client().post("/up", data=body, headers=headers)
-        return response.status_code, html.unescape(await response.get_data(as_text=True))
-
-    def flask_post() -> tuple[int, str]:
-        response = app.test_client().post("/up", data=body, headers=headers)
-        return response.status_code, html.unescape(response.get_data(as_text=True))
-
-    return await anyio.to_thread.run_sync(flask_post)
-
-
 @pytest.mark.parametrize(
     ("parts", "status", "message"),
     [
@@ -346,7 +333,7 @@ async def test_refusals_answer_413_415_422_naming_rule_and_file_and_nothing_is_k
     message: str,
 ) -> None:
     app, _ = http_app
-    code, text = await post(app, multipart(*parts))
+    code, text = await post_form(app, multipart(*parts))
     assert code == status, text
     assert message in text and repr(parts[-1][1]) in text
     assert list(store_path.rglob("*")) == []  # the first file of the form is deleted too
@@ -357,7 +344,7 @@ async def test_files_that_pass_are_stored_with_their_detected_types(
 ) -> None:
     app, _ = http_app
     body = multipart(("a", "photo.png", png()), ("doc", "c.pdf", b"%PDF-1.4\n"))
-    code, text = await post(app, body)
+    code, text = await post_form(app, body)
     assert code == 200, text
     assert '"a":"image/png"' in text.replace(" ", "") and "application/pdf" in text
     assert sorted(p.name for p in store_path.iterdir()) == ["c.pdf", "photo.png"]
@@ -403,28 +390,6 @@ class Endless:
         return piece
 
 
-def _scope(length: int) -> dict[str, Any]:
-    return {
-        "type": "http",
-        "http_version": "1.1",
-        "asgi": {"spec_version": "2.3", "version": "3.0"},
-        "method": "POST",
-        "scheme": "http",
-        "path": "/up",
-        "raw_path": b"/up",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"host", b"localhost"),
-            (b"content-type", CONTENT_TYPE.encode()),
-            (b"content-length", str(length).encode()),
-        ],
-        "client": ("127.0.0.1", 1234),
-        "server": ("127.0.0.1", 80),
-        "extensions": {},
-    }
-
-
 async def send_endless(app: Any, body: Endless) -> tuple[int, str]:
     """Post ``body`` through the app's real server interface (ASGI for Quart, WSGI for
     Flask); the status and the text of the answer."""
@@ -450,7 +415,7 @@ async def send_endless(app: Any, body: Endless) -> tuple[int, str]:
         sent.append(message)
 
     with anyio.fail_after(60):
-        await app(_scope(body.length), receive, send)
+        await app(upload_scope(body.length), receive, send)
     text = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     return int(sent[0]["status"]), html.unescape(text.decode())
 

@@ -247,6 +247,12 @@ class S3Backend(Backend):
             async with self._clients.client(kind) as s3:
                 yield s3
 
+    async def head(self, key: str) -> dict[str, Any] | None:
+        """The HEAD answer for the store-relative ``key`` (size, type, metadata), None when
+        nothing is there."""
+        async with self.requests(key) as s3:
+            return await self._head(s3, self._key(key))
+
     def object_key(self, relative: str) -> str:
         """The bucket key of a store-relative key (below ``STORE_PATH``)."""
         return self._key(relative)
@@ -311,9 +317,7 @@ class S3Backend(Backend):
         return NotFoundError(f"no stored file {key!r} in bucket {self.bucket!r}")
 
     async def exists(self, key: str) -> bool:
-        with self._clients.errors(key):
-            async with self._clients.client() as s3:
-                return await self._head(s3, self._key(key)) is not None
+        return await self.head(key) is not None
 
     async def exists_now(self, key: str) -> bool:
         # One attempt, short timeouts: the caller spools anyway when S3 is down.

@@ -249,18 +249,12 @@ class DirectUploads:
         """
         relative, name = self._staged(key)
         location = clean_location(location)
-        async with self.backend.requests(relative) as s3:
-            try:
-                head = await s3.head_object(
-                    Bucket=self.backend.bucket, Key=self.backend.object_key(relative)
-                )
-            except Exception as exc:
-                if "404" in str(exc) or "Not Found" in str(exc):
-                    raise NotFoundError(
-                        f"nothing arrived at the direct upload {key!r} (not uploaded yet, or "
-                        f"confirmed already)"
-                    ) from None
-                raise
+        head = await self.backend.head(relative)
+        if head is None:
+            raise NotFoundError(
+                f"nothing arrived at the direct upload {key!r} (not uploaded yet, or confirmed "
+                f"already)"
+            )
         size = int(head["ContentLength"])
         mimetype = str(head.get("ContentType") or guess_type(name)).split(";")[0].lower()
         client_name = unquote(str((head.get("Metadata") or {}).get("filename") or name))
