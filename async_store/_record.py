@@ -130,7 +130,8 @@ class FileRecord:
 
     @classmethod
     def of(cls, provider: Provider, storage: str) -> FileRecord:
-        """The record of a saved ``provider`` of ``storage``: what its save counted."""
+        """The record of a saved ``provider`` of ``storage``: what its save counted, and the
+        variants made of it (:attr:`Provider.variants`)."""
         return cls(
             storage,
             provider.relative_path,
@@ -139,6 +140,7 @@ class FileRecord:
             sha256=provider.sha256,
             filename=provider.client_filename,
             stored_at=datetime.now(UTC),
+            variants=provider.variants,
         )
 
     # --- the provider API, in the current app -----------------------------------------------------

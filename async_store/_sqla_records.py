@@ -96,6 +96,8 @@ def changed_records(
     ``named`` (see :func:`keep_named`), and list the uploads to store."""
     pending: list[Pending] = []
     for key, _, type_ in file_columns(row.mapper):
+        if row.attrs[key].history.has_changes():
+            _record_saved(row, key, type_)
         value = row.dict.get(key)
         if row.attrs[key].history.has_changes():
             kept = {(r.storage, path) for r in records_of(value) for path in r.paths}
@@ -111,6 +113,26 @@ def changed_records(
             )
             pending.append(Pending(row, key, index, upload, type_, store))
     return pending
+
+
+def _record_saved(row: InstanceState[Any], key: str, type_: FileType) -> None:
+    """A saved provider assigned (a tus upload's, one the app saved itself) becomes its record
+    at the flush, as an upload the flush stores does: the attribute then names every file of it,
+    its variants too (``Provider.variants``), for what releases them later, in this session as
+    after a reload. The file stays the app's until the commit: a rollback leaves it (and its
+    variants) where it is, as it leaves any file the transaction did not save."""
+    value = row.dict.get(key)
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            if _is_saved(item):
+                value[index] = type_.record(item)
+    elif _is_saved(value):
+        setattr(row.obj(), key, type_.record(value))
+
+
+def _is_saved(value: Any) -> bool:
+    provider = _provider(value)
+    return provider is not None and provider.saved
 
 
 def keep_named(session: Session, named: set[tuple[str, str]]) -> None:

@@ -62,7 +62,10 @@ def _maybe_image(content_type: str | None) -> bool:
     return bool(content_type and content_type.startswith("image/") and "svg" not in content_type)
 
 
-def _resolve(file: Any, storage: StoreState[Any] | None) -> tuple[StoreState[Any], FileRecord]:
+def _resolve(
+    file: Any, storage: StoreState[Any] | None
+) -> tuple[StoreState[Any], FileRecord, Provider | None]:
+    """The storage, the record, and the provider (None: a record was given) of ``file``."""
     from .extension import current_state
     from .providers.base import Provider
     from .sync import SyncProvider
@@ -76,7 +79,7 @@ def _resolve(file: Any, storage: StoreState[Any] | None) -> tuple[StoreState[Any
                 f"make_variants({file.path!r}): the record is of the storage {file.storage!r}, "
                 f"not {state.name!r}"
             )
-        return state, file
+        return state, file, None
     if not isinstance(file, Provider):
         raise TypeError(f"make_variants() takes a saved provider or a FileRecord, not {file!r}")
     if not file.saved:
@@ -86,7 +89,7 @@ def _resolve(file: Any, storage: StoreState[Any] | None) -> tuple[StoreState[Any
         storage = next((s for s in states if isinstance(file, s.provider_class)), None)
         if storage is None:
             raise StoreError(f"make_variants({file!r}): no storage of this app holds it")
-    return storage, FileRecord.of(file, storage.name)
+    return storage, FileRecord.of(file, storage.name), file
 
 
 async def make_variants(
@@ -97,7 +100,10 @@ async def make_variants(
 ) -> FileRecord:
     """Make the image variants of a stored file, save them next to it, and give its record
     with them listed (``record.variants``: name to path). A variant the record lists already is
-    kept; a file that is no image gets none. Decoding runs in a worker thread.
+    kept; a file that is no image gets none. Decoding runs in a worker thread. Given a
+    provider, it lists them in the provider's :attr:`~async_store.Provider.variants` too, so
+    that the provider's ``delete()`` deletes them and a ``FileType`` column it is assigned to
+    records them.
 
     Flask: ``store.Provider.run(make_variants, record, store.state(app))``.
 
@@ -111,7 +117,7 @@ async def make_variants(
     :raises NotConfiguredError: without Pillow (``pip install async_store[images]``).
     :raises StoreError: for an unsaved provider, or a storage that does not hold it.
     """
-    state, record = _resolve(file, storage)
+    state, record, given = _resolve(file, storage)
     specs = variants_of(variants) if variants is not None else declared(state)
     specs = {name: v for name, v in specs.items() if name not in record.variants}
     if not specs or not _maybe_image(record.content_type):
@@ -136,6 +142,8 @@ async def make_variants(
             for path in made.values():
                 await state.AsyncProvider(path).delete(missing_ok=True)
         raise
+    if given is not None:
+        given._add_variants(made)
     return dataclasses.replace(record, variants={**record.variants, **made})
 
 

@@ -260,6 +260,7 @@ class SyncProvider:
     content_type = property(
         lambda self: self._provider.content_type, doc="See Provider.content_type."
     )
+    variants = property(lambda self: self._provider.variants, doc="See Provider.variants.")
 
     def info(self) -> StoredFile:
         """See :meth:`Provider.info`."""

@@ -88,6 +88,7 @@ class Provider(ProviderClass):
             )
         self._source: Source | None = None
         self._background_upload: BackgroundUpload | None = None
+        self._variants: dict[str, str] = {}
         self._saved = self._from_path = isinstance(fp, str)
         if isinstance(fp, str):
             key = clean_key("/".join(p for p in (clean_location(location), fp) if p))
@@ -205,6 +206,20 @@ class Provider(ProviderClass):
         return await self.backend.stat(self.relative_path)
 
     @property
+    def variants(self) -> dict[str, str]:
+        """The paths of the image variants :func:`~async_store.make_variants` made of this file,
+        by the variant's name (``{'thumb': 'demo/_variants/cat.jpg/thumb.webp'}``); empty until
+        then, and for a file that is no image. A tus upload's provider has its storage's
+        (``STORE_IMAGE_VARIANTS``). They follow the file: its record (a ``FileType`` column it
+        is assigned to) lists them, and :meth:`delete` deletes them with it. A copy: changing
+        it changes nothing."""
+        return dict(self._variants)
+
+    def _add_variants(self, made: dict[str, str]) -> None:
+        """What ``make_variants`` made of this saved file (its one writer)."""
+        self._variants = {**self._variants, **made}
+
+    @property
     def saved(self) -> bool:
         """True once the file is stored (always, for a provider made from a stored path)."""
         return self._saved
@@ -302,9 +317,11 @@ class Provider(ProviderClass):
             yield f
 
     async def delete(self, *, missing_ok: bool = False) -> None:
-        """Delete the stored file.
+        """Delete the stored file, and the image variants it has (:attr:`variants`): a
+        thumbnail never outlives its original.
 
-        :param missing_ok: do not raise when the file is already gone.
+        :param missing_ok: do not raise when the file is already gone (a variant already
+            gone never raises).
         :raises NotFoundError: if nothing is stored there (unless ``missing_ok``).
         """
         self._require_saved()
@@ -314,7 +331,15 @@ class Provider(ProviderClass):
             await self.backend.delete(self.relative_path)
         except NotFoundError:
             if not missing_ok:
+                await self._delete_variants()
                 raise
+        await self._delete_variants()
+
+    async def _delete_variants(self) -> None:
+        for path in self._variants.values():
+            with contextlib.suppress(NotFoundError):
+                await self.backend.delete(path)
+        self._variants = {}
 
     @property
     def upload(self) -> BackgroundUpload | None:

@@ -6,11 +6,21 @@ counted. On S3 a larger one went up in parts as it arrived (``_parts``) and is c
 name. Either way the storage's validation rules apply: the name and length at creation, the
 bytes at the end; a refusal removes the upload (nothing is stored), a storage failing for now
 keeps every byte for the next try.
+
+Once stored, the file gets its storage's image variants (``STORE_IMAGE_VARIANTS``), made by
+``make_variants`` before the upload is recorded as published, so the provider the app's
+``on_complete`` gets lists them (``provider.variants``). An image whose variants cannot be made
+(broken data, over the pixel limit: ``InvalidFileError``) is refused as a ``FileType`` column
+refuses it at the flush: nothing is kept, the answer is a 422 saying why. A storage failing
+while they are made costs the variants, never the upload: it is published without them (a
+warning is logged; ``make_variants(provider)`` makes them later), since a tus upload may be
+gigabytes the client would otherwise send again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -20,6 +30,7 @@ import anyio.to_thread
 
 from .._paths import clean_filename
 from .._validate import Check
+from .._variants import declared, make_variants
 from ..backends.background import direct
 from ..exceptions import BadUploadError, StoreError
 from ._parts import S3Parts
@@ -32,6 +43,8 @@ if TYPE_CHECKING:
     from ._state import Held
 
 __all__ = ["Completed", "Publisher", "name_of"]
+
+log = logging.getLogger("async_store.tus")
 
 
 @dataclass(frozen=True)
@@ -115,10 +128,36 @@ class Publisher:
                 f"try again)",
                 {"Retry-After": "5"},
             ) from exc
+        if declared(self.state):
+            await self._make_variants(held, provider)
         await anyio.to_thread.run_sync(
             held.published, provider.relative_path, provider.absolute_url
         )
         return Completed(provider, dict(info.metadata), info.id)
+
+    async def _make_variants(self, held: Held, provider: Provider) -> None:
+        """The storage's variants of the file just stored, listed in ``provider.variants``.
+
+        :raises TusError: 422 for an image they cannot be made of (the file and the upload go).
+        """
+        try:
+            await make_variants(provider, self.state)
+        except BadUploadError as refused:
+            # As a FileType column's flush refuses it: the original goes too (there with the
+            # rollback), and the client hears why instead of finding a file without them.
+            with anyio.CancelScope(shield=True), contextlib.suppress(StoreError):
+                await provider.delete(missing_ok=True)
+            await self.abort(held)
+            await anyio.to_thread.run_sync(held.remove)
+            raise TusError(refused.code or 422, refused.description or str(refused)) from None
+        except StoreError as exc:
+            log.warning(
+                "%r is stored without its image variants, the storage %r failing (%s): "
+                "make_variants(provider) makes them",
+                provider.relative_path,
+                self.state.name,
+                exc,
+            )
 
     async def abort(self, held: Held) -> None:
         """An upload removed before it finished: its parts in S3 go too (best effort: what
