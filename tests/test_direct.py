@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -226,6 +227,50 @@ async def test_a_multipart_upload_resumes_and_is_confirmed(
     assert (record.path, record.size) == ("data.bin", len(data))
     assert record.content_type == "application/octet-stream"
     assert objects(signed_s3_server, bucket) == {"media/data.bin": data}
+    store.close()
+
+
+def docs_cors_rule() -> dict[str, Any]:
+    """The CORS rule docs/direct.md tells users to put on their bucket."""
+    text = (Path(__file__).parent.parent / "docs" / "direct.md").read_text()
+    block = text.split("```json\n")
+    found = [b.split("```")[0] for b in block[1:] if "CORSRules" in b]
+    assert len(found) == 1, "docs/direct.md has one CORS rule"
+    rule: dict[str, Any] = json.loads(found[0])
+    return rule
+
+
+async def test_the_documented_cors_rule_lets_the_page_send_parts(
+    signed_s3_server: SeaweedFS, bucket: str
+) -> None:
+    rule = docs_cors_rule()
+    s3_client(signed_s3_server).put_bucket_cors(Bucket=bucket, CORSConfiguration=rule)
+    page = rule["CORSRules"][0]["AllowedOrigins"][0]
+    app, store = make("quart", signed_s3_server, bucket)
+    store.direct_uploads(app)
+    client = Client(app)
+    _, created = await client.call(
+        "post", "/direct-uploads/s3/multipart", json={"filename": "data.bin", "type": ""}
+    )
+    base = f"/direct-uploads/s3/multipart/{created['uploadId']}"
+    _, batch = await client.call(
+        "get", f"{base}/batch", query_string={"key": created["key"], "partNumbers": "1,2"}
+    )
+    url = batch["presignedUrls"]["2"]  # signed by the app from botocore's first
+    asks = {
+        "Access-Control-Request-Method": "PUT",
+        "Access-Control-Request-Headers": "content-type",
+    }
+    preflight = httpx.options(url, headers={"Origin": page, **asks})
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == page
+    assert "PUT" in preflight.headers["access-control-allow-methods"]
+    # The part itself: its ETag is readable by the page's script (Uppy completes with it).
+    sent = httpx.put(url, content=b"p" * 1024, headers={"Origin": page}, timeout=60)
+    assert sent.status_code == 200 and sent.headers["etag"]
+    assert "etag" in sent.headers["access-control-expose-headers"].lower()
+    other = httpx.options(url, headers={"Origin": "https://elsewhere.example", **asks})
+    assert other.headers.get("access-control-allow-origin") is None
     store.close()
 
 

@@ -20,6 +20,7 @@ from .._paths import clean_filename, clean_location
 from .._paths import content_type as guess_type
 from .._record import FileRecord
 from .._variants import declared, make_variants
+from ..backends._part_urls import part_urls
 from ..backends._staged import cleanup_staged, publish_staged, remove_staged
 from ..backends.background import direct
 from ..exceptions import (
@@ -163,21 +164,8 @@ class DirectUploads:
                 raise BadUploadError(f"a part number is 1 to {_MAX_PARTS}, not {number!r}")
             parts.append(part)
         async with self.backend.requests(relative, "public") as s3:
-            return [
-                str(
-                    await s3.generate_presigned_url(
-                        "upload_part",
-                        Params={
-                            "Bucket": self.backend.bucket,
-                            "Key": self.backend.object_key(relative),
-                            "UploadId": upload_id,
-                            "PartNumber": part,
-                        },
-                        ExpiresIn=self.expires,
-                    )
-                )
-                for part in parts
-            ]
+            key = self.backend.object_key(relative)
+            return await part_urls(s3, self.backend.bucket, key, upload_id, parts, self.expires)
 
     async def list_parts(self, key: object, upload_id: object) -> list[dict[str, Any]]:
         """The parts that arrived (``GET /s3/multipart/ID``): how a client resumes."""
