@@ -2,8 +2,9 @@
 
 Both are plain declarations (no Pillow needed to write them): :class:`ImageRules` goes into
 :class:`~async_store.Rules` (``images=``) and is checked from an upload's first bytes by
-``_image_check``; :class:`Variant` is one declared derivative (a thumbnail, a preview), made
-by ``_variants`` after the original is stored. Pillow is imported only where an image is read,
+``_image_check`` (its ``strip_metadata`` is applied by ``_strip`` as the bytes stream in);
+:class:`Variant` is one declared derivative (a thumbnail, a preview), made by ``_variants``
+after the original is stored. Pillow is imported only where an image is read,
 and :func:`require_images` says how to install it.
 """
 
@@ -37,6 +38,7 @@ EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
 _ALIASES = {"jpg": "jpeg", "tif": "tiff"}
 _FORMAT = re.compile(r"[a-z0-9]{2,16}\Z")
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}\Z")
+_CHECKS = ("formats", "max_width", "max_height", "max_pixels")
 
 
 def require_images(what: str) -> None:
@@ -80,9 +82,11 @@ def _limit(name: str, value: Any) -> None:
 @dataclass(frozen=True)
 class ImageRules:
     """What an image must be to be stored, read from its header (its first bytes), never by
-    decoding it; a field left None is not checked (or, in a call's rules, is the storage's)::
+    decoding it, and whether its metadata is stored; a field left None is not checked (or, in
+    a call's rules, is the storage's)::
 
         Rules(images=ImageRules(formats=["jpeg", "png", "webp"], max_pixels=40_000_000))
+        Rules(images=ImageRules(strip_metadata=True))     # no GPS in the stored photo
 
     :param formats: the formats (Pillow's names: ``'jpeg'``, ``'png'``, ``'webp'``, ``'gif'``…)
         a file may be; with it set, a file that is no image of these is refused (415).
@@ -90,6 +94,16 @@ class ImageRules:
     :param max_height: the tallest image taken, pixels (422).
     :param max_pixels: the most pixels (width × height) an image may have (422): what keeps
         a decompression bomb (a small file claiming 100000×100000) out.
+    :param strip_metadata: store a JPEG, PNG or WebP without its metadata (EXIF with its GPS
+        tags, XMP, IPTC, comments, text chunks), losslessly: the segments that carry it are left
+        out as the bytes stream in, the pixels' bytes are copied, the colour profile and the
+        orientation stay (see ``async_store._strip``); other files are stored unchanged, and
+        :attr:`~async_store.Provider.size` and ``sha256`` are the stored bytes'. It applies to
+        what a save streams (``save()``, ``save_request``, background mode, the sync shim, tus
+        uploads), not to direct-to-bucket uploads nor to tus uploads to S3 larger than a part:
+        their bytes reach the bucket without passing through the app. ``max_size`` still counts
+        the upload as it came. ``False`` in a call's rules turns the storage's off; so does
+        ``validate=False``. Needs no Pillow.
     :raises ValueError: for a malformed rule.
     """
 
@@ -97,14 +111,22 @@ class ImageRules:
     max_width: int | None = None
     max_height: int | None = None
     max_pixels: int | None = None
+    strip_metadata: bool | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "formats", image_formats(self.formats))
         for name in ("max_width", "max_height", "max_pixels"):
             _limit(name, getattr(self, name))
+        if self.strip_metadata is not None and not isinstance(self.strip_metadata, bool):
+            raise ValueError(f"strip_metadata is True or False, not {self.strip_metadata!r}")
 
     def __bool__(self) -> bool:
         return any(getattr(self, f.name) is not None for f in dataclasses.fields(self))
+
+    @property
+    def checks(self) -> bool:
+        """Whether a rule reads the header (with Pillow): stripping reads none, it is no rule."""
+        return any(getattr(self, name) is not None for name in _CHECKS)
 
     def merged(self, call: ImageRules | None) -> ImageRules:
         """These rules with each rule ``call`` sets over them."""

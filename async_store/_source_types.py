@@ -7,6 +7,11 @@ iterator of bytes, an object with ``async read()``) are read on the event loop.
 
 Quart's ``FileStorage.save`` is async and slow (16 KiB per step); its ``.stream`` is an ordinary
 spooled file, so it is read like Werkzeug's.
+
+What a source yields is what is stored: the upload's bytes, or, when the rules strip metadata
+(``ImageRules(strip_metadata=True)``), those bytes through a ``_strip.Stripper``. The rules
+see the upload's bytes as they came (the head they sniff, the size ``max_size`` counts); the
+size and checksum a save records are the stored bytes'.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol, Union, runtime_checkable
 import anyio.to_thread
 
 from ._sniff import HEAD_SIZE
+from ._strip import Stripper
 from .exceptions import StoreError
 
 if TYPE_CHECKING:
@@ -105,9 +111,12 @@ class Source:
         self._origin = origin
         self.used = False
         self._rewound = False
-        #: How many bytes of content were read (all of it, once a save has stored it).
+        #: How many bytes of content were yielded to be stored (all of it, once a save has
+        #: stored it): the upload's, fewer when its metadata is stripped.
         self.bytes_read = 0
-        #: A ``hashlib`` object the content is fed to as it is read, when one is wanted.
+        # How many bytes of the upload were read (what max_size counts).
+        self._bytes_in = 0
+        #: A ``hashlib`` object the content is fed to as it is yielded, when one is wanted.
         self.digest: Any = None
         #: The validation rules checked as the content is read (``_validate.Check``), if any.
         self.check: Check | None = None
@@ -132,7 +141,7 @@ class Source:
             self._file.seek(self._start)
         self.used = False
         self._rewound = True  # read again by its own save (a lost name race), not another
-        self.bytes_read = 0
+        self.bytes_read = self._bytes_in = 0
         if self.digest is not None:
             self.digest = hashlib.new(self.digest.name)  # from the start again
         if self._rest is not None and hasattr(self._rest, "close"):
@@ -143,7 +152,7 @@ class Source:
     @property
     def size(self) -> int | None:
         """The size still to read when the content is in memory (else None: finding out could
-        block)."""
+        block); what is stored is no larger (smaller when metadata is stripped)."""
         file = self._file
         if file is None or (self.used and self._head is None):
             return None
@@ -173,7 +182,7 @@ class Source:
         if not check.reads_head:
             return
         if not self.is_blocking:
-            head, ended = await self._read_ahead(self.chunks(size))
+            head, ended = await self._read_ahead(self._read(size))
         elif self.size is not None:  # in memory: reading cannot block
             head, ended = self._read_ahead_blocking(size)
         else:
@@ -192,7 +201,7 @@ class Source:
             self._inspect(check, *self._read_ahead_blocking(size))
 
     def _inspect(self, check: Check, head: bytes, ended: bool) -> UploadInfo:
-        info = check.inspect(head, self.bytes_read if ended else self.size)
+        info = check.inspect(head, self._bytes_in if ended else self.size)
         self.content_type = info.detected_type
         return info
 
@@ -201,7 +210,7 @@ class Source:
         return self.check.head_size if self.check is not None else HEAD_SIZE
 
     def _read_ahead_blocking(self, size: int) -> tuple[bytes, bool]:
-        chunks = self.blocking_chunks(size)
+        chunks = self._read_blocking(size)
         head: list[bytes] = []
         limit = self._head_size()
         while sum(map(len, head)) < limit:
@@ -264,8 +273,29 @@ class Source:
         self._file.seek(start)  # the same upload saved again: all of it, not what is left
         self._start = start
 
+    def _stripper(self) -> Stripper | None:
+        return Stripper() if self.check is not None and self.check.strips else None
+
+    def _stored(self, data: bytes) -> bytes:
+        """Bytes to store: counted, and hashed when a checksum was asked for."""
+        self.bytes_read += len(data)
+        if self.digest is not None:
+            self.digest.update(data)
+        return data
+
     def blocking_chunks(self, size: int) -> Iterator[bytes]:
-        """Yield the content; call it from a worker thread, it blocks."""
+        """Yield the content to store (never an empty chunk); call it from a worker thread,
+        it blocks."""
+        strip = self._stripper()
+        for chunk in self._read_blocking(size):
+            data = chunk if strip is None else strip.feed(chunk)
+            if data:
+                yield self._stored(data)
+        if strip is not None and (data := strip.end()):
+            yield self._stored(data)
+
+    def _read_blocking(self, size: int) -> Iterator[bytes]:
+        """The upload's bytes as they come (what :meth:`prime` read ahead first)."""
         ahead = self._take_ahead() if self._head is not None else None
         if ahead is not None:
             yield from ahead[0]
@@ -291,39 +321,50 @@ class Source:
             raise SourceFailure(exc) from exc
 
     async def chunks(self, size: int) -> AsyncIterator[bytes]:
-        """Yield the content on the event loop (blocking sources cost a thread hop a chunk)."""
-        if self._chunks is not None:
-            ahead = self._take_ahead() if self._head is not None else None
-            if ahead is not None:
-                for chunk in ahead[0]:
-                    yield chunk
-                if ahead[1] is not None:
-                    async for chunk in ahead[1]:
-                        yield chunk
-                return
-            self._take()
-            try:
-                async for chunk in self._chunks:
-                    if chunk:
-                        yield self._count(chunk)
-            except Exception as exc:
-                raise SourceFailure(exc) from exc
+        """Yield the content to store on the event loop (blocking sources cost a thread hop a
+        chunk); never an empty chunk."""
+        if self._chunks is None:
+            iterator = self.blocking_chunks(size)
+            sentinel = b""
+            while chunk := await anyio.to_thread.run_sync(next, iterator, sentinel):
+                yield chunk
             return
-        iterator = self.blocking_chunks(size)
-        sentinel = b""
-        while chunk := await anyio.to_thread.run_sync(next, iterator, sentinel):
-            yield chunk
+        # Stripping is pure work on small headers: on the loop, as the read itself.
+        strip = self._stripper()
+        async for chunk in self._read(size):
+            data = chunk if strip is None else strip.feed(chunk)
+            if data:
+                yield self._stored(data)
+        if strip is not None and (data := strip.end()):
+            yield self._stored(data)
+
+    async def _read(self, size: int) -> AsyncIterator[bytes]:
+        """An async source's bytes as they come (what :meth:`prime` read ahead first)."""
+        assert self._chunks is not None
+        ahead = self._take_ahead() if self._head is not None else None
+        if ahead is not None:
+            for chunk in ahead[0]:
+                yield chunk
+            if ahead[1] is not None:
+                async for chunk in ahead[1]:
+                    yield chunk
+            return
+        self._take()
+        try:
+            async for chunk in self._chunks:
+                if chunk:
+                    yield self._count(chunk)
+        except Exception as exc:
+            raise SourceFailure(exc) from exc
 
     def _count(self, chunk: bytes | bytearray | memoryview | str) -> bytes:
-        """One chunk read: as bytes, counted, and hashed when a checksum was asked for."""
+        """One chunk read: as bytes, and counted (by max_size, before it is written)."""
         if isinstance(chunk, str):
             raise TypeError(_TEXT_CHUNK)
         data = bytes(chunk)  # no copy when it is bytes already
-        self.bytes_read += len(data)
+        self._bytes_in += len(data)
         if self.check is not None:
-            self.check.count(self.bytes_read)  # before the chunk is written: refused, it is not
-        if self.digest is not None:
-            self.digest.update(data)
+            self.check.count(self._bytes_in)  # before the chunk is written: refused, it is not
         return data
 
 

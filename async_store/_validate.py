@@ -7,7 +7,9 @@ storage's rule for rule, custom validators added after the storage's. ``Source``
 :class:`Check`: the name before any byte is read, the type and the validators on the first
 :data:`~._sniff.HEAD_SIZE` bytes before any is written (``IMAGE_HEAD_SIZE`` with image rules:
 an image's header may come later), the size on every chunk as it is read. A refusal stops the
-read at once, and the save's own cleanup leaves nothing behind.
+read at once, and the save's own cleanup leaves nothing behind. ``ImageRules(strip_metadata=True)``
+is no check but travels with them: the rules see the upload's bytes as they came (its type,
+``max_size``), the store gets them stripped (``_strip``, run by ``Source``).
 """
 
 from __future__ import annotations
@@ -106,7 +108,8 @@ class Rules:
     :param validators: custom checks, plain or async, run on the first bytes (an
         :class:`UploadInfo`) before anything is written.
     :param images: :class:`~async_store.ImageRules` for images (format, width, height, pixels),
-        read from their header before anything is written (needs ``async_store[images]``).
+        read from their header before anything is written (needs ``async_store[images]``), and
+        whether their metadata is stripped as they are stored (``strip_metadata``).
     :raises ValueError: for a malformed type.
     """
 
@@ -132,7 +135,8 @@ class Rules:
         # The sniffer and Pillow are imported where the rules are made (a module's import,
         # init_app), not by the first save that needs them, which may run on an event loop
         # (an import reads files). Not installed: the save that needs them says what to install.
-        for needed, module in ((self.sniffs, "puremagic"), (bool(self.images), "PIL.Image")):
+        images = self.images is not None and self.images.checks
+        for needed, module in ((self.sniffs, "puremagic"), (images, "PIL.Image")):
             if needed:
                 with contextlib.suppress(ImportError):
                     importlib.import_module(module)
@@ -158,7 +162,8 @@ class Rules:
     @property
     def sniffs(self) -> bool:
         """Whether checking these rules reads the first bytes before writing any."""
-        return bool(self.types is not None or self.check_content or self.validators or self.images)
+        images = self.images is not None and self.images.checks
+        return bool(self.types is not None or self.check_content or self.validators or images)
 
 
 def rules_of(config: StoreConfig) -> Rules:
@@ -173,6 +178,8 @@ def rules_of(config: StoreConfig) -> Rules:
             max_width=config.get("STORE_IMAGE_MAX_WIDTH"),
             max_height=config.get("STORE_IMAGE_MAX_HEIGHT"),
             max_pixels=config.get("STORE_IMAGE_MAX_PIXELS"),
+            # None, not False, when off: rules that are all None make no check at all.
+            strip_metadata=config.get("STORE_IMAGE_STRIP_METADATA") or None,
         ),
     )
 
@@ -192,7 +199,8 @@ class Check:
     def __init__(self, rules: Rules, name: str, client_name: str | None) -> None:
         if rules.sniffs:
             require("validation by type (types=, check_content=, validators=, images=)")
-        if rules.images:
+        images = rules.images is not None and rules.images.checks
+        if images:
             require_images("image rules (images=ImageRules(...), STORE_IMAGE_*)")
         self.rules = rules
         self.name = name
@@ -200,7 +208,9 @@ class Check:
         #: Whether the first bytes are read before any is written (to sniff them).
         self.reads_head = rules.sniffs
         #: How many: an image's header may come after 64 KiB segments (EXIF, ICC).
-        self.head_size = IMAGE_HEAD_SIZE if rules.images else HEAD_SIZE
+        self.head_size = IMAGE_HEAD_SIZE if images else HEAD_SIZE
+        #: Whether the bytes stored are the upload's with its metadata left out (``_strip``).
+        self.strips = bool(rules.images is not None and rules.images.strip_metadata)
         #: Whether the validators must be awaited (then no blocking save without a loop).
         self.has_validators = bool(rules.validators)
 
@@ -268,7 +278,7 @@ class Check:
                     filename=self.client_name,
                     found=checked,
                 )
-        if rules.images:
+        if rules.images is not None and rules.images.checks:
             complete = size is not None and len(head) >= size
             mime = sniffed.mime
             check_image(rules.images, head, complete, mime, self._file(), self.client_name)

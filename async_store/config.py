@@ -179,6 +179,7 @@ SETTINGS: tuple[Setting, ...] = (
     S("STORE_IMAGE_MAX_HEIGHT", None, imaging(optional(positive)), "the tallest image, pixels"),
     S("STORE_IMAGE_MAX_PIXELS", None, imaging(optional(positive)), "the most pixels an image has"),
     S("STORE_IMAGE_VARIANTS", {}, imaging(image_variants), "variants of each image: {name: {...}}"),
+    S("STORE_IMAGE_STRIP_METADATA", False, boolean, "originals without EXIF/GPS/XMP (not direct)"),
     S("STORE_STORAGES", {}, provider, "more storages: {name: {KEY: value}} (_storages.py)"),
     S("STORE_BACKGROUND", False, boolean, "save() returns once the file is spooled"),
     S("STORE_SPOOL_PATH", _default_spool, path, "where background uploads wait", text=True),
