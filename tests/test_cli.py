@@ -264,6 +264,36 @@ def test_migrate_local_to_s3_and_back(tmp_path: Path, s3_server: SeaweedFS, buck
     assert [p.name for p in back.rglob(".*")] == []  # no temp file left behind
 
 
+def test_migrate_keeps_the_type_the_bytes_showed(
+    tmp_path: Path, s3_server: SeaweedFS, bucket: str
+) -> None:
+    """HTML saved as notes.txt is served as HTML (an attachment), wherever it is migrated:
+    its checked type goes with it, local to S3 and back, not the name's text/plain."""
+    source, back = tmp_path / "source", tmp_path / "back"
+    app = make_app("quart", source, STORE_CHECK_CONTENT=True)
+    store = Store(app)
+
+    async def save() -> None:
+        async with app.app_context():
+            await store.AsyncProvider(
+                b"<!doctype html><script>x()</script>", filename="notes.txt"
+            ).save()
+
+    anyio.run(save)
+    s3 = s3_config(s3_server, bucket)
+    to_s3 = ["migrate", "--to", f"s3://{bucket}/typed"] + [
+        f"--to-config={k}={v}" for k, v in s3.items() if k.startswith("STORE_S3_")
+    ]
+    result = invoke(to_s3, {"STORE_PATH": str(source)})
+    assert result.exit_code == 0, result.output
+    head = s3_client(s3_server).head_object(Bucket=bucket, Key="typed/notes.txt")
+    assert head["ContentType"] == "text/html"
+    assert head["ContentDisposition"].startswith("attachment")  # active: never run inline
+    result = invoke(["migrate", "--to", str(back)], {**s3, "STORE_PATH": "typed"})
+    assert result.exit_code == 0, result.output
+    assert os.getxattr(back / "notes.txt", "user.async_store.content_type") == b"text/html"
+
+
 def test_migrate_never_overwrites_other_content(tmp_path: Path) -> None:
     source, target = tmp_path / "source", tmp_path / "target"
     fill(source)

@@ -107,6 +107,9 @@ class Migration:
 
     async def _copy(self, file: StoredFile) -> None:
         location, _, name = file.path.rpartition("/")
+        # The type it is served with goes along: the one its bytes showed when it was stored
+        # (a local file's xattr, an S3 object's Content-Type), not a guess from its name.
+        kept = file.content_type or (await self.source(file.path).info()).content_type
         async with self.source(file.path).open() as f:
 
             async def chunks() -> AsyncIterator[bytes]:
@@ -116,7 +119,9 @@ class Migration:
 
             try:
                 # This exact name or NoFreeName, never another.
-                await self.writer.write(location, iter([name]), Source(name, chunks=chunks()))
+                source = Source(name, chunks=chunks())
+                source.content_type = kept
+                await self.writer.write(location, iter([name]), source)
             except SourceFailure as failure:
                 raise failure.error from failure.error.__cause__
 
