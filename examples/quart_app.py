@@ -1,10 +1,17 @@
 """The async_store demo: an upload page with drag and drop, a progress bar per file, a gallery
-of the stored files and delete, on Quart and SQLAlchemy.
+of the stored files with a thumbnail of each image, and delete, on Quart and SQLAlchemy.
 
 Run it with ``make demo`` (or ``python examples/quart_app.py [--host H] [--port P]``: hypercorn,
 as ``make demo`` runs it), then open http://127.0.0.1:5000. No config is needed: each upload is a
-row of an SQLite database, ``examples/instance/demo.sqlite``, whose ``StoreType`` column holds
-the path of a file in ``examples/instance/uploads`` (both git-ignored).
+row of an SQLite database, ``examples/instance/demo.sqlite``, whose ``FileType`` column holds the
+record of a file in ``examples/instance/uploads`` (both git-ignored): its path, size and type,
+and the path of its thumbnail.
+
+Each image gets a thumbnail, a variant the store makes once the original is stored (Pillow,
+in a worker thread; ``STORE_IMAGE_VARIANTS``, by default ``thumb``: 400×300 WebP, cropped to
+the card's 4:3), saved next to it under ``demo/_variants/`` and deleted with it. The gallery
+shows it and links to the original. ``STORE_IMAGE_VARIANTS='{}'`` turns them off: cards then show
+the originals.
 
 The environment changes that: ``DATABASE_URL`` (any async SQLAlchemy URL) and every ``STORE_*``
 key, read as JSON when it parses as a number, ``true``/``false`` or an object, else as text
@@ -19,9 +26,10 @@ The page uploads through the resumable path: tus (:func:`async_store.tus.tus_blu
 A dropped connection or a restarted server costs at most the request in flight: the page
 retries, asks where the upload stopped and sends the rest. The upload waits in
 ``STORE_TUS_PATH`` (``examples/instance/store-tus``) until its last byte; then it is stored like
-any file (on local disk or S3), and the endpoint's ``on_complete`` hook adds its row. Without
-JavaScript the form posts to ``/upload``, the library's one-request path,
-:meth:`Provider.save_request`: each file streamed into the store as the body arrives. Local files
+any file (on local disk or S3), its thumbnail made, and the endpoint's ``on_complete`` hook adds
+its row. Without JavaScript the form posts to ``/upload``, the library's one-request path,
+:meth:`Provider.save_request`: each file streamed into the store as the body arrives, then its
+thumbnail made (:func:`~async_store.make_variants`). Local files
 are served by the store's safe route; S3 files through presigned URLs (the bucket stays
 private). With ``STORE_BACKGROUND=true`` a card says "uploading" until its file is delivered.
 
@@ -56,21 +64,24 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
 
-from async_store import ProviderError, Store, StoreError, UnsafePathError
+from async_store import ProviderError, Store, StoreError, UnsafePathError, make_variants
 from async_store.config import config_from_env
 from async_store.serve import content_policy
-from async_store.sqla import StoreType
+from async_store.sqla import FileRecord, FileType
 from async_store.tus import tus_blueprint
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # How long the links of a page stay valid when they are presigned (S3). Local files get the
 # store's route, permanent: a signed local link would need the app's SECRET_KEY.
 LINK_SECONDS = 3600
+#: The variant the gallery shows of an image (the card's box is 4:3).
+THUMB = "thumb"
 # An explicit instance folder: run as a script, Quart would otherwise pick the current directory.
 app = Quart(__name__, instance_path=os.path.join(HERE, "instance"))
 # The form's path (without JavaScript): save_request streams each file into the store, so a
 # large limit costs no memory. The resumable path has its own, STORE_TUS_MAX_SIZE (5 GiB).
 app.config["MAX_CONTENT_LENGTH"] = 1024**3
+app.config["STORE_IMAGE_VARIANTS"] = {THUMB: {"size": [400, 300], "format": "webp", "fit": "cover"}}
 app.config.update(config_from_env())  # STORE_* variables, e.g. STORE_PROVIDER=s3
 store = Store(app)  # STORE_PATH defaults to <instance folder>/uploads
 CONFIG = store.state(app).config
@@ -106,9 +117,11 @@ class Base(DeclarativeBase):
 
 
 class Upload(Base):
-    # Earlier versions of the demo kept rows in 'uploads', without the storage column: that
-    # table is left alone.
-    __tablename__ = "files"
+    # Earlier versions of the demo kept rows in 'uploads' (without the storage column), then in
+    # 'files', whose StoreType column is a VARCHAR(256) of the path: FileType reads those paths,
+    # but its records (JSON, with the thumbnail's path) outgrow that column on PostgreSQL and
+    # MySQL. Both tables are left alone.
+    __tablename__ = "gallery"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     # The stored file's name: the client's, cleaned, or renamed when that one was taken.
@@ -120,8 +133,9 @@ class Upload(Base):
     # The STORAGE that holds the file. Two storages may each hold a 'demo/photo.jpg': a row
     # only ever opens or deletes the file of its own.
     storage: Mapped[str] = mapped_column(String(1024), index=True)
-    # 'demo/photo.jpg' in the database (below STORE_PATH), a provider once loaded.
-    file = mapped_column(StoreType(256, location="demo"), nullable=False)
+    # The file's record: 'demo/photo.jpg' (below STORE_PATH), its size and type, and its
+    # variants ({'thumb': 'demo/_variants/photo.jpg/thumb.webp'}), released with the row.
+    file: Mapped[FileRecord] = mapped_column(FileType(location="demo"), nullable=False)
 
 
 _tables_lock = anyio.Lock()
@@ -161,6 +175,8 @@ class Card:
     url: str
     #: Shown as a thumbnail: an image the store serves inline (never SVG, which may hold script).
     image: bool
+    #: The URL of its thumbnail variant; None: the card shows the original (no variant made).
+    thumbnail: str | None
     #: The extension, for the icon of the others ("PDF", "TXT").
     kind: str
     #: False while a background upload is on its way: the URL finds nothing yet.
@@ -185,20 +201,25 @@ async def link(file: Any) -> str:
     return str(await file.url(LINK_SECONDS if ON_S3 else None))
 
 
-async def card(row: Upload, saved: Any = None) -> Card:
-    """``saved``: the provider that stored the row's file in this request, if any."""
-    file = saved if saved is not None else row.file
-    mimetype, attachment = content_policy(file.filename)
-    extension = os.path.splitext(file.filename)[1].lstrip(".")
+async def card(row: Upload) -> Card:
+    record: FileRecord = row.file
+    name = record.path.rpartition("/")[2]
+    mimetype, attachment = content_policy(name)
+    extension = os.path.splitext(name)[1].lstrip(".")
+    # A provider of a path knows the background upload this process has under way for it.
+    file = record.provider
+    thumb = record.variant(THUMB).provider if THUMB in record.variants else None
+    delivered = await is_delivered(file) and (thumb is None or await is_delivered(thumb))
     return Card(
         id=row.id,
         name=row.name,
         size=row.size,
         created_at=row.created_at,
         url=await link(file),
-        image=mimetype.startswith("image/") and not attachment,
+        image=thumb is not None or (mimetype.startswith("image/") and not attachment),
+        thumbnail=await link(thumb) if thumb is not None else None,
         kind=extension[:4].upper() or "FILE",
-        delivered=await is_delivered(file),
+        delivered=delivered,
     )
 
 
@@ -212,15 +233,16 @@ async def find(session: AsyncSession, upload_id: int) -> Upload:
 
 
 async def add_row(provider: Any, metadata: dict[str, str]) -> None:
-    """The tus endpoint's ``on_complete``: a finished upload, stored, gets its row. This runs in
-    the request that finished the upload, before the answer telling the page where the file went
-    (``Upload-Stored-Path``), so the row is there when the page asks for its card."""
+    """The tus endpoint's ``on_complete``: a finished upload, stored, its thumbnail made
+    (``provider.variants``), gets its row. This runs in the request that finished the upload,
+    before the answer telling the page where the file went (``Upload-Stored-Path``), so the row
+    is there when the page asks for its card."""
     row = Upload(name=provider.filename, size=provider.size, storage=STORAGE, file=provider)
     try:
         async with Session.begin() as session:
-            session.add(row)
+            session.add(row)  # the record lists the variants: the row releases them too
     except BaseException:
-        # No row points at the file: delete it, as /upload does.
+        # No row points at the file: delete it and its thumbnail, as /upload does.
         with anyio.CancelScope(shield=True):
             await provider.delete(missing_ok=True)
         raise
@@ -295,17 +317,21 @@ async def upload() -> ResponseReturnValue:
         for f in files
     ]
     try:
+        for f in files:
+            # Each image's thumbnail, listed in f.variants: the row's record names it. A broken
+            # image is a 422 (InvalidFileError), and nothing of this request is kept.
+            await make_variants(f)
         async with Session.begin() as session:
             session.add_all(rows)
     except BaseException:
-        # No row points at the files: delete them (StoreType does this for uploads it saves
-        # itself; these were saved before the transaction began).
+        # No row points at the files: delete them and their variants (FileType does this for
+        # uploads it saves itself; these were saved before the transaction began).
         with anyio.CancelScope(shield=True):
             for f in files:
                 await f.delete(missing_ok=True)
         raise
     if is_script():
-        cards = [await card(row, f) for row, f in zip(rows, files, strict=True)]
+        cards = [await card(row) for row in rows]
         return await render_template("_cards.html", cards=cards)
     if wants_html():
         return redirect(url_for("index"), 303)
@@ -319,14 +345,17 @@ async def card_of_file() -> str:
     """The card of the row holding the stored file ``?path=demo/big.iso``: the page asks for it
     once the tus endpoint has said where an upload went (``Upload-Stored-Path``)."""
     try:
-        file = store.Provider(request.args.get("path", ""))
+        path = store.Provider(request.args.get("path", "")).relative_path  # a clean path
     except UnsafePathError as error:
         abort(404, str(error))
-    newest = select(Upload).where(Upload.storage == STORAGE, Upload.file == file)
+    # The column holds JSON: rows are found by the file's name (a column of its own), then
+    # told apart by their record's path, the same query on every database.
+    named = select(Upload).where(Upload.storage == STORAGE, Upload.name == path.rpartition("/")[2])
     async with Session() as session:
-        row = await session.scalar(newest.order_by(Upload.id.desc()).limit(1))
+        found = await session.scalars(named.order_by(Upload.id.desc()))
+        row = next((r for r in found if r.file.path == path), None)
     if row is None:
-        abort(404, f"no upload of {file.relative_path} in this storage ({STORAGE})")
+        abort(404, f"no upload of {path} in this storage ({STORAGE})")
     return await render_template("_cards.html", cards=[await card(row)])
 
 
@@ -345,7 +374,7 @@ async def delete(upload_id: int) -> ResponseReturnValue:
         row = await find(session, upload_id)
         path = row.file.relative_path
         await session.delete(row)
-    # Committed: StoreType has deleted the file too.
+    # Committed: FileType has deleted the file and its variants too.
     if wants_html() and not is_script():
         return redirect(url_for("index"), 303)
     return Response(f"deleted {path}\n", mimetype="text/plain")

@@ -36,7 +36,8 @@ import pytest
 from tests.conftest import S3_CREDENTIALS, s3_client, s3_config, unavailable
 from tests.faultproxy import FaultProxy
 from tests.seaweed import SeaweedFS
-from tests.test_examples import demo_process, demo_server, query
+from tests.test_examples import demo_process, demo_server, paths, query
+from tests.test_images import opened as image_of
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -150,7 +151,8 @@ class Backend:
         }
 
     def rows(self) -> list[tuple[Any, ...]]:
-        return query(self.database, "SELECT name, size, file FROM files ORDER BY id")
+        """(name, size, path of the file) of each row."""
+        return paths(query(self.database, "SELECT name, size, file FROM gallery ORDER BY id"))
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -256,20 +258,42 @@ def test_demo_page_in_chromium(
         texts = browser.execute_script("return window.queueTexts")
         assert any(text.startswith("100 % of ") for text in texts), texts
 
-        # Stored, each as a row; thumbnails for the images (loaded from the store), icons else.
+        # Stored, each as a row, each image with its thumbnail variant (a WebP, cropped to 4:3)
+        # next to it: the gallery shows those (loaded from the store), icons for the others.
         stored = backend.files()
+        made = {key: stored.pop(key) for key in list(stored) if "/_variants/" in key}
         assert stored == {
             "demo/sunset.png": sunset_png,
             "demo/notes.txt": notes,
             "demo/waves.png": waves_png,
             "demo/report.pdf": pdf,
         }
+        assert sorted(made) == [
+            "demo/_variants/sunset.png/thumb.webp",
+            "demo/_variants/waves.png/thumb.webp",
+        ]
+        assert [image_of(data).format for data in made.values()] == ["WEBP", "WEBP"]
         assert sorted(backend.rows()) == sorted(
             (key.removeprefix("demo/"), len(data), key) for key, data in stored.items()
         )
         thumbs = "#gallery .thumb img"
-        loaded = f"return [...document.querySelectorAll('{thumbs}')].map(i => i.naturalWidth)"
-        wait_for(lambda: sorted(browser.execute_script(loaded)) == [240, 400], "two thumbnails")
+        loaded = (
+            f"return [...document.querySelectorAll('{thumbs}')]"
+            ".map(i => [i.naturalWidth, i.naturalHeight, new URL(i.src).pathname])"
+        )
+        # The portrait 240×400 is cropped to 240×180 (never enlarged to 400×300).
+        sized = [[240, 180, "thumb.webp"], [400, 300, "thumb.webp"]]
+        wait_for(
+            lambda: (
+                sorted([w, h, p.rsplit("/", 1)[1]] for w, h, p in browser.execute_script(loaded))
+                == sized
+            ),
+            "two thumbnails",
+        )
+        # Each links to its original.
+        links = "return [...document.querySelectorAll('#gallery a.thumb')].map(a => a.href)"
+        originals = {link.split("?")[0].rsplit("/", 1)[1] for link in browser.execute_script(links)}
+        assert originals == {"sunset.png", "waves.png", "notes.txt", "report.pdf"}
         # Every thumbnail 4:3, whatever the shape of its picture.
         boxes = (
             "return [...document.querySelectorAll('#gallery .thumb')]"
@@ -303,7 +327,13 @@ def test_demo_page_in_chromium(
         wait_for(lambda: "notes.txt" not in cards(), "the card to go")
         assert browser.find_element(By.ID, "count").text == "3 files"
         assert "notes.txt" not in {row[0] for row in backend.rows()}
-        assert sorted(backend.files()) == ["demo/report.pdf", "demo/sunset.png", "demo/waves.png"]
+        assert sorted(backend.files()) == [
+            "demo/_variants/sunset.png/thumb.webp",
+            "demo/_variants/waves.png/thumb.webp",
+            "demo/report.pdf",
+            "demo/sunset.png",
+            "demo/waves.png",
+        ]
         browser.refresh()
         assert sorted(cards()) == ["report.pdf", "sunset.png", "waves.png"]
 
@@ -325,7 +355,13 @@ def test_demo_page_in_chromium(
             browser.execute_cdp_cmd(
                 "Network.emulateNetworkConditions", {**throttle, "uploadThroughput": -1}
             )
-        stored_now = ["demo/report.pdf", "demo/sunset.png", "demo/waves.png"]
+        stored_now = [
+            "demo/_variants/sunset.png/thumb.webp",
+            "demo/_variants/waves.png/thumb.webp",
+            "demo/report.pdf",
+            "demo/sunset.png",
+            "demo/waves.png",
+        ]
         wait_for(lambda: sorted(backend.files()) == stored_now, "no part of big.bin")
         # Nor in the folder of resumable uploads: cancelling terminates the upload there too.
         wait_for(lambda: list(backend.tus.glob("*/data")) == [], "big.bin's bytes to go")

