@@ -295,8 +295,10 @@ async def test_a_multipart_upload_over_the_limit_is_aborted(
     )
     assert status == 413 and "STORE_DIRECT_MAX_SIZE" in refused["error"]
     uploads = s3_client(signed_s3_server).list_multipart_uploads(Bucket=bucket)
-    assert not uploads.get("Uploads")  # aborted: no parts left to pay for
-    assert objects(signed_s3_server, bucket) == {}
+    assert not uploads.get("Uploads")  # no parts left to pay for
+    assert objects(signed_s3_server, bucket) == {}  # the assembled object deleted at once
+    with pytest.raises(NotFoundError):  # nothing to confirm: a stored file it never becomes
+        await confirm(app, store, key)
     store.close()
 
 
@@ -554,4 +556,29 @@ async def test_confirm_makes_the_storages_image_variants(
     assert set(stored) == {"media/photos/cat.jpg", "media/photos/_variants/cat.jpg/thumb.webp"}
     thumb = Image.open(io.BytesIO(stored["media/photos/_variants/cat.jpg/thumb.webp"]))
     assert thumb.format == "WEBP" and max(thumb.size) == 64
+    store.close()
+
+
+async def test_confirm_of_an_image_no_variant_can_be_made_of_keeps_nothing(
+    signed_s3_server: SeaweedFS, bucket: str
+) -> None:
+    """A JPEG cut short: its header passes, its pixels do not decode. The confirm is a 422, as a
+    save of it would be, and neither the staged nor a stored copy stays."""
+    from PIL import Image
+
+    app, store = make(
+        "quart",
+        signed_s3_server,
+        bucket,
+        STORE_IMAGE_VARIANTS={"thumb": {"size": [64, 64], "format": "webp"}},
+    )
+    store.direct_uploads(app)
+    picture = io.BytesIO()
+    Image.effect_noise((640, 480), 64).convert("RGB").save(picture, "JPEG")
+    cut = picture.getvalue()[: len(picture.getvalue()) // 3]
+    _, key = await post_single(Client(app), "cat.jpg", cut, "image/jpeg")
+    with pytest.raises(BadUploadError) as refused:
+        await confirm(app, store, key, "photos")
+    assert refused.value.code == 422
+    assert objects(signed_s3_server, bucket) == {}
     store.close()

@@ -11,10 +11,14 @@ confirmed.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote, unquote
+
+import anyio
 
 from .._paths import clean_filename, clean_location
 from .._paths import content_type as guess_type
@@ -28,6 +32,7 @@ from ..exceptions import (
     DisallowedTypeError,
     NotConfiguredError,
     NotFoundError,
+    StoreError,
     UploadTooLargeError,
 )
 from ._keys import STAGING, StagedKeys
@@ -40,6 +45,8 @@ if TYPE_CHECKING:
     from ..extension import StoreState
 
 __all__ = ["DirectUploads"]
+
+log = logging.getLogger("async_store.direct")
 
 #: S3's part numbers.
 _MAX_PARTS = 10_000
@@ -185,27 +192,32 @@ class DirectUploads:
         return found
 
     async def complete(self, key: object, upload_id: object, parts: object) -> dict[str, str]:
-        """Complete a multipart upload (``POST /s3/multipart/ID/complete``), if what arrived is
-        within the size limit; otherwise it is aborted.
+        """Complete a multipart upload (``POST /s3/multipart/ID/complete``) in staging, then
+        check its size: over the limit, the staged object is deleted at once.
+
+        The size is the assembled object's (a HEAD), not a listing of the parts before: listing
+        a large upload's parts cost botocore more than everything else the app does for it (it
+        parses the whole XML twice), and a completed object is still only staged: nothing
+        becomes a stored file before ``confirm``, which checks the size again.
 
         :raises UploadTooLargeError: over ``STORE_DIRECT_MAX_SIZE``.
         """
         relative, _ = self._staged(key)
         listed = _parts_of(parts)
-        arrived = await self.list_parts(key, upload_id)
-        total = sum(int(p["Size"]) for p in arrived)
-        if total > self.max_size:
-            await self.abort(key, upload_id)
-            raise UploadTooLargeError(
-                f"the upload is {total:,} bytes, over the {self.max_size:,} bytes the storage "
-                f"{self.state.name!r} takes (STORE_DIRECT_MAX_SIZE); it was aborted"
-            )
         async with self.backend.requests(relative) as s3:
             await s3.complete_multipart_upload(
                 Bucket=self.backend.bucket,
                 Key=self.backend.object_key(relative),
                 UploadId=str(upload_id),
                 MultipartUpload={"Parts": listed},
+            )
+        head = await self.backend.head(relative)
+        total = int(head["ContentLength"]) if head is not None else 0
+        if total > self.max_size:
+            await remove_staged(self.backend, relative)
+            raise UploadTooLargeError(
+                f"the upload is {total:,} bytes, over the {self.max_size:,} bytes the storage "
+                f"{self.state.name!r} takes (STORE_DIRECT_MAX_SIZE); it was deleted"
             )
         return {"key": str(key), "location": str(key)}
 
@@ -271,8 +283,35 @@ class DirectUploads:
             stored_at=datetime.now(UTC),
         )
         if declared(self.state):  # the storage's image variants, as for a column's upload
-            record = await make_variants(record, self.state)
+            record = await self._with_variants(record)
         return record
+
+    async def _with_variants(self, record: FileRecord) -> FileRecord:
+        """``record`` with the storage's variants made. An image they cannot be made of is
+        refused as a save refuses it: the file just stored goes too (as with a cancelled
+        confirm: no record of it reached anyone). A storage failing meanwhile costs the
+        variants, not the upload (logged; ``make_variants(record)`` makes them later)."""
+        try:
+            return await make_variants(record, self.state)
+        except StoreError as exc:
+            if isinstance(exc, BadUploadError):
+                await self._discard(record)
+                raise
+            log.warning(
+                "%r is stored without its image variants, the storage %r failing (%s): "
+                "make_variants(record) makes them",
+                record.path,
+                self.state.name,
+                exc,
+            )
+            return record
+        except BaseException:
+            await self._discard(record)
+            raise
+
+    async def _discard(self, record: FileRecord) -> None:
+        with anyio.CancelScope(shield=True), contextlib.suppress(StoreError):
+            await self.state.AsyncProvider(record.path).delete(missing_ok=True)
 
     # --- cleanup ----------------------------------------------------------------------------------
 
