@@ -41,6 +41,7 @@ from ._checks import (
     unset_if_empty,
     url_prefix,
 )
+from ._obstore_config import OBSTORE_ROWS as OBSTORE
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Mapping
@@ -293,6 +294,8 @@ SETTINGS: tuple[Setting, ...] = (
         "seconds a staged upload may wait for its confirm",
         "s3",
     ),
+    # obstore: S3, GCS, Azure or memory through one backend (rows in _obstore_config)
+    *(S(key, default, check, doc, "obstore", text) for key, default, check, doc, text in OBSTORE),
 )
 del S
 _BY_KEY = {setting.key: setting for setting in SETTINGS}

@@ -27,6 +27,7 @@ from async_store.backends.background import direct
 from async_store.backends.memory import MemoryBackend
 from async_store.sync import SyncProvider
 from tests.faultproxy import FaultProxy, fault_proxy
+from tests.obstores import memory_store_files, obstore_config
 from tests.seaweed import SeaweedFS, find_weed, with_identity
 
 S3_CREDENTIALS = {"STORE_S3_ACCESS_KEY": "test-access-key", "STORE_S3_SECRET_KEY": "test-secret"}
@@ -224,6 +225,8 @@ def app(
         return make_app(app_kind, None, **config)
     if backend == "memory":
         return make_app(app_kind, None, STORE_PROVIDER="memory", **config)
+    if backend.startswith("obstore"):  # obstore on SeaweedFS ("obstore") or its memory store
+        return make_app(app_kind, None, **config, **obstore_config(backend, request))
     return make_app(app_kind, store_path, **config)
 
 
@@ -241,7 +244,7 @@ class Inventory:
     def __init__(self, backend: str, store_path: Path, request: pytest.FixtureRequest) -> None:
         self.backend = "local" if backend == "named" else backend  # its files are local
         self.store_path = store_path
-        if backend == "s3":
+        if backend in ("s3", "obstore"):  # obstore on SeaweedFS: the same bucket, looked at
             self.bucket = request.getfixturevalue("bucket")
             self.client = s3_client(request.getfixturevalue("s3_server"))
         if backend == "memory":  # the backend's own dict, through the store's state
@@ -249,8 +252,13 @@ class Inventory:
             inner = direct(state.provider_class.backend)  # the background wrapper's inner
             assert isinstance(inner, MemoryBackend)
             self.memory = inner
+        if backend == "obstore-memory":  # obstore's MemoryStore, read with obstore itself
+            state = request.getfixturevalue("store").state(request.getfixturevalue("app"))
+            self.obstore = direct(state.provider_class.backend)
 
     def files(self) -> dict[str, bytes]:
+        if self.backend == "obstore-memory":
+            return memory_store_files(self.obstore)
         if self.backend == "memory":
             return {key: file.data for key, file in self.memory.files.items()}
         if self.backend == "local":
@@ -268,8 +276,8 @@ class Inventory:
 
     def leftovers(self) -> list[str]:
         """Temp files, or multipart uploads never completed nor aborted."""
-        if self.backend == "memory":
-            return []  # nothing is stored before the whole file is there
+        if self.backend in ("memory", "obstore-memory"):
+            return []  # nothing is stored before the whole file is there (staged keys: files)
         if self.backend == "local":
             return [p.name for p in self.store_path.rglob(".*")]
         uploads = self.client.list_multipart_uploads(Bucket=self.bucket).get("Uploads", [])

@@ -1,9 +1,10 @@
 """Providers, and how ``STORE_PROVIDER`` names one.
 
-``STORE_PROVIDER`` takes a short name (``"local"``, ``"s3"``, ``"memory"``), a dotted path to any
-:class:`Provider` subclass (``"myapp.storage.MyProvider"``), the seed Flask-Store's paths
-(``"flask_store.providers.local.LocalProvider"``, …) or a class. Modules are imported only when
-named, so ``aioboto3`` is never imported by an app that stores on local disk.
+``STORE_PROVIDER`` takes a short name (``"local"``, ``"s3"``, ``"memory"``, ``"obstore"``), a
+dotted path to any :class:`Provider` subclass (``"myapp.storage.MyProvider"``), the seed
+Flask-Store's paths (``"flask_store.providers.local.LocalProvider"``, …) or a class. Modules
+are imported only when named, so ``aioboto3`` (or ``obstore``) is never imported by an app that
+stores on local disk.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ _SHORT_NAMES = {
     "local": "async_store.providers.local.LocalProvider",
     "s3": "async_store.providers.s3.S3Provider",
     "memory": "async_store.providers.memory.MemoryProvider",
+    "obstore": "async_store.providers.obstore.ObstoreProvider",
 }
 # The seed's dotted paths keep working without a module called flask_store.
 _SEED_PATHS = {
@@ -28,7 +30,7 @@ _SEED_PATHS = {
     "flask_store.providers.s3.S3Provider": "async_store.providers.s3.S3Provider",
     "flask_store.providers.s3.S3GeventProvider": "async_store.providers.s3.S3GeventProvider",
 }
-_EXTRAS = {"async_store.providers.s3": "s3"}
+_EXTRAS = {"async_store.providers.s3": "s3", "async_store.providers.obstore": "obstore"}
 
 
 @cache
@@ -68,8 +70,8 @@ def get_provider_class(name: Any) -> type[Provider]:
         return name
     if not isinstance(name, str) or not name:
         raise NotConfiguredError(
-            f"STORE_PROVIDER must be 'local', 's3', 'memory', a dotted path or a Provider class, "
-            f"not {name!r}."
+            f"STORE_PROVIDER must be 'local', 's3', 'memory', 'obstore', a dotted path or a "
+            f"Provider class, not {name!r}."
         )
     path = _SHORT_NAMES.get(name.lower(), _SEED_PATHS.get(name, name))
     return _import(path)
