@@ -21,8 +21,21 @@ key, read as JSON when it parses as a number, ``true``/``false`` or an object, e
     STORE_S3_ACCESS_KEY=... STORE_S3_SECRET_KEY=... make demo
     # MinIO, SeaweedFS, R2, ...: add STORE_S3_ENDPOINT_URL=http://127.0.0.1:8333
 
-The page uploads through the resumable path: tus (:func:`async_store.tus.tus_blueprint` at
-``/files``, tus-js-client in the page, vendored in ``static/vendor``), a few MiB per request.
+On S3 the page uploads **straight to the bucket**: the app mounts the direct-upload endpoints
+(:meth:`Store.direct_uploads` at ``/direct-uploads``, the protocol of Uppy's ``@uppy/aws-s3``)
+and only signs: a presigned POST for a small file, the parts of a multipart upload (5 MiB each)
+for one over 10 MiB. The page sends the bytes with Uppy's core and AwsS3 plugin (vendored in
+``static/vendor``, loaded only on S3; no Uppy UI), then posts the upload's key to ``/confirm``,
+which stores it under its name in ``demo/`` (``confirm(key, location="demo")``: a copy inside
+the bucket, its thumbnail made) and adds its row. The bucket needs a CORS rule letting the page's
+origin in (docs/direct.md, "CORS"; without it the file's line says so). The keys it hands out
+are signed with ``SECRET_KEY``: the environment's, else a fixed development key (said at
+startup; set ``SECRET_KEY`` anywhere but your own machine). ``/?via=tus`` sends the files
+through the app instead, as on local disk.
+
+On local disk (or with ``?via=tus``) the page uploads through the resumable path: tus
+(:func:`async_store.tus.tus_blueprint` at ``/files``, tus-js-client in the page, vendored in
+``static/vendor``), a few MiB per request.
 A dropped connection or a restarted server costs at most the request in flight: the page
 retries, asks where the upload stopped and sends the rest. The upload waits in
 ``STORE_TUS_PATH`` (``examples/instance/store-tus``) until its last byte; then it is stored like
@@ -64,7 +77,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
 
-from async_store import ProviderError, Store, StoreError, UnsafePathError, make_variants
+from async_store import (
+    NotFoundError,
+    ProviderError,
+    Store,
+    StoreError,
+    UnsafePathError,
+    make_variants,
+)
 from async_store.config import config_from_env
 from async_store.serve import content_policy
 from async_store.sqla import FileRecord, FileType
@@ -87,6 +107,11 @@ store = Store(app)  # STORE_PATH defaults to <instance folder>/uploads
 CONFIG = store.state(app).config
 ON_S3 = any(cls.__name__ == "S3Provider" for cls in store.state(app).provider_class.__mro__)
 BACKGROUND = bool(CONFIG["STORE_BACKGROUND"])
+#: Said at startup when it is the one in use: direct uploads sign their keys with SECRET_KEY.
+DEV_SECRET_KEY = "async_store demo: a development key, not a secret"
+# The environment's SECRET_KEY, else the demo's fixed one: a key per process would refuse, after a
+# restart, the uploads the page began before it.
+app.config["SECRET_KEY"] = os.environ.get("SECRET_KEY") or DEV_SECRET_KEY
 
 
 def storage_name() -> str:
@@ -253,6 +278,11 @@ async def add_row(provider: Any, metadata: dict[str, str]) -> None:
 app.register_blueprint(
     tus_blueprint(store, url_prefix="/files", location="demo", on_complete=add_row)
 )
+# On S3 the page sends each file straight to the bucket instead: these endpoints (Uppy's
+# @uppy/aws-s3 protocol) sign a presigned POST, or the parts of a multipart upload, for a staged
+# key in the bucket; then the page posts that key to /confirm. The bytes never reach this app.
+if ON_S3:
+    store.direct_uploads(app, url_prefix="/direct-uploads")
 
 
 @app.template_filter("filesize")
@@ -278,6 +308,12 @@ def wants_html() -> bool:
     return request.accept_mimetypes.best in ("text/html", "application/xhtml+xml")
 
 
+def direct() -> bool:
+    """Whether the page sends its files straight to the bucket: on S3, unless ``?via=tus`` asks
+    for the resumable path through this app (to compare the two)."""
+    return ON_S3 and request.args.get("via") != "tus"
+
+
 def where() -> Markup:
     """Where the files go, for the page's header."""
     if ON_S3:
@@ -296,11 +332,17 @@ async def index() -> str:
         uploads = (await session.scalars(newest_first)).all()
         elsewhere = await session.scalar(others) or 0
     cards = [await card(row) for row in uploads]
-    # The page's script uploads through tus: its limit, not the form's MAX_CONTENT_LENGTH.
-    largest = CONFIG["STORE_TUS_MAX_SIZE"]
+    # The limit of the path the page's script takes, not the form's MAX_CONTENT_LENGTH.
+    largest = CONFIG["STORE_DIRECT_MAX_SIZE" if direct() else "STORE_TUS_MAX_SIZE"]
     limit = f"up to {filesize(largest)} each" if largest is not None else "any size"
     return await render_template(
-        "index.html", cards=cards, where=where(), limit=limit, elsewhere=elsewhere
+        "index.html",
+        cards=cards,
+        where=where(),
+        limit=limit,
+        elsewhere=elsewhere,
+        direct=direct(),
+        on_s3=ON_S3,
     )
 
 
@@ -338,6 +380,33 @@ async def upload() -> ResponseReturnValue:
     # Relative URLs without STORE_DOMAIN; give scripts something they can fetch.
     urls = [urljoin(request.url_root, await link(f)) for f in files]
     return Response("".join(url + "\n" for url in urls), mimetype="text/plain")
+
+
+@app.post("/confirm")
+async def confirm() -> str:
+    """A direct upload has arrived in the bucket, staged (``demo/.direct/...``): store it under
+    its name in ``demo/`` (a copy inside the bucket, never over another file; its thumbnail
+    made), add its row, and answer its card. ``key`` is the one /direct-uploads handed the page
+    for it; any other is a 400, a key nothing arrived at a 404."""
+    key = (await request.form).get("key", "")
+    if not key:
+        abort(400, "no key: post the key /direct-uploads gave the upload")
+    try:
+        record = await store["default"].confirm(key, location="demo")
+    except NotFoundError as error:
+        abort(404, str(error))
+    name = record.path.rpartition("/")[2]
+    row = Upload(name=name, size=record.size or 0, storage=STORAGE, file=record)
+    try:
+        async with Session.begin() as session:
+            session.add(row)
+    except BaseException:
+        # No row points at the file: delete it and its thumbnail, as add_row does.
+        with anyio.CancelScope(shield=True):
+            for path in record.paths:
+                await store.Provider(path).delete(missing_ok=True)
+        raise
+    return await render_template("_cards.html", cards=[await card(row)])
 
 
 @app.get("/card")
@@ -434,6 +503,20 @@ def main(argv: list[str] | None = None) -> int:
     config.bind = [f"fd://{listener.detach()}"]
     print(f"async_store demo on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
     print(f"files {Markup(where()).striptags()}; rows in {engine.url}", flush=True)
+    if ON_S3:
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        origin = f"http://{host}:{args.port}"
+        print(
+            f"the page uploads straight to the bucket: its CORS rule must let {origin} in "
+            "(docs/direct.md)",
+            flush=True,
+        )
+        if app.config["SECRET_KEY"] == DEV_SECRET_KEY:
+            print(
+                "SECRET_KEY is not set: the uploads' keys are signed with the demo's "
+                "development key (set SECRET_KEY to a random value anywhere else)",
+                flush=True,
+            )
     asyncio.run(serve(app, config))
     return 0
 

@@ -3,6 +3,10 @@ driven by selenium: nothing is downloaded), served by hypercorn as ``make demo``
 with local storage and once switched to S3 (SeaweedFS) by environment variables; then with S3
 down (a fault proxy), and with background uploads waiting for S3 to come back.
 
+On S3 the page sends the files straight to the bucket (Uppy, the direct-upload endpoints) and
+the app confirms them: a proxy in front of the app counts what the browser sends it, which is
+never the files' bytes. Without a CORS rule letting the page in, the file's line says so.
+
 The resumable path (tus) is tested there too: a large upload through a throttling TCP proxy
 that counts the bytes, whose connection is cut and whose server is killed and started again
 mid-upload.
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -36,6 +41,7 @@ import pytest
 from tests.conftest import S3_CREDENTIALS, s3_client, s3_config, unavailable
 from tests.faultproxy import FaultProxy
 from tests.seaweed import SeaweedFS
+from tests.test_direct import docs_cors_rule
 from tests.test_examples import demo_process, demo_server, paths, query
 from tests.test_images import opened as image_of
 
@@ -133,8 +139,9 @@ class Backend:
         if kind == "local":
             self.environ["STORE_PATH"] = str(self.store)
         else:
-            server = request.getfixturevalue("s3_server")
-            self.bucket = request.getfixturevalue("bucket")
+            # SeaweedFS with an identity: it checks a presigned POST's signature against it.
+            server = request.getfixturevalue("signed_s3_server")
+            self.bucket = request.getfixturevalue("signed_bucket")
             self.client = s3_client(server)
             # Strings, as a shell would set them; the demo reads them into its config.
             config = s3_config(server, self.bucket)
@@ -153,6 +160,33 @@ class Backend:
     def rows(self) -> list[tuple[Any, ...]]:
         """(name, size, path of the file) of each row."""
         return paths(query(self.database, "SELECT name, size, file FROM gallery ORDER BY id"))
+
+    def allow(self, origin: str) -> None:
+        """The bucket's CORS rule, as docs/direct.md has it, letting the page at ``origin`` in:
+        on S3 the page sends its files to the bucket itself."""
+        if self.kind == "s3":
+            allow_page(self.client, self.bucket, origin)
+
+
+def allow_page(client: Any, bucket: str, origin: str) -> None:
+    """docs/direct.md's CORS rule on ``bucket``, for the page at ``origin``."""
+    rule = docs_cors_rule()
+    rule["CORSRules"][0]["AllowedOrigins"] = [origin]
+    client.put_bucket_cors(Bucket=bucket, CORSConfiguration=rule)
+
+
+@pytest.fixture
+def signed_bucket(signed_s3_server: SeaweedFS) -> Iterator[str]:
+    """A new, empty bucket of ``signed_s3_server``, where the page uploads straight to."""
+    name = f"page-{os.getpid()}-{next(_buckets)}"
+    client = s3_client(signed_s3_server)
+    client.create_bucket(Bucket=name)
+    yield name
+    client.delete_bucket(Bucket=name)  # its objects too (-s3.allowDeleteBucketNotEmpty)
+    client.close()
+
+
+_buckets = itertools.count()
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -225,14 +259,18 @@ def test_demo_page_in_chromium(
     (picked / "notes.txt").write_bytes(notes)
 
     with demo_server(free_tcp_port, backend.environ) as base:
+        backend.allow(base)
         browser.get(base + "/")
         assert browser.title == "async_store demo"
         assert "Nothing yet" in browser.find_element(By.ID, "empty").text
         where = browser.find_element(By.CSS_SELECTOR, ".top p").text
+        route = browser.find_element(By.CSS_SELECTOR, ".top .route").text
         if backend.kind == "local":
             assert f"on the local disk, in {backend.store}." in where
+            assert route.startswith("Your browser sends each file to this app, ")
         else:
             assert f"in the S3 bucket {backend.bucket}." in where
+            assert route.startswith("Your browser sends each file straight to the bucket")
         assert "js" in browser.find_element(By.TAG_NAME, "html").get_attribute("class")
         # With the script, the drop zone is the picker and the Upload button is gone.
         assert not browser.find_element(By.CSS_SELECTOR, "button.submit").is_displayed()
@@ -407,7 +445,9 @@ def test_demo_s3_down_shows_why_and_keeps_the_name(
     picked = tmp_path / "quarterly-report.pdf"
     picked.write_bytes(b"%PDF-1.4\n%%EOF\n")
     with demo_server(free_tcp_port, s3_environ(tmp_path, proxy.endpoint, bucket)) as base:
-        browser.get(base + "/")
+        # Through the app (tus): what it says when it cannot store in S3. (Straight to the
+        # bucket, the page would find the bucket out of reach itself.)
+        browser.get(base + "/?via=tus")
         proxy.down()
         browser.find_element(By.ID, "afile").send_keys(str(picked))
         row = browser.find_element(By.CSS_SELECTOR, "#queue li")
@@ -453,7 +493,8 @@ def test_demo_background_card_says_uploading_until_delivered(
     }
     environ = s3_environ(tmp_path, proxy.endpoint, bucket, **background)
     with demo_server(free_tcp_port, environ) as base:
-        browser.get(base + "/")
+        # Background uploads are of the bytes the app receives: through the app (tus).
+        browser.get(base + "/?via=tus")
         browser.execute_script(WATCH_QUEUE)
         proxy.down()  # delivery waits for S3, the file for delivery
         browser.find_element(By.ID, "afile").send_keys(str(picked))
@@ -480,6 +521,123 @@ def test_demo_background_card_says_uploading_until_delivered(
     empty_bucket(s3_server, bucket)
 
 
+# --- on S3: straight to the bucket -------------------------------------------------------------
+
+
+def test_demo_on_s3_sends_the_files_straight_to_the_bucket(
+    browser: Any,
+    signed_s3_server: SeaweedFS,
+    signed_bucket: str,
+    free_tcp_port: int,
+    tmp_path: Path,
+) -> None:
+    """The page on S3, behind a proxy that keeps every byte the browser sends the app: a small
+    image goes to the bucket in one presigned POST, 12 MiB in three 5 MiB parts, and the app
+    confirms both (the image with its thumbnail). The app is sent requests to sign and to
+    confirm, a few KiB: never the files. A CORS rule that does not let the page in is a failed
+    line saying so."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def wait_for(check: Any, what: str, seconds: float = WAIT) -> Any:
+        return WebDriverWait(browser, seconds, 0.05).until(lambda _: check(), message=what)
+
+    def cards() -> list[str]:
+        names = "return [...document.querySelectorAll('#gallery .name')].map(e => e.textContent)"
+        return list(browser.execute_script(names))
+
+    def objects() -> dict[str, bytes]:
+        listing = client.list_objects_v2(Bucket=bucket).get("Contents", [])
+        return {
+            item["Key"]: client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+            for item in listing
+        }
+
+    picture = png(400, 300, sunset)
+    (tmp_path / "sunset.png").write_bytes(picture)
+    big = os.urandom(12 * 1024 * 1024)
+    (tmp_path / "big.bin").write_bytes(big)
+    (tmp_path / "notes.txt").write_bytes(b"kept out\n")
+    server, bucket = signed_s3_server, signed_bucket
+    client = s3_client(server)
+    pipe = Pipe(free_tcp_port, rate=float(2**40), keep=True)
+    assert pipe.kept is not None
+    kept = pipe.kept
+    page = f"http://127.0.0.1:{pipe.port}"
+    # Objects under a prefix: the storage's STORE_PATH.
+    environ = s3_environ(tmp_path, server.endpoint, bucket, STORE_PATH="media")
+    try:
+        with demo_server(free_tcp_port, environ):
+            # A rule for another site: the browser keeps the page's upload from the bucket.
+            allow_page(client, bucket, "https://elsewhere.example")
+            browser.get(page + "/")
+            route = browser.find_element(By.CSS_SELECTOR, ".top .route").text
+            assert route.startswith("Your browser sends each file straight to the bucket: ")
+            browser.find_element(By.ID, "afile").send_keys(str(tmp_path / "notes.txt"))
+            row = browser.find_element(By.CSS_SELECTOR, "#queue li")
+            wait_for(lambda: "failed" in row.get_attribute("class"), "the upload to fail", 30)
+            reason = row.find_element(By.CLASS_NAME, "qreason").text
+            assert f"its CORS rule must let {page} in" in reason, reason
+            assert cards() == []
+            before = len(kept)
+
+            allow_page(client, bucket, page)
+            picker = browser.find_element(By.ID, "afile")
+            picker.send_keys(f"{tmp_path / 'sunset.png'}\n{tmp_path / 'big.bin'}")
+            wait_for(lambda: sorted(cards()) == ["big.bin", "sunset.png"], "two cards", 30)
+            states = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#queue .qstate")]
+            small = f"stored · {len(picture) / 1024:.1f} KiB"
+            assert sorted(states) == ["failed", "stored · 12.0 MiB", small], states
+            thumbs = (
+                "return [...document.querySelectorAll('#gallery img')].map(i => i.naturalWidth)"
+            )
+            wait_for(lambda: browser.execute_script(thumbs) == [400], "the thumbnail")
+            assert "thumb.webp" in browser.find_element(
+                By.CSS_SELECTOR, "#gallery img"
+            ).get_attribute("src")
+    finally:
+        pipe.close()
+
+    # In the bucket under the storage's prefix, at their names; nothing of theirs left staged.
+    stored = objects()
+    # The refused page's file did arrive, staged: a form POST is sent without a preflight (the
+    # page could not read the answer). Never confirmed, store cleanup removes it.
+    staged = [key for key in stored if key.startswith("media/.direct/")]
+    assert [key.rsplit("/", 1)[1] for key in staged] == ["notes.txt"], staged
+    del stored[staged[0]]
+    thumb = stored.pop("media/demo/_variants/sunset.png/thumb.webp")
+    assert image_of(thumb).format == "WEBP"
+    assert stored == {"media/demo/sunset.png": picture, "media/demo/big.bin": big}
+    assert not client.list_multipart_uploads(Bucket=bucket).get("Uploads")
+    rows = paths(query(tmp_path / "demo.sqlite", "SELECT name, size, file FROM gallery"))
+    assert sorted(rows) == [
+        ("big.bin", len(big), "demo/big.bin"),
+        ("sunset.png", len(picture), "demo/sunset.png"),
+    ]
+    # What the app was sent for the two: requests to sign and to confirm, no file's bytes.
+    sent = bytes(kept[before:])
+    # Request lines, wherever they are: a request may follow another's body on the connection.
+    lines = re.findall(rb"([A-Z]+) (/[^ ?]*)(?:\?[^ ]*)? HTTP/1\.1\r\n", sent)
+    asked = sorted(
+        (method.decode(), re.sub(r"/s3/multipart/[^/]+", "/s3/multipart/ID", path.decode()))
+        for method, path in lines
+        if not path.startswith((b"/static/", b"/favicon"))
+    )
+    assert asked == [
+        ("GET", "/direct-uploads/s3/multipart/ID/1"),
+        ("GET", "/direct-uploads/s3/multipart/ID/2"),
+        ("GET", "/direct-uploads/s3/multipart/ID/3"),
+        ("GET", "/direct-uploads/s3/params"),
+        ("POST", "/confirm"),
+        ("POST", "/confirm"),
+        ("POST", "/direct-uploads/s3/multipart"),
+        ("POST", "/direct-uploads/s3/multipart/ID/complete"),
+    ], asked
+    assert len(sent) < 64 * 1024, len(sent)
+    assert pipe.sent < 256 * 1024, pipe.sent  # the whole test, page loads included
+    client.close()
+
+
 # --- the resumable path: a dropped connection, a killed server --------------------------------
 
 
@@ -489,11 +647,13 @@ class Pipe:
     them, and can cut every connection at once (:meth:`cut`). While the server is down, a
     connection it accepts is closed at once, as a refused one would be."""
 
-    def __init__(self, upstream: int, rate: float) -> None:
+    def __init__(self, upstream: int, rate: float, keep: bool = False) -> None:
         self.upstream = upstream
         self.rate = rate
         #: Bytes passed from the browser to the server, over every connection.
         self.sent = 0
+        #: Those bytes themselves, with ``keep``: the requests the server was sent.
+        self.kept = bytearray() if keep else None
         self._lock = threading.Lock()
         self._next = time.monotonic()  # when the next byte towards the server may leave
         self._open: set[socket.socket] = set()
@@ -526,6 +686,8 @@ class Pipe:
                         self._next = max(self._next, time.monotonic()) + len(data) / self.rate
                         wait = self._next - time.monotonic()
                         self.sent += len(data)
+                        if self.kept is not None:
+                            self.kept += data
                     time.sleep(max(0.0, wait))
                 target.sendall(data)
         except OSError:

@@ -4,6 +4,10 @@
 // Each file goes to the tus endpoint (the form's data-tus, /files/) with tus-js-client
 // (vendor/tus.min.js, which defines `tus`), a few MiB per request: when the connection drops or
 // the server restarts, the upload asks the server how much it has and sends only the rest.
+//
+// On S3 (the form has data-direct) each file goes straight to the bucket instead, with Uppy's
+// core and its AwsS3 plugin (vendor/uppy.min.js, which defines `Uppy`; no Uppy UI): the app
+// only signs, then confirms what arrived (data-confirm) and answers its card.
 "use strict";
 
 const PARALLEL = 3; // uploads at once; the others wait their turn
@@ -141,8 +145,12 @@ function progress(job, sent) {
   job.state.textContent = `${percent} % of ${formatSize(size)}`;
 }
 
-// One tus upload per file, so each progress bar is its own file's.
 function send(job) {
+  return form.dataset.direct ? sendToBucket(job) : sendThroughApp(job);
+}
+
+// One tus upload per file, so each progress bar is its own file's.
+function sendThroughApp(job) {
   return new Promise((resolve) => {
     let url = null;
     const settle = (ok, text, reason = "") => {
@@ -193,7 +201,11 @@ function send(job) {
           settle(false, "failed", "the server did not say where it stored the file");
           return;
         }
-        showCard(job, decodeURIComponent(path)).then(resolve);
+        const stored = decodeURIComponent(path);
+        const query = new URLSearchParams({ path: stored });
+        const ask = (headers) => fetch(`${form.dataset.card}?${query}`, { headers });
+        showCard(job, ask, `stored as ${stored}, but the server is out of reach: reload the page`)
+          .then(resolve);
       },
       onError(error) {
         const status = statusOf(error);
@@ -216,19 +228,103 @@ function send(job) {
   });
 }
 
-// The upload is stored and the server's hook has added its row: the row's card, from the
-// stored path the endpoint answered with.
-async function showCard(job, path) {
+// --- straight to the bucket (S3) ------------------------------------------------------------
+
+const PART = 5 * 1024 * 1024; // S3's smallest part
+const MULTIPART_OVER = 2 * PART; // a larger file goes in parts, a smaller one in one POST
+const MAX_PARTS = 10000; // S3's most
+
+// Why an upload to the bucket failed, in words. Uppy's errors carry the request that failed
+// (`source`): one to the bucket that got no answer (status 0) is, on a running bucket, its CORS
+// rule keeping this page out; one the app refused says why in its cause.
+function bucketError(error) {
+  const request = error.source;
+  if (request && request.status === 0) {
+    return (
+      `the bucket did not answer this page: its CORS rule must let ${location.origin} in ` +
+      "(docs/direct.md), and the bucket must be up"
+    );
+  }
+  if (request && request.status) {
+    const said = /<Message>([^<]*)<\/Message>/.exec(request.responseText || "");
+    return `the bucket answered ${request.status}${said ? `: ${said[1]}` : ""}`;
+  }
+  const cause = error.cause && error.cause.message;
+  return cause && !error.message.includes(cause) ? `${error.message}: ${cause}` : error.message;
+}
+
+// One headless Uppy per file, so each progress bar is its own file's: the AwsS3 plugin asks the
+// app's direct-upload endpoints (data-direct) to sign, a presigned POST or each part of a
+// multipart upload, and sends the bytes to the bucket itself. Then the page posts the upload's
+// key to data-confirm: the app stores the file under its name, adds its row, answers its card.
+function sendToBucket(job) {
+  return new Promise((resolve) => {
+    const uppy = new Uppy.Uppy({ autoProceed: false });
+    uppy.use(Uppy.AwsS3, {
+      endpoint: form.dataset.direct,
+      shouldUseMultipart: (file) => file.size > MULTIPART_OVER,
+      getChunkSize: (file) => Math.max(PART, Math.ceil(file.size / MAX_PARTS)),
+    });
+    const settle = (ok, text, reason = "") => {
+      job.stop = null;
+      finish(job, ok, text, reason);
+      uppy.destroy();
+      resolve();
+    };
+    uppy.on("upload-progress", (file, { bytesUploaded }) => progress(job, bytesUploaded));
+    uppy.on("upload-error", (file, error) => {
+      const reason = bucketError(error);
+      settle(false, "failed", reason);
+      announce(`${job.file.name} failed: ${reason}`);
+    });
+    uppy.on("upload-success", (file, response) => {
+      job.stop = null;
+      job.cancel.remove();
+      const key = response.body.key || (file.s3Multipart && file.s3Multipart.key);
+      if (!key) {
+        settle(false, "failed", "the upload's key is unknown: nothing to confirm");
+        return;
+      }
+      job.state.textContent = "confirming…";
+      const ask = (headers) =>
+        fetch(form.dataset.confirm, { method: "POST", headers, body: new URLSearchParams({ key }) });
+      const lost = "in the bucket, but the app is out of reach to confirm it: upload it again";
+      showCard(job, ask, lost).then(() => {
+        uppy.destroy();
+        resolve();
+      });
+    });
+    let id;
+    try {
+      id = uppy.addFile({ name: job.file.name, type: job.file.type, data: job.file });
+    } catch (error) {
+      settle(false, "failed", error.message);
+      return;
+    }
+    // Removing the file aborts its upload (a multipart one is aborted in the bucket too).
+    job.stop = () => {
+      uppy.removeFile(id);
+      settle(false, "cancelled");
+    };
+    uppy.upload().catch(() => {}); // a failure is an upload-error, shown above
+  });
+}
+
+// --- the card --------------------------------------------------------------------------------
+
+// The upload is stored and has its row: its card, from ask(headers), the server's answer (the
+// card of the stored path tus answered with, or of the confirmed direct upload). `lost`: what
+// to say when the server is out of reach.
+async function showCard(job, ask, lost) {
   const fail = (reason) => {
     finish(job, false, "failed", reason);
     announce(`${job.file.name} failed: ${reason}`);
   };
   let response;
   try {
-    const headers = { "X-Requested-With": "XMLHttpRequest" };
-    response = await fetch(`${form.dataset.card}?${new URLSearchParams({ path })}`, { headers });
+    response = await ask({ "X-Requested-With": "XMLHttpRequest" });
   } catch {
-    fail(`stored as ${path}, but the server is out of reach: reload the page`);
+    fail(lost);
     return;
   }
   if (!response.ok) {
