@@ -1,4 +1,5 @@
-"""What ``Provider(fp)`` accepts, turned into one thing that yields chunks.
+"""An upload normalised: one thing that yields chunks, whatever ``Provider(fp)`` was given
+(``_source_inputs`` makes it).
 
 Blocking sources (a Werkzeug or Quart ``FileStorage``, an open binary file, a path, bytes, a plain
 iterator of bytes) are read in a worker thread: a provider that writes to disk copies them in one
@@ -19,13 +20,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import os
 import threading
 import weakref
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
-from inspect import iscoroutinefunction
 from tempfile import SpooledTemporaryFile
-from typing import IO, TYPE_CHECKING, Any, Protocol, Union, runtime_checkable
+from typing import IO, TYPE_CHECKING, Any
 
 import anyio.to_thread
 
@@ -34,9 +32,11 @@ from ._strip import Stripper
 from .exceptions import StoreError
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+
     from ._validate import Check, UploadInfo
 
-__all__ = ["AsyncReadable", "FileLike", "Source", "SourceFailure", "SourceInput", "to_source"]
+__all__ = ["Source", "SourceFailure"]
 
 
 class SourceFailure(Exception):
@@ -49,38 +49,6 @@ class SourceFailure(Exception):
         self.error = error
 
 
-@runtime_checkable
-class FileLike(Protocol):
-    """Anything with a blocking ``read(size)`` (and, optionally, a ``filename`` or ``name``)."""
-
-    def read(self, size: int = -1, /) -> bytes: ...
-
-
-@runtime_checkable
-class AsyncReadable(Protocol):
-    """Anything with ``async read(size)``: an aiofiles file, an asyncio ``StreamReader``…"""
-
-    async def read(self, size: int = -1, /) -> bytes: ...
-
-
-#: Everything ``Provider(fp)`` takes as a new file (a ``str`` instead names a stored file).
-SourceInput = Union[
-    "os.PathLike[str]",
-    bytes,
-    bytearray,
-    memoryview,
-    FileLike,
-    AsyncReadable,
-    AsyncIterable[bytes],
-    Iterable[bytes],
-]
-
-
-# The caller's upload objects (a FileStorage's stream, a file, an iterator) that a save has
-# read, with where their content began. The same upload given to two saves (assigned to two
-# rows, passed to two Providers) would otherwise store an empty file the second time: a seekable
-# one is read again from its start, a one-shot stream is refused. Objects without weak
-# references (a list iterator) are known by id while the Source that read them lives.
 _read: weakref.WeakKeyDictionary[object, int | None] = weakref.WeakKeyDictionary()
 _read_by_id: weakref.WeakValueDictionary[int, Source] = weakref.WeakValueDictionary()
 _read_lock = threading.Lock()
@@ -99,10 +67,12 @@ class Source:
         path: str | None = None,
         chunks: AsyncIterable[bytes] | None = None,
         origin: object = None,
+        handed_over: bool = False,
     ) -> None:
         self.filename = filename
         self._file = file
         self._path = path
+        self._handed_over = handed_over and path is not None
         self._iterable = blocking
         self._chunks = chunks
         #: True when reading needs a worker thread (use :meth:`blocking_chunks` there).
@@ -132,6 +102,16 @@ class Source:
                 self._start = file.tell() if file.seekable() else None
             except (AttributeError, OSError, ValueError):
                 self._start = None
+
+    @property
+    def handed_over(self) -> str | None:
+        """The path of a file its caller hands over (``_source_inputs.HandedOver``), when what
+        is stored is its bytes as they are (no metadata stripped): a local storage may make it the
+        stored file itself instead of a copy. It is still read through, for the checks and the
+        hash."""
+        if self._handed_over and not (self.check is not None and self.check.strips):
+            return self._path
+        return None
 
     def rewind(self) -> bool:
         """Make the content readable again, if it can be (a path, a seekable file)."""
@@ -366,58 +346,3 @@ class Source:
         if self.check is not None:
             self.check.count(self._bytes_in)  # before the chunk is written: refused, it is not
         return data
-
-
-async def _read_all(reader: AsyncReadable, size: int) -> AsyncIterator[bytes]:
-    while chunk := await reader.read(size):
-        yield chunk
-
-
-def _name_of(obj: Any) -> str | None:
-    for attr in ("filename", "name"):
-        value = getattr(obj, attr, None)
-        if isinstance(value, (str, bytes)) and value:
-            return os.path.basename(os.fsdecode(value))
-    return None
-
-
-def to_source(fp: Any, filename: str | None = None, chunk_size: int = 1024 * 1024) -> Source:
-    """Normalise anything ``Provider(fp)`` accepts.
-
-    :param filename: overrides the name the input carries (the client's name, a path's basename).
-    :raises TypeError: for anything else, ``None`` included (a missing form field).
-    """
-    stream = getattr(fp, "stream", None)
-    if stream is not None and hasattr(fp, "filename"):  # Werkzeug's or Quart's FileStorage
-        return Source(filename or fp.filename, file=stream, origin=stream)
-    if isinstance(fp, os.PathLike):
-        path = os.fspath(fp)
-        return Source(filename or os.path.basename(path), path=path)
-    if isinstance(fp, (bytes, bytearray, memoryview)):
-        return Source(filename, file=io.BytesIO(fp))
-    if isinstance(fp, io.TextIOBase):
-        raise TypeError(
-            f"Provider() got a file opened in text mode ({_name_of(fp) or type(fp).__name__}): "
-            f"open it with 'rb'; files are stored byte for byte"
-        )
-    read = getattr(fp, "read", None)
-    if read is not None:
-        name = filename or _name_of(fp)
-        if iscoroutinefunction(read):
-            return Source(name, chunks=_read_all(fp, chunk_size), origin=fp)
-        return Source(name, file=fp, origin=fp)
-    if isinstance(fp, AsyncIterable):
-        # An async iterator is used up by reading; an iterable that makes new ones is not.
-        return Source(filename, chunks=fp, origin=fp if isinstance(fp, AsyncIterator) else None)
-    if isinstance(fp, Iterable) and not isinstance(fp, (str, dict)):
-        return Source(filename, blocking=fp, origin=fp if isinstance(fp, Iterator) else None)
-    if fp is None:
-        raise TypeError(
-            "Provider() got None instead of a file: was the upload field missing from the form? "
-            "(request.files.get(...) returns None for a missing field)"
-        )
-    raise TypeError(
-        f"Provider() cannot store a {type(fp).__name__}: pass a FileStorage, a path "
-        f"(pathlib.Path), bytes, a binary file, or an (async) iterator of bytes; a str names a "
-        f"file that is already stored."
-    )

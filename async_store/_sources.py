@@ -5,7 +5,8 @@ worker-thread hops as the source allows; ``Guard`` orders those blocking steps a
 cleanup, and ``finish_anyway`` runs a cleanup to its end even when its task is cancelled again.
 
 The source types themselves (what ``Provider(fp)`` accepts, ``to_source``) are in
-``_source_types``; they are re-exported here, where the rest of the package imports them from.
+``_source_types`` and ``_source_inputs``; they are re-exported here, where the rest of the
+package imports them from.
 """
 
 from __future__ import annotations
@@ -18,14 +19,8 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 import anyio
 import anyio.to_thread
 
-from ._source_types import (
-    AsyncReadable,
-    FileLike,
-    Source,
-    SourceFailure,
-    SourceInput,
-    to_source,
-)
+from ._source_inputs import AsyncReadable, FileLike, SourceInput, to_source
+from ._source_types import Source, SourceFailure
 from ._threads import run_small
 
 if TYPE_CHECKING:

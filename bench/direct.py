@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -138,6 +139,7 @@ def main() -> None:
             app.wait(30)
     finally:
         server.stop()
+        shutil.rmtree(work, ignore_errors=True)  # the file, and the bucket's copies of it
     gib = args.size_mib / 1024
     print(
         f"{args.size_mib} MiB in parts of {args.part_mib} MiB, {args.repeats} repeats, "

@@ -22,7 +22,7 @@ import pytest
 import quart
 
 from async_store import Store
-from async_store.backends import _local_fs, local
+from async_store.backends import _local_fs, _local_write
 
 
 async def _chunks() -> AsyncIterator[bytes]:
@@ -50,10 +50,10 @@ async def test_a_save_cancelled_while_publishing_leaves_no_file(
         return slow_claim
 
     async with app.app_context():
-        # What local imported (and calls): naming an unnamed file, or a temp file where the
+        # What _local_write imported (and calls): naming an unnamed file, or a temp file where the
         # file system makes no unnamed files.
-        monkeypatch.setattr(local, "_claim", slowed(_local_fs._claim))
-        monkeypatch.setattr(local, "_claim_unnamed", slowed(_local_fs._claim_unnamed))
+        monkeypatch.setattr(_local_write, "_claim", slowed(_local_fs._claim))
+        monkeypatch.setattr(_local_write, "_claim_unnamed", slowed(_local_fs._claim_unnamed))
         source: Any = {
             "bytes": b"x" * 1000,  # the small-jobs lane
             "file": (tmp_path.parent / "big.bin"),  # a blocking source through to_thread

@@ -24,7 +24,7 @@ from werkzeug.datastructures import FileStorage
 from werkzeug.formparser import default_stream_factory
 
 from async_store import NotFoundError, ProviderError, _rename, _sources, _threads
-from async_store.backends import _local_fs, local
+from async_store.backends import _local_fs, _local_write
 from tests.conftest import unavailable
 
 COLLISION = re.compile(r"^(?P<root>.+)_[2-9A-HJ-NP-Za-km-z]{22}(?P<ext>\.\w+)?$")
@@ -386,7 +386,7 @@ async def test_failed_small_saves_leave_no_temp_file(
             raise OSError(errno.EACCES, "Permission denied")
         real_fchmod(fd, mode)
 
-    real_claim = _local_fs._claim  # what local imported (and calls)
+    real_claim = _local_fs._claim  # what _local_write imported (and calls)
     claims = 0
 
     def every_fourth_claim_fails(temp: str, *args: Any) -> str:
@@ -397,7 +397,7 @@ async def test_failed_small_saves_leave_no_temp_file(
         return real_claim(temp, *args)
 
     monkeypatch.setattr(os, "fchmod", every_third_fails)
-    monkeypatch.setattr(local, "_claim", every_fourth_claim_fails)
+    monkeypatch.setattr(_local_write, "_claim", every_fourth_claim_fails)
     outcomes: list[str] = []
 
     async def one(i: int) -> None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import shutil
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -91,8 +93,9 @@ async def serving(
 def tus_app(
     kind: str, tmp_path: Path, config: dict[str, Any] | None, options: dict[str, Any]
 ) -> Endpoint:
-    tus_path = tmp_path / "tus"
-    app = make_app(kind, tmp_path / "store", STORE_TUS_PATH=str(tus_path), **(config or {}))
+    settings = {"STORE_TUS_PATH": str(tmp_path / "tus"), **(config or {})}
+    tus_path = Path(settings["STORE_TUS_PATH"])
+    app = make_app(kind, tmp_path / "store", **settings)
     store: Store[Any] = Store(app)
     clock = Clock()
     endpoint = Endpoint("", app, store, tus_path, clock)
@@ -267,6 +270,70 @@ async def test_an_empty_file_and_creation_with_upload(
         assert rest.headers["Upload-Stored-Path"] == "hello.txt"
     assert stored_bytes(endpoint, "hello.txt") == b"hello world"
     assert [m for _, m in endpoint.completed] == [{"filename": ""}, {"filename": "hello.txt"}]
+
+
+# --- publishing on local disk -------------------------------------------------------------------
+
+
+async def finish_in_two(
+    http: httpx.AsyncClient, endpoint: Endpoint, data: bytes, name: str
+) -> tuple[int, Path, httpx.Response]:
+    """An upload sent in two PATCHes: (the inode of its data while it waits, its folder, the
+    last answer)."""
+    metadata = f"filename {b64(name)}"
+    before = set(uploads(endpoint))
+    url = await create(http, endpoint, len(data), **{"Upload-Metadata": metadata})
+    half = len(data) // 2
+    assert (await patch(http, url, 0, data[:half])).status_code == 204
+    (waiting,) = set(uploads(endpoint)) - before
+    folder = endpoint.tus_path / waiting
+    return (folder / "data").stat().st_ino, folder, await patch(http, url, half, data[half:])
+
+
+async def test_a_finished_upload_on_local_disk_becomes_the_file_without_a_copy(
+    kind: str, tmp_path: Path, free_tcp_port: int
+) -> None:
+    """The upload's data is linked in under its name: a 1 GiB upload is published at once, not
+    copied, yet checked, hashed and served like any saved file."""
+    data = os.urandom(3 * 1024 * 1024 + 7)
+    async with serving(kind, tmp_path, free_tcp_port) as endpoint, httpx.AsyncClient() as http:
+        inode, folder, done = await finish_in_two(http, endpoint, data, "dataset.bin")
+        assert done.status_code == 204 and done.headers["Upload-Stored-Path"] == "dataset.bin"
+        ((provider, _),) = endpoint.completed
+        stored = Path(endpoint.app.config["STORE_PATH"]) / "dataset.bin"
+        assert stored.stat().st_ino == inode  # the same file: nothing was copied
+        assert stored.stat().st_mode & 0o777 == 0o644  # readable by a web server
+        assert stored.read_bytes() == data
+        assert (provider.size, provider.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+        # Its folder keeps only the record of where it went (for HEAD), not a name for the file.
+        assert not (folder / "data").exists()
+        # A second upload of the name: a collision name, never over the first.
+        _, _, again = await finish_in_two(http, endpoint, b"other bytes", "dataset.bin")
+        assert again.headers["Upload-Stored-Path"] != "dataset.bin"
+    assert stored.read_bytes() == data
+
+
+async def test_an_upload_waiting_on_another_file_system_is_copied_in(
+    kind: str, tmp_path: Path, free_tcp_port: int
+) -> None:
+    """STORE_TUS_PATH on another file system than STORE_PATH (no hard link across them): the
+    finished upload is copied to its name instead, whole or not at all."""
+    if not os.path.isdir("/dev/shm") or os.stat("/dev/shm").st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on another file system than the tests' temp folder")
+    elsewhere = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    data = os.urandom(2 * 1024 * 1024 + 3)
+    try:
+        config = {"STORE_TUS_PATH": str(elsewhere)}
+        async with serving(kind, tmp_path, free_tcp_port, config=config) as endpoint:
+            async with httpx.AsyncClient() as http:
+                _, folder, done = await finish_in_two(http, endpoint, data, "far.bin")
+            assert done.status_code == 204
+            stored = Path(endpoint.app.config["STORE_PATH"]) / "far.bin"
+            assert stored.read_bytes() == data and stored.stat().st_mode & 0o777 == 0o644
+            assert [p.name for p in stored.parent.iterdir()] == ["far.bin"]  # no temp file left
+            assert not (folder / "data").exists()
+    finally:
+        shutil.rmtree(elsewhere, ignore_errors=True)
 
 
 # --- a server killed mid-upload -------------------------------------------------------------------

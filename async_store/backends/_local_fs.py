@@ -130,6 +130,26 @@ def _claim_unnamed(
     raise no_free_name(location)
 
 
+def claim_link(
+    source: str, directory: str, names: Iterator[str], location: str
+) -> tuple[str | None, str | None]:
+    """Give the file ``source`` the first free name in ``directory`` too, as a second hard link
+    (nothing is copied; checking and claiming a name is one syscall): ``(name, None)``;
+    ``(None, untried)`` where no hard link can be made (another file system: the caller copies
+    it, ``untried`` first)."""
+    for name in names:
+        try:
+            os.link(source, os.path.join(directory, name))
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            if exc.errno in _NO_LINK:
+                return None, name
+            raise
+        return name, None
+    raise no_free_name(location)
+
+
 def _plain_folders(root: str, location: str) -> bool:
     """Whether ``root`` and every folder of ``location`` below it is a directory, not a link."""
     path = root

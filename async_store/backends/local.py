@@ -19,48 +19,42 @@ all the way down is used as is; anything else (a missing folder, a symlink) take
 path, ``makedirs`` then ``realpath``, and a link out of ``STORE_PATH`` is refused. Nothing is
 cached, so a folder swapped for a symlink is seen by the next save.
 
-These rules are written once, in :class:`_Write` (open the temp file, publish it, clean up).
+These rules are written once, in ``_local_write.Write`` (open the temp file, publish it, clean up).
 The sync shim runs them in the caller's thread (:meth:`LocalBackend.write_blocking`: no event
 loop at all); the async API runs them in a worker thread: blocking sources in one hop (create,
 copy, publish together; small in-memory ones in the batched lane of ``_threads``), async sources
 one hop per ``STORE_CHUNK_SIZE`` written, pipelined with the reading. Reads, listings, stats
 and deletes take one hop each.
 
-This module holds ``LocalBackend`` and its reader; the blocking steps they run in worker threads
-(temp file, claiming a name, fsync, containment checks, error mapping) are in ``_local_fs``.
+This module holds ``LocalBackend`` and its reader; a save's blocking steps are ``_local_write``'s,
+the file-system helpers they share (claiming a name, fsync, containment checks, error mapping)
+``_local_fs``'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import itertools
 import os
 from datetime import UTC, datetime
-from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.to_thread
 
-from .._content import keep_type, stored_type
+from .._content import stored_type
 from .._paths import content_type, safe_join
 from .._sources import write_source
 from ..exceptions import NotFoundError, StoreError
 from ._local_fs import (
     TEMP_PREFIX,
-    _claim,
-    _claim_unnamed,
-    _directory,
-    _fsync_folder,
-    _new_temp,
-    _remove,
     _scan,
     inside,
     os_error,
     resolve_file,
     store_root,
 )
-from .base import Backend, StoredFile, check_range, no_free_name
+from ._local_write import UNNAMED_FLAGS, Write
+from .base import Backend, StoredFile, check_range
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -72,24 +66,6 @@ if TYPE_CHECKING:
 __all__ = ["TEMP_PREFIX", "LocalBackend", "inside", "os_error", "resolve_file", "store_root"]
 
 T = TypeVar("T")
-#: An unnamed file in a folder (Linux's ``O_TMPFILE``); 0 where there is none.
-_UNNAMED_FLAGS = (
-    getattr(os, "O_TMPFILE", 0) | os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
-    if hasattr(os, "O_TMPFILE")
-    else 0
-)
-# "This file system (or kernel) makes no unnamed files": EISDIR from kernels before O_TMPFILE.
-_NO_UNNAMED = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EISDIR, errno.EINVAL, errno.ENOSYS}
-
-
-def _copy(src: int, dst: int) -> None:
-    """Copy the whole file ``src`` into ``dst`` (in the kernel where it can)."""
-    offset, size = 0, os.fstat(src).st_size
-    while offset < size:
-        sent = os.sendfile(dst, src, offset, size - offset)
-        if sent == 0:
-            break
-        offset += sent
 
 
 class _Reader:
@@ -149,114 +125,6 @@ class _Reader:
             await anyio.to_thread.run_sync(self._file.close)
 
 
-class _Write:
-    """One save's blocking steps, the rules of every local write: an unnamed file in the
-    target folder (or a hidden temp file where there are none), published under the first free
-    name without replacing (fsynced with ``STORE_FSYNC``), and a cleanup that removes whatever
-    was made, a published file included (a caller cancelled while it was published never
-    learnt the name).
-
-    It is the file being written too, with the little of ``IO[bytes]`` a save uses:
-    ``os.fdopen`` would cost three more syscalls per file (fstat, isatty, lseek), each a trip
-    through the GIL, and a buffer a single-chunk save does not need.
-    """
-
-    def __init__(
-        self,
-        backend: LocalBackend,
-        location: str,
-        names: Iterator[str],
-        content_type: str | None = None,
-    ) -> None:
-        #: The type a validation check found in its bytes: kept with the file (an xattr).
-        self._content_type = content_type
-        first = next(names, None)  # a failure is reported under the caller's own name
-        if first is None:
-            raise no_free_name(location)
-        self._names = itertools.chain((first,), names)
-        self._backend = backend
-        self._root, self._fsync, self._location = backend._root, backend._fsync, location
-        #: The key errors name: the client's own name in ``location``.
-        self.key = f"{location}/{first}" if location else first
-        self._temp = self._directory = self._published = ""
-        self._fd = -1
-
-    def open(self) -> IO[bytes]:
-        self._directory = directory = _directory(self._root, self._location)
-        if self._backend._unnamed:
-            try:
-                # Unnamed until published: nothing is left behind if the process dies first.
-                self._fd = os.open(directory, _UNNAMED_FLAGS, 0o644)
-            except OSError as exc:
-                if exc.errno not in _NO_UNNAMED:
-                    raise
-                self._backend._unnamed = False  # this file system has none: named temp files
-            else:
-                os.fchmod(self._fd, 0o644)  # whatever the umask: a web server may serve it
-                keep_type(self._fd, self._content_type)
-                return cast("IO[bytes]", self)
-        self._fd = self._named_temp()
-        return cast("IO[bytes]", self)
-
-    def _named_temp(self) -> int:
-        self._temp, fd = _new_temp(self._directory)  # from here on, the cleanup removes it
-        keep_type(fd, self._content_type)
-        return fd
-
-    def write(self, data: bytes) -> int:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view) :]  # a short write (disk full) is no silent cut
-        return len(data)
-
-    def finish(self, _file: object = None) -> str:
-        try:
-            if self._fsync:
-                os.fsync(self._fd)
-            if not self._temp:  # unnamed: linking it publishes it
-                named, untried = _claim_unnamed(
-                    self._fd, self._directory, self._names, self._location
-                )
-                self._published = named or ""
-                if untried is not None:  # no links to unnamed files here: copy to a named one
-                    self._names = itertools.chain((untried,), self._names)
-                    self._backend._unnamed = False
-                    unnamed, self._fd = self._fd, -1
-                    try:
-                        self._fd = self._named_temp()
-                        _copy(unnamed, self._fd)
-                        if self._fsync:
-                            os.fsync(self._fd)
-                    finally:
-                        os.close(unnamed)
-        finally:
-            self.close()
-        if not self._published:
-            # The temp file is gone once claimed.
-            self._published = _claim(self._temp, self._directory, self._names, self._location)
-        if self._fsync:
-            _fsync_folder(self._directory)
-        return self._published
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            fd, self._fd = self._fd, -1
-            os.close(fd)
-
-    def __enter__(self) -> _Write:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def cleanup(self) -> None:
-        self.close()
-        if self._published:
-            _remove(os.path.join(self._directory, self._published))
-        if self._temp:
-            _remove(self._temp)
-
-
 class LocalBackend(Backend):
     """Stores files on the local file system below ``STORE_PATH`` (made a realpath by
     ``store_root()``); ``STORE_FSYNC`` flushes each file and its folder to disk before
@@ -277,7 +145,7 @@ class LocalBackend(Backend):
         self._root = store_root(config)
         self._fsync = bool(config["STORE_FSYNC"])
         #: Whether saves write unnamed files (``O_TMPFILE``), until the file system says no.
-        self._unnamed = _UNNAMED_FLAGS != 0
+        self._unnamed = UNNAMED_FLAGS != 0
         #: What signs links to this storage's files with the app's ``SECRET_KEY``: set by the
         #: serving route when it is registered (``serve.register_route``), which checks them.
         self.links: LinkSigner | None = None
@@ -339,14 +207,14 @@ class LocalBackend(Backend):
     # --- I/O -----------------------------------------------------------------------------------
 
     async def write(self, location: str, names: Iterator[str], source: Source) -> str:
-        write = _Write(self, location, names, source.content_type)
+        write = Write(self, location, names, source.content_type, source.handed_over)
         with self._errors(write.key):
             return await write_source(
                 source, write.open, write.finish, write.cleanup, self.chunk_size
             )
 
     def write_blocking(self, location: str, names: Iterator[str], source: Source) -> str:
-        write = _Write(self, location, names, source.content_type)
+        write = Write(self, location, names, source.content_type, source.handed_over)
         with self._errors(write.key):
             try:
                 write.open()

@@ -1,7 +1,8 @@
 """How a finished tus upload becomes a stored file, and what the storage's rules say first.
 
 A small upload (or one on local disk) is saved from its folder exactly as ``save()`` saves any
-file: ``Provider(Path(data), location, filename=...)``, atomic, under a free name, its SHA-256
+file: ``Provider(HandedOver(data), location, filename=...)``, atomic, under a free name (on
+local disk the upload's data becomes the stored file by a hard link), its SHA-256
 counted. On S3 a larger one went up in parts as it arrived (``_parts``) and is copied to its
 name. Either way the storage's validation rules apply: the name and length at creation, the
 bytes at the end; a refusal removes the upload (nothing is stored), a storage failing for now
@@ -23,12 +24,12 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from http import HTTPStatus
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio.to_thread
 
 from .._paths import clean_filename
+from .._source_inputs import HandedOver
 from .._validate import Check
 from .._variants import declared, make_variants
 from ..backends.background import direct
@@ -111,8 +112,10 @@ class Publisher:
                 stored, _ = await parts.publish(held, self.location or "", name, rules)
                 provider = self.state.AsyncProvider(stored)
             else:
+                # Handed over: on local disk the upload's data becomes the stored file (a hard
+                # link), read once for the checks and the hash, not copied.
                 provider = self.state.AsyncProvider(
-                    Path(held.data_path), self.location, filename=name, checksum=True
+                    HandedOver(held.data_path), self.location, filename=name, checksum=True
                 )
                 await provider.save()
         except BadUploadError as refused:
