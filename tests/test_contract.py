@@ -44,14 +44,7 @@ PREFIX = {
 
 @pytest.fixture(params=["local", "s3", "memory", "named", "obstore-memory", "obstore"])
 def backend(request: pytest.FixtureRequest) -> str:
-    cell = request.node.callspec.params
-    if request.param == "obstore" and (cell.get("variant"), cell.get("driver")) != (
-        "quart",
-        "async",
-    ):
-        # A request to SeaweedFS costs ~1 s a test: the other cells run on obstore's memory
-        # store (same backend code), and test_obstore.py covers SeaweedFS's own behaviour.
-        pytest.skip("obstore on SeaweedFS runs the contract once: Quart, async driver")
+    # obstore on SeaweedFS runs in one cell only (conftest's pytest_collection_modifyitems).
     return str(request.param)
 
 
