@@ -331,6 +331,7 @@ async def test_types_the_storage_does_not_take_are_refused(
         "get", "/direct-uploads/s3/params", query_string={"filename": "x.html", "type": "text/html"}
     )
     assert status == 415 and "STORE_DIRECT_CONTENT_TYPES" in refused["error"]
+    assert refused["message"] == refused["error"]  # the key Uppy shows the user
     status, _ = await client.call(
         "post", "/direct-uploads/s3/multipart", json={"filename": "x.svg", "type": "image/svg+xml"}
     )

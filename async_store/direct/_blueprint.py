@@ -14,7 +14,8 @@
 
 One async core (:func:`_answer`); Quart's views await it, Flask's run it on the sync shim's
 loop, where the storage's S3 clients live. Every answer is JSON; a refusal is
-``{"error": message}`` with its status (400, 403, 404, 413, 415; 502 when S3 fails).
+``{"error": message, "message": message}`` with its status (400, 403, 404, 413, 415; 502 when
+S3 fails): Uppy's plugin shows ``message`` to the user.
 """
 
 from __future__ import annotations
@@ -69,11 +70,16 @@ async def _answer(
         await uploads.abort(key, upload_id)
         return {}, 200
     except NotFoundError as exc:
-        return {"error": str(exc)}, 404
+        return _refusal(str(exc)), 404
     except ProviderError as exc:
-        return {"error": str(exc)}, 502
+        return _refusal(str(exc)), 502
     except StoreError as exc:
-        return {"error": str(exc)}, int(getattr(exc, "code", None) or 400)
+        return _refusal(str(exc)), int(getattr(exc, "code", None) or 400)
+
+
+def _refusal(message: str) -> dict[str, str]:
+    # ``error`` for scripts, ``message`` for Uppy's @uppy/aws-s3, which shows that key.
+    return {"error": message, "message": message}
 
 
 def mount(
@@ -99,7 +105,7 @@ def mount(
                     if inspect.isawaitable(allowed):
                         allowed = await allowed
                     if not allowed:
-                        return {"error": "not allowed to upload here"}, 403
+                        return _refusal("not allowed to upload here"), 403
                 body = await request.get_json(silent=True) if request.method == "POST" else None
                 return await _answer(uploads, operation, request.args, body, path)
 
@@ -116,7 +122,7 @@ def mount(
             def view(**path: Any) -> Any:
                 request = flask.request
                 if authorize is not None and not authorize(request):
-                    return {"error": "not allowed to upload here"}, 403
+                    return _refusal("not allowed to upload here"), 403
                 body = request.get_json(silent=True) if request.method == "POST" else None
                 return shim.run(_answer, uploads, operation, request.args.to_dict(), body, path)
 
