@@ -9,6 +9,7 @@ own (``tests.servers.server_process``) made by the factories at the end of this 
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import os
 import shutil
@@ -334,6 +335,61 @@ async def test_an_upload_waiting_on_another_file_system_is_copied_in(
             assert not (folder / "data").exists()
     finally:
         shutil.rmtree(elsewhere, ignore_errors=True)
+
+
+async def test_a_write_failing_mid_patch_keeps_only_the_bytes_before_it(
+    kind: str, tmp_path: Path, free_tcp_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills up during a PATCH's second batch (a worker thread writes one batch
+    while the next arrives): the offset counts the batches written whole, nothing of the
+    request goes after the gap, and the client resumes from the offset to a whole file."""
+    from async_store.tus import _state
+
+    real_open = _state.Held.open_data
+    failed_once = False
+
+    class FillingDisk:
+        """The data file, whose disk fills up half way through the upload (once)."""
+
+        def __init__(self, f: Any) -> None:
+            self._f = f
+
+        def write(self, chunk: bytes) -> int:
+            nonlocal failed_once
+            if not failed_once and self._f.tell() + len(chunk) > 2 * 1024 * 1024:
+                failed_once = True
+                self._f.write(chunk[: len(chunk) // 2])  # a short write, then the error
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return int(self._f.write(chunk))
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._f, name)
+
+        def __enter__(self) -> Any:
+            return self
+
+        def __exit__(self, *exc_info: object) -> None:
+            self._f.close()
+
+    def open_data(held: Any) -> None:
+        real_open(held)
+        held._data = FillingDisk(held._data)
+
+    monkeypatch.setattr(_state.Held, "open_data", open_data)
+    data = os.urandom(5 * 1024 * 1024 + 11)
+    async with serving(kind, tmp_path, free_tcp_port) as endpoint, httpx.AsyncClient() as http:
+        url = await create(
+            http, endpoint, len(data), **{"Upload-Metadata": f"filename {b64('d.bin')}"}
+        )
+        failed = await patch(http, url, 0, data)
+        assert failed.status_code >= 500
+        offset = int((await http.head(url, headers=V)).headers["Upload-Offset"])
+        (waiting,) = uploads(endpoint)
+        assert 0 < offset < len(data)
+        assert (endpoint.tus_path / waiting / "data").read_bytes() == data[:offset]
+        done = await patch(http, url, offset, data[offset:])
+        assert done.status_code == 204, done.text
+        assert stored_bytes(endpoint, done.headers["Upload-Stored-Path"]) == data
 
 
 # --- a server killed mid-upload -------------------------------------------------------------------

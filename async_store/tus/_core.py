@@ -279,27 +279,46 @@ class TusCore:
             await self._release(held, keep=keep)
 
     async def _receive(self, held: Held, body: Body, remaining: int) -> None:
-        """Stream the body into ``data`` in batches of ``chunk_size``, one thread hop each.
+        """Stream the body into ``data`` in batches of ``chunk_size``: each batch is written in
+        a worker thread while the next one arrives (one in flight: memory stays two batches),
+        as ``save_request`` overlaps reading and writing.
 
         A batch is collected in ``held.pending``: if the body stops early, the release writes
-        what arrived (unless a checksum or an overflow discards it).
+        what arrived (unless a checksum or an overflow discards it), after the batch in flight:
+        a request never ends while its thread still writes.
         """
         size = total = counted = 0
-        async for chunk in body.chunks:
-            if not chunk:
-                continue
-            total += len(chunk)
-            if total > remaining:
-                raise TusError(413, f"the body is longer than the {remaining:,} bytes left")
-            held.pending.append(chunk)
-            size += len(chunk)
-            if size >= self.chunk_size:
-                await anyio.to_thread.run_sync(held.write_pending)
-                size = 0
-                if held.digest is None and held.written - counted >= CHECKPOINT:
-                    await anyio.to_thread.run_sync(held.checkpoint, self._expiry())
-                    counted = held.written
-        await anyio.to_thread.run_sync(held.write_pending)
+        writing: asyncio.Future[None] | None = None
+        try:
+            async for chunk in body.chunks:
+                if not chunk:
+                    continue
+                total += len(chunk)
+                if total > remaining:
+                    raise TusError(413, f"the body is longer than the {remaining:,} bytes left")
+                held.pending.append(chunk)
+                size += len(chunk)
+                if size >= self.chunk_size:
+                    if writing is not None:
+                        await writing
+                    batch, held.pending, size = held.pending, [], 0
+                    writing = asyncio.ensure_future(
+                        anyio.to_thread.run_sync(held.write_batch, batch)
+                    )
+                    if held.digest is None and held.written - counted >= CHECKPOINT:
+                        # Counts what is written already; the batch in flight, next time.
+                        await anyio.to_thread.run_sync(held.checkpoint, self._expiry())
+                        counted = held.written
+            if writing is not None:
+                await writing
+            await anyio.to_thread.run_sync(held.write_pending)
+        finally:
+            if writing is not None:
+                if not writing.done():
+                    with anyio.CancelScope(shield=True):
+                        await asyncio.wait([writing])
+                if not writing.cancelled():
+                    writing.exception()  # retrieved: a failure is raised by the await above
 
     # --- locks and state --------------------------------------------------------------------
 

@@ -171,6 +171,8 @@ class Held:
         self._data: IO[bytes] | None = None
         self._guard = threading.Lock()
         self._released = False
+        #: A write of this request failed: nothing more is appended (see ``_append``).
+        self._broken = False
         #: The offset the bytes of this request are appended at.
         self.start = info.offset
         #: Bytes of this request written to ``data`` (whole batches only).
@@ -244,7 +246,7 @@ class Held:
             f.truncate(self.info.offset - self.base)
             f.seek(self.info.offset - self.base)
             self._data = f
-            self.start, self.written = self.info.offset, 0
+            self.start, self.written, self._broken = self.info.offset, 0, False
 
     def write_pending(self) -> None:
         """Append the batch of the body received so far (:attr:`pending`); counted once all of
@@ -253,16 +255,34 @@ class Held:
             self._step()
             self._write_pending()
 
+    def write_batch(self, batch: list[bytes]) -> None:
+        """Append ``batch``, the body's next chunks (taken from :attr:`pending` by the caller,
+        which collects the following ones meanwhile); counted once all of it is written."""
+        with self._guard:
+            self._step()
+            self._append(batch)
+
     def _write_pending(self) -> None:
         batch, self.pending = self.pending, []
+        self._append(batch)
+
+    def _append(self, batch: list[bytes]) -> None:
         if not batch:
             return
+        if self._broken:
+            raise RuntimeError("an earlier write of this request failed: nothing goes after it")
         f = self._data
         assert f is not None, "open_data() first"
-        for chunk in batch:
-            f.write(chunk)
-            if self.digest is not None:
-                self.digest.update(chunk)
+        try:
+            for chunk in batch:
+                f.write(chunk)
+                if self.digest is not None:
+                    self.digest.update(chunk)
+        except BaseException:
+            # The offset counts whole batches only (``_finish`` cuts the rest away), so no
+            # later byte of this request may be written after the gap.
+            self._broken = True
+            raise
         self.written += sum(map(len, batch))
 
     def checkpoint(self, expires: float) -> None:
@@ -280,7 +300,7 @@ class Held:
             self._finish(keep, expires)
 
     def _finish(self, keep: bool, expires: float) -> None:
-        if keep and self._data is not None:
+        if keep and self._data is not None and not self._broken:
             self._write_pending()
         self.pending = []
         f, self._data = self._data, None
