@@ -48,12 +48,17 @@ def make_app(endpoint: str, bucket: str) -> quart.Quart:
     return app
 
 
-def main() -> None:
-    port, endpoint, bucket = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+def run(app: quart.Quart, port: int) -> None:
+    """Serve ``app`` with hypercorn on 127.0.0.1:``port`` until the process is stopped."""
     config = Config()
     config.bind = [f"127.0.0.1:{port}"]
     config.accesslog = None
-    asyncio.run(serve(make_app(endpoint, bucket), config))  # type: ignore[arg-type]
+    asyncio.run(serve(app, config))  # type: ignore[arg-type]
+
+
+def main() -> None:
+    port, endpoint, bucket = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    run(make_app(endpoint, bucket), port)
 
 
 if __name__ == "__main__":

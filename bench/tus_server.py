@@ -3,15 +3,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
 import quart
-from hypercorn.asyncio import serve
-from hypercorn.config import Config
 
 from async_store import Store
 from async_store.tus import tus_blueprint
+
+from .direct_server import run
 
 
 def make_app(folder: str) -> quart.Quart:
@@ -35,10 +34,7 @@ def make_app(folder: str) -> quart.Quart:
 
 def main() -> None:
     port, folder = int(sys.argv[1]), sys.argv[2]
-    config = Config()
-    config.bind = [f"127.0.0.1:{port}"]
-    config.accesslog = None
-    asyncio.run(serve(make_app(folder), config))  # type: ignore[arg-type]
+    run(make_app(folder), port)
 
 
 if __name__ == "__main__":

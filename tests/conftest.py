@@ -12,7 +12,7 @@ import io
 import itertools
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, Literal, NoReturn, overload
 
@@ -165,15 +165,24 @@ def proxy(s3_server: SeaweedFS) -> Iterator[FaultProxy]:
         yield proxy
 
 
+@contextmanager
+def new_bucket(server: SeaweedFS, prefix: str = "test") -> Iterator[str]:
+    """A new, empty bucket of ``server``, deleted with its objects afterwards."""
+    name = f"{prefix}-{os.getpid()}-{next(_bucket_numbers)}"
+    client = s3_client(server)
+    client.create_bucket(Bucket=name)
+    try:
+        yield name
+    finally:
+        client.delete_bucket(Bucket=name)  # frees its volumes (-s3.allowDeleteBucketNotEmpty)
+        client.close()
+
+
 @pytest.fixture
 def bucket(s3_server: SeaweedFS) -> Iterator[str]:
     """A new, empty bucket for one test."""
-    name = f"test-{os.getpid()}-{next(_bucket_numbers)}"
-    client = s3_client(s3_server)
-    client.create_bucket(Bucket=name)
-    yield name
-    client.delete_bucket(Bucket=name)  # frees its volumes (-s3.allowDeleteBucketNotEmpty)
-    client.close()
+    with new_bucket(s3_server) as name:
+        yield name
 
 
 def s3_config(server: SeaweedFS, bucket: str, **config: Any) -> dict[str, Any]:

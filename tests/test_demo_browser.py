@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import itertools
 import json
 import math
 import os
@@ -38,7 +37,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import S3_CREDENTIALS, s3_client, s3_config, unavailable
+from tests.conftest import S3_CREDENTIALS, new_bucket, s3_client, s3_config, unavailable
 from tests.faultproxy import FaultProxy
 from tests.seaweed import SeaweedFS
 from tests.test_direct import docs_cors_rule
@@ -178,15 +177,8 @@ def allow_page(client: Any, bucket: str, origin: str) -> None:
 @pytest.fixture
 def signed_bucket(signed_s3_server: SeaweedFS) -> Iterator[str]:
     """A new, empty bucket of ``signed_s3_server``, where the page uploads straight to."""
-    name = f"page-{os.getpid()}-{next(_buckets)}"
-    client = s3_client(signed_s3_server)
-    client.create_bucket(Bucket=name)
-    yield name
-    client.delete_bucket(Bucket=name)  # its objects too (-s3.allowDeleteBucketNotEmpty)
-    client.close()
-
-
-_buckets = itertools.count()
+    with new_bucket(signed_s3_server, "page") as name:
+        yield name
 
 
 @pytest.fixture(params=["local", "s3"])

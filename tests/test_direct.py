@@ -9,7 +9,6 @@ fields, or a PUT of each part to its presigned URL (httpx).
 from __future__ import annotations
 
 import io
-import itertools
 import json
 import os
 from collections.abc import Iterator
@@ -38,22 +37,18 @@ from async_store import (
 )
 from async_store.sqla import FileRecord, FileType, StoreType
 
-from .conftest import s3_client, s3_config
+from .conftest import new_bucket, s3_client, s3_config
 from .seaweed import SeaweedFS
 from .test_cli import invoke
 
 SECRET = "a secret key for the direct upload tests"
 MIB = 1024 * 1024
-_buckets = itertools.count()
 
 
 @pytest.fixture
 def bucket(signed_s3_server: SeaweedFS) -> Iterator[str]:
-    name = f"direct-{os.getpid()}-{next(_buckets)}"
-    client = s3_client(signed_s3_server)
-    client.create_bucket(Bucket=name)
-    yield name
-    client.delete_bucket(Bucket=name)
+    with new_bucket(signed_s3_server, "direct") as name:
+        yield name
 
 
 def make(kind: str, server: SeaweedFS, bucket: str, **config: Any) -> tuple[Any, Store]:
@@ -536,21 +531,24 @@ async def test_confirm_checks_the_storages_rules_on_the_bytes(
     store.close()
 
 
+async def staged_image(server: SeaweedFS, bucket: str, jpeg: bytes) -> tuple[Any, Store, str]:
+    """A storage with a 64 px WebP thumbnail variant, and ``jpeg`` uploaded to its staging as
+    cat.jpg: (app, store, staged key)."""
+    thumb = {"thumb": {"size": [64, 64], "format": "webp"}}
+    app, store = make("quart", server, bucket, STORE_IMAGE_VARIANTS=thumb)
+    store.direct_uploads(app)
+    _, key = await post_single(Client(app), "cat.jpg", jpeg, "image/jpeg")
+    return app, store, key
+
+
 async def test_confirm_makes_the_storages_image_variants(
     signed_s3_server: SeaweedFS, bucket: str
 ) -> None:
     from PIL import Image
 
-    app, store = make(
-        "quart",
-        signed_s3_server,
-        bucket,
-        STORE_IMAGE_VARIANTS={"thumb": {"size": [64, 64], "format": "webp"}},
-    )
-    store.direct_uploads(app)
     picture = io.BytesIO()
     Image.new("RGB", (640, 480), "teal").save(picture, "JPEG")
-    _, key = await post_single(Client(app), "cat.jpg", picture.getvalue(), "image/jpeg")
+    app, store, key = await staged_image(signed_s3_server, bucket, picture.getvalue())
     record = await confirm(app, store, key, "photos")
     assert record.variants == {"thumb": "photos/_variants/cat.jpg/thumb.webp"}
     stored = objects(signed_s3_server, bucket)
@@ -567,17 +565,10 @@ async def test_confirm_of_an_image_no_variant_can_be_made_of_keeps_nothing(
     save of it would be, and neither the staged nor a stored copy stays."""
     from PIL import Image
 
-    app, store = make(
-        "quart",
-        signed_s3_server,
-        bucket,
-        STORE_IMAGE_VARIANTS={"thumb": {"size": [64, 64], "format": "webp"}},
-    )
-    store.direct_uploads(app)
     picture = io.BytesIO()
     Image.effect_noise((640, 480), 64).convert("RGB").save(picture, "JPEG")
     cut = picture.getvalue()[: len(picture.getvalue()) // 3]
-    _, key = await post_single(Client(app), "cat.jpg", cut, "image/jpeg")
+    app, store, key = await staged_image(signed_s3_server, bucket, cut)
     with pytest.raises(BadUploadError) as refused:
         await confirm(app, store, key, "photos")
     assert refused.value.code == 422
