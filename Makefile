@@ -53,7 +53,7 @@ system-deps:
 		echo "note:$$missing not installed; their tests will say so and skip (apt-get install$$missing)"; \
 	fi
 
-# hypercorn, through the example's launcher: it says where files and rows go, and a port in use
+# uvicorn, through the example's launcher: it says where files and rows go, and a port in use
 # is one line.
 demo: $(DEMO_EXTRAS:%=$(VENV)/.installed-%)
 	@$(BIN)/python examples/quart_app.py --host $(HOST) --port $(PORT)

@@ -53,13 +53,15 @@ def _peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def upload(variant: str, source: Path, work: Path) -> tuple[float, float]:
-    """POST ``source`` to a fresh server of ``variant``: (MiB/s, server peak RSS in MiB)."""
+def upload(
+    variant: str, source: Path, work: Path, server: str = "hypercorn"
+) -> tuple[float, float]:
+    """POST ``source`` to a fresh ``server`` of ``variant``: (MiB/s, server peak RSS in MiB)."""
     folder = work / f"srv-{variant}"
     folder.mkdir()
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.http_server", variant, str(port), str(folder)],
+        [sys.executable, "-m", "bench.http_server", variant, str(port), str(folder), server],
         cwd=HERE.parent,
     )
     warm = work / "warm-up.bin"

@@ -1,5 +1,6 @@
 """The servers ``bench/http.py`` uploads to: one hypercorn process per variant and run, so each
-has its own peak RSS. ``python -m bench.http_server VARIANT PORT FOLDER``.
+has its own peak RSS. ``python -m bench.http_server VARIANT PORT FOLDER [SERVER]`` (``hypercorn``,
+the default, ``uvicorn`` or ``granian``: see ``bench/servers.py``).
 
 Variants, each storing the file field ``f`` of a ``multipart/form-data`` POST to ``/up``:
 
@@ -103,8 +104,33 @@ def flask_app(folder: str, variant: str) -> Any:
     return app
 
 
+def run(app: Any, port: int, server: str) -> None:
+    """Serve the ASGI ``app`` on 127.0.0.1:``port`` with ``server``: ``hypercorn`` (Quart's
+    default), ``uvicorn`` (with uvloop and httptools, as ``uvicorn[standard]`` runs it) or
+    ``granian`` (its embedded asyncio server), each as its documentation starts one worker."""
+    if server == "uvicorn":
+        import uvicorn
+
+        uvicorn.run(
+            app, host="127.0.0.1", port=port, loop="uvloop", http="httptools",
+            log_level="warning", access_log=False, lifespan="on",
+        )  # fmt: skip
+        return
+    if server == "granian":
+        from granian.constants import Interfaces
+        from granian.server.embed import Server
+
+        asyncio.run(Server(app, port=port, interface=Interfaces.ASGI, log_enabled=False).serve())
+        return
+    config = Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.accesslog = None
+    asyncio.run(serve(app, config))
+
+
 def main() -> None:
     variant, port, folder = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    server = sys.argv[4] if len(sys.argv) > 4 else "hypercorn"
     if variant.startswith("flask-"):
         from werkzeug.serving import make_server
 
@@ -112,10 +138,7 @@ def main() -> None:
         return
     apps = {"raw": raw_app, "bare": bare_app}
     app = apps[variant](folder) if variant in apps else quart_app(folder, variant)
-    config = Config()
-    config.bind = [f"127.0.0.1:{port}"]
-    config.accesslog = None
-    asyncio.run(serve(app, config))
+    run(app, port, server)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """The demo page in a real headless Chromium (Debian's ``chromium`` and ``chromium-driver``,
-driven by selenium: nothing is downloaded), served by hypercorn as ``make demo`` serves it, once
+driven by selenium: nothing is downloaded), served by uvicorn as ``make demo`` serves it, once
 with local storage and once switched to S3 (SeaweedFS) by environment variables; then with S3
 down (a fault proxy), and with background uploads waiting for S3 to come back.
 

