@@ -43,6 +43,7 @@ except ImportError as exc:  # pragma: no cover - depends on the extra
     ) from exc
 
 from ..exceptions import NotFoundError, ProviderError, ProviderUnavailableError, StoreError
+from ._s3_endpoints import resolve_once_per_bucket
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable, Iterator
@@ -266,6 +267,7 @@ class Clients:
         ) as client:
             if kind == "main":
                 _retry_with_refilling_quota(client, self._attempts)
+            resolve_once_per_bucket(client)
             yield client
 
     def keep_for_this_loop(self) -> None:
