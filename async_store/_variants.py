@@ -32,15 +32,22 @@ from ._images import DEFAULT_MAX_PIXELS, Variant, variants_of
 from ._record import FileRecord
 from ._render import Rendered, render
 from .backends.background import direct
-from .exceptions import StoreError
+from .exceptions import BadUploadError, StoreError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from logging import Logger
 
     from .extension import StoreState
     from .providers.base import Provider
 
-__all__ = ["VARIANTS_FOLDER", "declared", "make_variants", "variant_location"]
+__all__ = [
+    "VARIANTS_FOLDER",
+    "declared",
+    "make_variants",
+    "variant_location",
+    "variants_of_new_file",
+]
 
 #: The folder, next to an original, that holds its variants (in a folder named after it).
 VARIANTS_FOLDER = "_variants"
@@ -145,6 +152,47 @@ async def make_variants(
     if given is not None:
         given._add_variants(made)
     return dataclasses.replace(record, variants={**record.variants, **made})
+
+
+async def variants_of_new_file(
+    file: Provider | FileRecord, state: StoreState[Any], log: Logger
+) -> FileRecord:
+    """:func:`make_variants` for a file an upload path has just stored and handed to nobody yet
+    (a finished tus upload, a direct upload's confirm).
+
+    An image they cannot be made of is refused as a save refuses it, and a cancelled call
+    ends the same way: the file just stored is deleted, since no record of it reached anyone.
+    A storage failing meanwhile costs the variants, not the file: logged on ``log``, and the
+    record comes back without them (``make_variants`` makes them later).
+
+    :raises BadUploadError: (422) the image's refusal, the file gone.
+    """
+    path = file.path if isinstance(file, FileRecord) else file.relative_path
+    try:
+        return await make_variants(file, state)
+    except StoreError as exc:
+        if isinstance(exc, BadUploadError):
+            await _discard(state, path)
+            raise
+        log.warning(
+            "%r is stored without its image variants, the storage %r failing (%s): "
+            "make_variants(...) makes them",
+            path,
+            state.name,
+            exc,
+        )
+        return file if isinstance(file, FileRecord) else FileRecord.of(file, state.name)
+    except BaseException:
+        await _discard(state, path)
+        raise
+
+
+async def _discard(state: StoreState[Any], path: str) -> None:
+    with anyio.CancelScope(shield=True):
+        try:
+            await state.AsyncProvider(path).delete(missing_ok=True)
+        except StoreError:  # the refusal (or the cancel) is what the caller hears
+            pass
 
 
 async def _render_from(

@@ -11,19 +11,16 @@ confirmed.
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote, unquote
 
-import anyio
-
 from .._paths import clean_filename, clean_location
 from .._paths import content_type as guess_type
 from .._record import FileRecord
-from .._variants import declared, make_variants
+from .._variants import declared, variants_of_new_file
 from ..backends._part_urls import part_urls
 from ..backends._staged import cleanup_staged, publish_staged, remove_staged
 from ..backends.background import direct
@@ -32,7 +29,6 @@ from ..exceptions import (
     DisallowedTypeError,
     NotConfiguredError,
     NotFoundError,
-    StoreError,
     UploadTooLargeError,
 )
 from ._keys import STAGING, StagedKeys
@@ -283,35 +279,8 @@ class DirectUploads:
             stored_at=datetime.now(UTC),
         )
         if declared(self.state):  # the storage's image variants, as for a column's upload
-            record = await self._with_variants(record)
+            record = await variants_of_new_file(record, self.state, log)
         return record
-
-    async def _with_variants(self, record: FileRecord) -> FileRecord:
-        """``record`` with the storage's variants made. An image they cannot be made of is
-        refused as a save refuses it: the file just stored goes too (as with a cancelled
-        confirm: no record of it reached anyone). A storage failing meanwhile costs the
-        variants, not the upload (logged; ``make_variants(record)`` makes them later)."""
-        try:
-            return await make_variants(record, self.state)
-        except StoreError as exc:
-            if isinstance(exc, BadUploadError):
-                await self._discard(record)
-                raise
-            log.warning(
-                "%r is stored without its image variants, the storage %r failing (%s): "
-                "make_variants(record) makes them",
-                record.path,
-                self.state.name,
-                exc,
-            )
-            return record
-        except BaseException:
-            await self._discard(record)
-            raise
-
-    async def _discard(self, record: FileRecord) -> None:
-        with anyio.CancelScope(shield=True), contextlib.suppress(StoreError):
-            await self.state.AsyncProvider(record.path).delete(missing_ok=True)
 
     # --- cleanup ----------------------------------------------------------------------------------
 

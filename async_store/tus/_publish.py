@@ -31,7 +31,7 @@ import anyio.to_thread
 from .._paths import clean_filename
 from .._source_inputs import HandedOver
 from .._validate import Check
-from .._variants import declared, make_variants
+from .._variants import declared, variants_of_new_file
 from ..backends.background import direct
 from ..exceptions import BadUploadError, StoreError
 from ._parts import S3Parts
@@ -132,35 +132,18 @@ class Publisher:
                 {"Retry-After": "5"},
             ) from exc
         if declared(self.state):
-            await self._make_variants(held, provider)
+            try:
+                await variants_of_new_file(provider, self.state, log)
+            except BadUploadError as refused:
+                # As a FileType column's flush refuses it: the original went too, and the
+                # client hears why instead of finding a file without them.
+                await self.abort(held)
+                await anyio.to_thread.run_sync(held.remove)
+                raise TusError(refused.code or 422, refused.description or str(refused)) from None
         await anyio.to_thread.run_sync(
             held.published, provider.relative_path, provider.absolute_url
         )
         return Completed(provider, dict(info.metadata), info.id)
-
-    async def _make_variants(self, held: Held, provider: Provider) -> None:
-        """The storage's variants of the file just stored, listed in ``provider.variants``.
-
-        :raises TusError: 422 for an image they cannot be made of (the file and the upload go).
-        """
-        try:
-            await make_variants(provider, self.state)
-        except BadUploadError as refused:
-            # As a FileType column's flush refuses it: the original goes too (there with the
-            # rollback), and the client hears why instead of finding a file without them.
-            with anyio.CancelScope(shield=True), contextlib.suppress(StoreError):
-                await provider.delete(missing_ok=True)
-            await self.abort(held)
-            await anyio.to_thread.run_sync(held.remove)
-            raise TusError(refused.code or 422, refused.description or str(refused)) from None
-        except StoreError as exc:
-            log.warning(
-                "%r is stored without its image variants, the storage %r failing (%s): "
-                "make_variants(provider) makes them",
-                provider.relative_path,
-                self.state.name,
-                exc,
-            )
 
     async def abort(self, held: Held) -> None:
         """An upload removed before it finished: its parts in S3 go too (best effort: what
