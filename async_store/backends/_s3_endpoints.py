@@ -12,7 +12,6 @@ botocore loads; where a rule ever does read ``Key``, nothing changes.
 from __future__ import annotations
 
 import functools
-import json
 from typing import Any
 
 __all__ = ["resolve_once_per_bucket"]
@@ -37,7 +36,7 @@ def _key_is_unused() -> bool:
                 walk(value)
 
     walk(ruleset.get("rules", []))
-    return "Key" not in refs and "Key" in json.dumps(ruleset.get("parameters", {}))
+    return "Key" in ruleset.get("parameters", {}) and "Key" not in refs
 
 
 def resolve_once_per_bucket(client: Any) -> None:

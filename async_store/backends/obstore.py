@@ -48,7 +48,7 @@ from ._obstore_store import (
 from .base import Backend, StoredFile, check_range, no_free_name
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
     from obstore import Attributes, BytesStream, GetOptions
 
@@ -207,14 +207,27 @@ class ObstoreBackend(Backend):
         self, location: str, first: str, names: Iterator[str], body: bytes, source: Source
     ) -> str:
         """One conditional PUT per name until one is free."""
+
+        async def put(name: str, path: str) -> None:
+            attributes = self._attributes(name, source.content_type)
+            await obstore.put_async(self.store, path, body, mode="create", attributes=attributes)
+
+        return await self._first_free(location, first, names, put)
+
+    async def _first_free(
+        self,
+        location: str,
+        first: str,
+        names: Iterator[str],
+        claim: Callable[[str, str], Awaitable[object]],
+    ) -> str:
+        """The first of ``first`` and ``names`` in ``location`` that ``claim(name, path)``
+        takes (it raises ``NameTaken`` for a name taken), one writer per key at a time."""
         for name in itertools.chain([first], names):
             path = self._path(f"{location}/{name}" if location else name)
-            attributes = self._attributes(name, source.content_type)
             try:
                 async with self._claims.claiming(path):
-                    await obstore.put_async(
-                        self.store, path, body, mode="create", attributes=attributes
-                    )
+                    await claim(name, path)
             except NameTaken:
                 continue
             return name
@@ -259,15 +272,11 @@ class ObstoreBackend(Backend):
 
     async def _adopt(self, staged: str, location: str, first: str, names: Iterator[str]) -> str:
         """Copy ``staged`` to the first free name, never over another file."""
-        for name in itertools.chain([first], names):
-            path = self._path(f"{location}/{name}" if location else name)
-            try:
-                async with self._claims.claiming(path):
-                    await obstore.copy_async(self.store, staged, path, overwrite=False)
-            except NameTaken:
-                continue
-            return name
-        raise no_free_name(location)
+
+        async def copy(_name: str, path: str) -> None:
+            await obstore.copy_async(self.store, staged, path, overwrite=False)
+
+        return await self._first_free(location, first, names, copy)
 
     # --- reading, listing, deleting ---------------------------------------------------------
 
