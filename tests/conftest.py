@@ -414,10 +414,10 @@ def spool_undeliverable(
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The provider contract on obstore over SeaweedFS runs in one cell (Quart, async driver),
-    not deselected elsewhere as skips: a request to SeaweedFS costs ~1 s a test, the other cells
-    run on obstore's memory store (the same backend code), and test_obstore.py covers
-    SeaweedFS's own behaviour."""
+    """The provider contract on obstore over SeaweedFS runs in one cell (Quart, async driver);
+    its other cells are deselected here rather than reported as skips. A request to SeaweedFS
+    costs ~1 s a test, the other cells run on obstore's memory store (the same backend code),
+    and test_obstore.py covers SeaweedFS's own behaviour."""
     dropped = []
     for item in items:
         callspec = getattr(item, "callspec", None)

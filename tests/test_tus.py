@@ -12,9 +12,7 @@ import base64
 import errno
 import hashlib
 import os
-import shutil
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -315,26 +313,30 @@ async def test_a_finished_upload_on_local_disk_becomes_the_file_without_a_copy(
 
 
 async def test_an_upload_waiting_on_another_file_system_is_copied_in(
-    kind: str, tmp_path: Path, free_tcp_port: int
+    kind: str, tmp_path: Path, free_tcp_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """STORE_TUS_PATH on another file system than STORE_PATH (no hard link across them): the
+    """STORE_TUS_PATH on another file system than STORE_PATH: a hard link from the upload's
+    folder fails with EXDEV (made to here, so the test needs no second file system), and the
     finished upload is copied to its name instead, whole or not at all."""
-    if not os.path.isdir("/dev/shm") or os.stat("/dev/shm").st_dev == tmp_path.stat().st_dev:
-        pytest.skip("needs /dev/shm on another file system than the tests' temp folder")
-    elsewhere = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    tus_folder = str(tmp_path / "tus")
+    real_link = os.link
+
+    def cross_device(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+        if os.fspath(src).startswith(tus_folder):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        real_link(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "link", cross_device)
     data = os.urandom(2 * 1024 * 1024 + 3)
-    try:
-        config = {"STORE_TUS_PATH": str(elsewhere)}
-        async with serving(kind, tmp_path, free_tcp_port, config=config) as endpoint:
-            async with httpx.AsyncClient() as http:
-                _, folder, done = await finish_in_two(http, endpoint, data, "far.bin")
-            assert done.status_code == 204
-            stored = Path(endpoint.app.config["STORE_PATH"]) / "far.bin"
-            assert stored.read_bytes() == data and stored.stat().st_mode & 0o777 == 0o644
-            assert [p.name for p in stored.parent.iterdir()] == ["far.bin"]  # no temp file left
-            assert not (folder / "data").exists()
-    finally:
-        shutil.rmtree(elsewhere, ignore_errors=True)
+    async with serving(kind, tmp_path, free_tcp_port) as endpoint:
+        async with httpx.AsyncClient() as http:
+            inode, folder, done = await finish_in_two(http, endpoint, data, "far.bin")
+        assert done.status_code == 204
+        stored = Path(endpoint.app.config["STORE_PATH"]) / "far.bin"
+        assert stored.read_bytes() == data and stored.stat().st_mode & 0o777 == 0o644
+        assert stored.stat().st_ino != inode  # a copy: the link was refused
+        assert [p.name for p in stored.parent.iterdir()] == ["far.bin"]  # no temp file left
+        assert not (folder / "data").exists()
 
 
 async def test_a_write_failing_mid_patch_keeps_only_the_bytes_before_it(
