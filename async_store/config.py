@@ -255,8 +255,8 @@ SETTINGS: tuple[Setting, ...] = (
     S("STORE_S3_CONDITIONAL_WRITES", True, boolean, "claim names with If-None-Match", "s3"),
     S(
         "STORE_S3_CHECKSUM",
-        "sha256",
-        choice("sha256", "crc32", "off"),
+        "auto",
+        choice("auto", "sha256", "crc32", "off"),
         "the checksum the server verifies an upload with",
         "s3",
     ),

@@ -2,9 +2,10 @@
 
 It runs its own event loop in a thread, so it serves sync and async code alike. Faults are set
 per test: answer some requests with a status (5xx, 403), reset the connection after some bytes
-of a request body, hold requests for a while before passing them on, stop listening altogether
-(:meth:`FaultProxy.down`: S3 is down, connections are refused) and come back, or pass everything
-through. Loopback only, and it stops with the test.
+of a request body, hold requests for a while before passing them on, flip a byte of a request
+body on its way (what a checksum is for), stop listening altogether (:meth:`FaultProxy.down`:
+S3 is down, connections are refused) and come back, or pass everything through. Loopback
+only, and it stops with the test.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class FaultProxy:
     reset_after: tuple[Callable[[Recorded], bool], int] | None = None
     #: (predicate, seconds): hold matching requests that long before passing them on.
     delay: tuple[Callable[[Recorded], bool], float] | None = None
+    #: Flip the last byte of matching request bodies before passing them on.
+    corrupt: Callable[[Recorded], bool] | None = None
     port: int = 0
     _loop: asyncio.AbstractEventLoop | None = None
     _runner: web.AppRunner | None = None
@@ -64,7 +67,7 @@ class FaultProxy:
         return f"http://127.0.0.1:{self.port}"
 
     def clear(self) -> None:
-        self.fail_with = self.reset_after = self.delay = self.fail_code = None
+        self.fail_with = self.reset_after = self.delay = self.fail_code = self.corrupt = None
         self.fail_times = None
 
     def _call(self, coroutine: Any) -> None:
@@ -134,6 +137,8 @@ class FaultProxy:
             )
             return web.Response(status=status, text=body, content_type="application/xml")
         payload = await request.read()
+        if self.corrupt and payload and self.corrupt(seen):
+            payload = payload[:-1] + bytes([payload[-1] ^ 1])
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
         headers["Host"] = request.headers.get("Host", "")
         async with (

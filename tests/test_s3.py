@@ -12,6 +12,7 @@ import logging
 import os
 import tracemalloc
 import urllib.request
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -143,38 +144,78 @@ async def test_content_type_and_object_params(s3_server: SeaweedFS, bucket: str)
     assert head["a.png"]["ContentDisposition"] == "inline"
 
 
-@pytest.mark.parametrize("checksum", ["sha256", "crc32", "off"])
+def crc32(data: bytes) -> str:
+    return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+
+
+def sha256(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+@pytest.mark.parametrize("hashed", [True, False])
+@pytest.mark.parametrize("checksum", ["auto", "sha256", "crc32", "off"])
 async def test_the_checksum_the_server_verifies(
-    s3_server: SeaweedFS, bucket: str, proxy: FaultProxy, checksum: str
+    s3_server: SeaweedFS, bucket: str, proxy: FaultProxy, checksum: str, hashed: bool
 ) -> None:
     app, store = quart_store(
         s3_server, bucket, STORE_S3_ENDPOINT_URL=proxy.endpoint, STORE_S3_CHECKSUM=checksum
     )
     data = b"verified on arrival"
     async with app.app_context():
-        provider = store.Provider(data, filename="a.txt", checksum=True)
+        provider = store.Provider(data, filename="a.txt", checksum=hashed)
         await provider.save()
     direct, direct_store = quart_store(s3_server, bucket)  # the proxy drops HEAD's length
     async with direct.app_context():
         info = await direct_store.Provider(provider.relative_path).info()
     [put] = [r for r in proxy.requests if r.method == "PUT"]
     sent = {k: v for k, v in put.headers.items() if k.startswith("x-amz-checksum-")}
-    expected = base64.b64encode(hashlib.sha256(data).digest()).decode()
-    if checksum == "sha256":
-        assert sent == {"x-amz-checksum-sha256": expected}
-        assert info.sha256 == provider.sha256 == hashlib.sha256(data).hexdigest()  # kept there
-        # The body is hashed once: the checksum above, not SigV4's payload hash too.
-        assert put.headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
-    elif checksum == "crc32":
-        assert list(sent) == ["x-amz-checksum-crc32"]  # botocore's own
+    # 'auto': the upload's own SHA-256 when it is hashed anyway, else the cheaper CRC32.
+    kind = {"auto": "sha256" if hashed else "crc32"}.get(checksum, checksum)
+    if kind == "sha256":
+        assert sent == {"x-amz-checksum-sha256": sha256(data)}
+        assert info.sha256 == hashlib.sha256(data).hexdigest()  # kept there
+    elif kind == "crc32":
+        assert sent == {"x-amz-checksum-crc32": crc32(data)}
         assert info.sha256 is None
     else:
         assert sent == {} and info.sha256 is None
-    if checksum != "sha256":  # SigV4's hash of the body is then what covers it
+    if hashed:
+        assert provider.sha256 == hashlib.sha256(data).hexdigest()
+    if kind != "off":
+        # The body is hashed once: the checksum above, not SigV4's payload hash too.
+        assert put.headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
+    else:  # SigV4's hash of the body is then what covers it (on plain HTTP)
         assert put.headers["x-amz-content-sha256"] == hashlib.sha256(data).hexdigest()
 
 
-@pytest.mark.parametrize("checksum", ["sha256", "crc32", "off"])
+@pytest.mark.parametrize("multipart", [False, True])
+@pytest.mark.parametrize("checksum", ["auto", "sha256", "crc32"])
+async def test_bytes_changed_on_the_way_are_refused_and_nothing_is_stored(
+    s3_server: SeaweedFS, bucket: str, proxy: FaultProxy, checksum: str, multipart: bool
+) -> None:
+    app, store = quart_store(
+        s3_server,
+        bucket,
+        STORE_S3_ENDPOINT_URL=proxy.endpoint,
+        STORE_S3_CHECKSUM=checksum,
+        STORE_S3_MAX_ATTEMPTS=1,
+        **SMALL_PARTS,
+    )
+    data = os.urandom(11 * MIB if multipart else 4096)
+    # The last byte of each upload body flips between the app and the server.
+    proxy.corrupt = lambda r: r.method == "PUT"
+    async with app.app_context():
+        provider = store.Provider(data, filename="flipped.bin")
+        with pytest.raises(ProviderError, match="flipped.bin") as refused:
+            await provider.save()
+        assert "BadDigest" in str(refused.value)
+        assert not await store.Provider("flipped.bin").exists()
+    listed = s3_client(s3_server).list_objects_v2(Bucket=bucket).get("KeyCount", 0)
+    assert listed == 0
+    assert s3_client(s3_server).list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+@pytest.mark.parametrize("checksum", ["auto", "sha256", "crc32", "off"])
 async def test_the_checksums_of_a_multipart_upload(
     s3_server: SeaweedFS, bucket: str, proxy: FaultProxy, checksum: str
 ) -> None:
@@ -197,16 +238,15 @@ async def test_the_checksums_of_a_multipart_upload(
     [create] = [r for r in proxy.requests if r.method == "POST" and r.query == "uploads"]
     assert len(parts) == 3
     sent = [{k: v for k, v in p.headers.items() if k.startswith("x-amz-checksum-")} for p in parts]
+    pieces = [data[i : i + 5 * MIB] for i in range(0, len(data), 5 * MIB)]
+    # Each part's own checksum, for the server to verify part by part: S3 keeps no whole-object
+    # SHA-256 of a multipart object, so 'auto' takes CRC32 (a fifth of the CPU).
     if checksum == "sha256":
-        # Each part's own SHA-256, for the server to verify part by part.
         assert create.headers.get("x-amz-checksum-algorithm") == "SHA256"
-        expected = [
-            base64.b64encode(hashlib.sha256(data[i : i + 5 * MIB]).digest()).decode()
-            for i in range(0, len(data), 5 * MIB)
-        ]
-        assert sent == [{"x-amz-checksum-sha256": e} for e in expected]
-    elif checksum == "crc32":
-        assert all(list(s) == ["x-amz-checksum-crc32"] for s in sent)  # botocore's own
+        assert sent == [{"x-amz-checksum-sha256": sha256(p)} for p in pieces]
+    elif checksum in ("auto", "crc32"):
+        assert create.headers.get("x-amz-checksum-algorithm") == "CRC32"
+        assert sent == [{"x-amz-checksum-crc32": crc32(p)} for p in pieces]
     else:
         assert sent == [{}, {}, {}]
     # The whole file's SHA-256 is the upload's own, computed once while it streamed.

@@ -46,8 +46,13 @@ async def opened(server: SeaweedFS, bucket: str, **config: Any) -> AsyncIterator
         yield backend
 
 
-async def write(backend: S3Backend, name: str, data: bytes, location: str = "") -> str:
-    return await backend.write(location, iter([name]), Source(name, blocking=[data]))
+async def write(
+    backend: S3Backend, name: str, data: bytes, location: str = "", hashed: bool = False
+) -> str:
+    source = Source(name, blocking=[data])
+    if hashed:  # as Provider(..., checksum=True) does
+        source.digest = hashlib.sha256()
+    return await backend.write(location, iter([name]), source)
 
 
 async def listed(backend: S3Backend, prefix: str = "") -> list[StoredFile]:
@@ -157,8 +162,10 @@ async def test_a_reversed_or_negative_range_is_refused(
 async def test_stat_gives_size_and_time(s3_server: SeaweedFS, bucket: str) -> None:
     async with opened(s3_server, bucket) as backend:
         before = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=2)
-        await write(backend, "a.bin", DATA, "docs")
+        await write(backend, "a.bin", DATA, "docs", hashed=True)
+        await write(backend, "b.bin", DATA, "plain")
         stat = await backend.stat("docs/a.bin")
+        unhashed = await backend.stat("plain/b.bin")
         files = await listed(backend, "docs/")
         with pytest.raises(NotFoundError, match="'docs/b.bin' in bucket"):
             await backend.stat("docs/b.bin")
@@ -166,9 +173,11 @@ async def test_stat_gives_size_and_time(s3_server: SeaweedFS, bucket: str) -> No
     assert stat.modified.tzinfo is not None
     assert before <= stat.modified <= datetime.now(UTC) + timedelta(seconds=2)
     # A listing has no content type nor checksum (ListObjects gives neither); stat asks HEAD,
-    # which gives the SHA-256 the upload was sent and verified with (STORE_S3_CHECKSUM).
+    # which gives the SHA-256 the upload was sent and verified with (STORE_S3_CHECKSUM): under
+    # 'auto', that of an upload hashed anyway; one that is not is sent with a CRC32.
     assert stat.content_type == "application/octet-stream"
     assert stat.sha256 == hashlib.sha256(DATA).hexdigest()
+    assert unhashed.sha256 is None
     assert files == [dataclasses.replace(stat, content_type=None, sha256=None)]
 
 

@@ -221,16 +221,17 @@ class Clients:
             "s3": s3,
             "max_pool_connections": config["STORE_S3_MAX_POOL_CONNECTIONS"],
         }
-        if config.get("STORE_S3_CHECKSUM") == "sha256":
-            # Every upload request carries its body's SHA-256 (x-amz-checksum-sha256, signed),
+        # botocore computes no checksum of its own (its CRC32, read from a copy of the body),
+        # only where an operation requires one: an upload carries the one it was sent with.
+        common["request_checksum_calculation"] = "when_required"
+        common["response_checksum_validation"] = "when_required"
+        if config.get("STORE_S3_CHECKSUM") != "off":
+            # Every upload request carries its body's checksum (x-amz-checksum-*, signed),
             # which the server verifies: SigV4's own hash of the body (botocore's payload
             # signing, on plain-HTTP endpoints) would hash each byte a second time.
             s3["payload_signing_enabled"] = False
-        elif config.get("STORE_S3_CHECKSUM") == "off":
-            # No flexible checksums (botocore's CRC32 by default), which some S3-compatible
-            # servers refuse (Backblaze B2, GCS's XML API): only where an operation needs one.
-            common["request_checksum_calculation"] = "when_required"
-            common["response_checksum_validation"] = "when_required"
+        # 'off' sends none, for servers that refuse checksums (Backblaze B2, GCS's XML API):
+        # SigV4's payload hash (plain HTTP) or TLS then covers the body.
         main = AioConfig(
             retries={"mode": "standard", "total_max_attempts": self._attempts},
             connect_timeout=connect,

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import itertools
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -33,7 +32,15 @@ from .._multipart import Budgets, Charge, Claims, read_head, send_parts
 from .._paths import content_type as guess_type
 from ..exceptions import NotFoundError, ProviderError
 from ._s3_clients import ClientError, Clients, NameTaken, raise_if_taken
-from ._s3_parts import Body, S3Parts, last_byte
+from ._s3_parts import (
+    Body,
+    S3Parts,
+    UploadBody,
+    checksum,
+    last_byte,
+    part_algorithm,
+    put_algorithm,
+)
 from .base import Backend, StoredFile, check_range, no_free_name
 
 if TYPE_CHECKING:
@@ -204,13 +211,12 @@ class S3Backend(Backend):
         self, s3: Any, key: str, name: str, body: bytes, extra: dict[str, str], source: Source
     ) -> None:
         args = {**self._object_args(name, source.content_type), **extra}
-        if self.config["STORE_S3_CHECKSUM"] == "sha256":
-            # Verified and kept by the server; the upload's own hash when it has one (no rehash).
-            digest = source.digest if source.digest is not None else hashlib.sha256(body)
-            args["ChecksumSHA256"] = base64.b64encode(digest.digest()).decode()
+        # Verified (and kept) by the server; the upload's own SHA-256 when it took one.
+        algorithm = put_algorithm(self.config["STORE_S3_CHECKSUM"], source.digest is not None)
+        args.update(await checksum(algorithm, body, source.digest))
         try:
             async with self._claims.claiming(key):
-                await s3.put_object(Bucket=self.bucket, Key=key, Body=body, **args)
+                await s3.put_object(Bucket=self.bucket, Key=key, Body=UploadBody(body), **args)
         except ClientError as exc:
             raise_if_taken(exc)
             raise
@@ -227,13 +233,12 @@ class S3Backend(Backend):
         source: Source,
     ) -> None:
         args = self._object_args(name, source.content_type)
-        # Each part's SHA-256, which the server verifies part by part: a multipart object's
-        # checksum is of its parts' (S3 has no whole-object SHA-256 for it).
-        sha256 = self.config["STORE_S3_CHECKSUM"] == "sha256"
-        if sha256:
-            args["ChecksumAlgorithm"] = "SHA256"
+        # Each part's checksum, which the server verifies part by part.
+        algorithm = part_algorithm(self.config["STORE_S3_CHECKSUM"])
+        if algorithm is not None:
+            args["ChecksumAlgorithm"] = algorithm
         created = await s3.create_multipart_upload(Bucket=self.bucket, Key=key, **args)
-        upload = S3Parts(s3, self.bucket, key, created["UploadId"], extra, self._claims, sha256)
+        upload = S3Parts(s3, self.bucket, key, created["UploadId"], extra, self._claims, algorithm)
         concurrency = int(self.config["STORE_S3_MAX_CONCURRENCY"])
         await send_parts(upload, head, rest, concurrency=concurrency, charge=charge)
 
@@ -332,8 +337,8 @@ class S3Backend(Backend):
         if head is None:
             raise self._missing(key)
         # Base64; a multipart object's composite checksum ("…-N") is of its parts, not its bytes.
-        checksum = head.get("ChecksumSHA256")
-        sha256 = base64.b64decode(checksum).hex() if checksum and "-" not in checksum else None
+        kept = head.get("ChecksumSHA256")
+        sha256 = base64.b64decode(kept).hex() if kept and "-" not in kept else None
         content_type = head.get("ContentType") or guess_type(key)
         return StoredFile(
             key, int(head["ContentLength"]), head["LastModified"], content_type, sha256

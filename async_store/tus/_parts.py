@@ -14,14 +14,13 @@ which replaces it.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 
 from .._paths import clean_filename
 from .._paths import content_type as guess_type
+from ..backends._s3_parts import UploadBody, checksum, part_algorithm
 from ..backends._staged import publish_staged
 
 if TYPE_CHECKING:
@@ -41,7 +40,7 @@ class S3Parts:
     def __init__(self, backend: S3Backend, part_size: int) -> None:
         self.backend = backend
         self.part_size = part_size
-        self.sha256 = backend.config["STORE_S3_CHECKSUM"] == "sha256"
+        self.algorithm = part_algorithm(backend.config["STORE_S3_CHECKSUM"])
 
     def _staged(self, held: Held, name: str) -> str:
         return str(held.info.extra.get("key") or f"{STAGING}/{held.info.id}/{clean_filename(name)}")
@@ -57,8 +56,8 @@ class S3Parts:
         async with self.backend.requests(key) as s3:
             if "upload_id" not in held.info.extra:
                 args: dict[str, Any] = {"ContentType": guess_type(name)}
-                if self.sha256:
-                    args["ChecksumAlgorithm"] = "SHA256"
+                if self.algorithm is not None:
+                    args["ChecksumAlgorithm"] = self.algorithm
                 created = await s3.create_multipart_upload(
                     Bucket=self.backend.bucket, Key=object_key, **args
                 )
@@ -67,15 +66,12 @@ class S3Parts:
                 )
             body = await anyio.to_thread.run_sync(held.read_head, size)
             number = len(held.info.extra.get("parts", ())) + 1
-            part: dict[str, Any] = {"PartNumber": number}
-            if self.sha256:
-                digest = await anyio.to_thread.run_sync(hashlib.sha256, body)
-                part["ChecksumSHA256"] = base64.b64encode(digest.digest()).decode()
+            part: dict[str, Any] = {"PartNumber": number, **await checksum(self.algorithm, body)}
             response = await s3.upload_part(
                 Bucket=self.backend.bucket,
                 Key=object_key,
                 UploadId=held.info.extra["upload_id"],
-                Body=body,
+                Body=UploadBody(body),
                 **part,
             )
         part["ETag"] = response["ETag"]
