@@ -9,11 +9,15 @@ within each repeat:
 * ``small`` × 4 KiB saves at concurrency 1 and 32: files/s and client CPU per file; the
   baseline is raw aioboto3 ``put_object`` with ``IfNoneMatch='*'``, the same one-request
   conditional write a save makes.
+
+Everything runs in one long-lived event loop, as in a server: each app is started once (its
+clients made once, as a worker keeps them), and so is the raw client.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -26,6 +30,7 @@ from typing import Any
 
 import anyio
 import quart
+from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from async_store import Store
 
@@ -33,10 +38,10 @@ HERE = Path(__file__).parent
 MIB = 1024 * 1024
 
 
-def timed(run: Callable[[], Awaitable[int]]) -> tuple[float, float, int]:
-    """(wall seconds, process CPU seconds, units) of ``anyio.run(run)``."""
+def timed(portal: BlockingPortal, run: Callable[[], Awaitable[int]]) -> tuple[float, float, int]:
+    """(wall seconds, process CPU seconds, units) of ``run`` in the portal's event loop."""
     cpu, wall = time.process_time(), time.perf_counter()
-    units = anyio.run(run)
+    units = portal.call(run)
     return time.perf_counter() - wall, time.process_time() - cpu, units
 
 
@@ -73,11 +78,21 @@ def main() -> None:
             app.config.update(config)
             stores[name] = (app, Store(app))
 
+        import aioboto3
+        from aiobotocore.config import AioConfig
+
+        session = aioboto3.Session(
+            aws_access_key_id=S3_CREDENTIALS["STORE_S3_ACCESS_KEY"],
+            aws_secret_access_key=S3_CREDENTIALS["STORE_S3_SECRET_KEY"],
+            region_name="us-east-1",
+        )
+        raw_config = AioConfig(s3={"addressing_style": "path"}, max_pool_connections=50)
+
         def large(name: str) -> Callable[[], Awaitable[int]]:
             app, store = stores[name]
 
             async def run() -> int:
-                async with app.test_app(), app.app_context():
+                async with app.app_context():
                     saved = store.Provider(source)
                     await saved.save()
                     await store.Provider(saved.relative_path).delete()
@@ -85,38 +100,23 @@ def main() -> None:
 
             return run
 
-        def small(name: str, concurrency: int) -> Callable[[], Awaitable[int]]:
+        def small(name: str, concurrency: int, raw: Any) -> Callable[[], Awaitable[int]]:
             async def run() -> int:
                 limiter = anyio.Semaphore(concurrency)
                 if name == "raw":
-                    import aioboto3
-                    from aiobotocore.config import AioConfig
 
-                    session = aioboto3.Session(
-                        aws_access_key_id=S3_CREDENTIALS["STORE_S3_ACCESS_KEY"],
-                        aws_secret_access_key=S3_CREDENTIALS["STORE_S3_SECRET_KEY"],
-                        region_name="us-east-1",
-                    )
-                    config = AioConfig(
-                        s3={"addressing_style": "path"},
-                        max_pool_connections=max(10, concurrency),
-                    )
-                    async with session.client(
-                        "s3", endpoint_url=server.endpoint, config=config
-                    ) as s3:
+                    async def put(i: int) -> None:
+                        async with limiter:
+                            await raw.put_object(
+                                Bucket="bench",
+                                Key=f"raw/{concurrency}/{i}.bin",
+                                Body=payload,
+                                IfNoneMatch="*",
+                            )
 
-                        async def put(i: int) -> None:
-                            async with limiter:
-                                await s3.put_object(
-                                    Bucket="bench",
-                                    Key=f"raw/{concurrency}/{i}.bin",
-                                    Body=payload,
-                                    IfNoneMatch="*",
-                                )
-
-                        async with anyio.create_task_group() as tg:
-                            for i in range(args.small):
-                                tg.start_soon(put, i)
+                    async with anyio.create_task_group() as tg:
+                        for i in range(args.small):
+                            tg.start_soon(put, i)
                     return args.small
                 app, store = stores[name]
 
@@ -124,7 +124,7 @@ def main() -> None:
                     async with limiter:
                         await store.Provider(payload, f"c{concurrency}", filename=f"{i}.bin").save()
 
-                async with app.test_app(), app.app_context():
+                async with app.app_context():
                     async with anyio.create_task_group() as tg:
                         for i in range(args.small):
                             tg.start_soon(save, i)
@@ -138,19 +138,26 @@ def main() -> None:
                 for obj in page.get("Contents", ()):
                     client.delete_object(Bucket="bench", Key=obj["Key"])
 
-        for name in ("s3", "obstore"):  # untimed: imports, clients, the first connections
-            anyio.run(large(name))
-            anyio.run(small(name, 32))
-        anyio.run(small("raw", 32))
-        clear()
-        for _ in range(args.repeats):
-            for name in ("s3", "obstore"):
-                results.setdefault(f"large {name}", []).append(timed(large(name)))
-            for concurrency in (1, 32):
-                for name in ("raw", "s3", "obstore"):
-                    key = f"small c={concurrency} {name}"
-                    results.setdefault(key, []).append(timed(small(name, concurrency)))
+        with contextlib.ExitStack() as stack:
+            portal = stack.enter_context(start_blocking_portal())
+            for app, _store in stores.values():
+                stack.enter_context(portal.wrap_async_context_manager(app.test_app()))
+            client = session.client("s3", endpoint_url=server.endpoint, config=raw_config)
+            raw = stack.enter_context(portal.wrap_async_context_manager(client))
+            for name in ("s3", "obstore"):  # untimed: imports, clients, the first connections
+                portal.call(large(name))
+                portal.call(small(name, 32, raw))
+            portal.call(small("raw", 32, raw))
             clear()
+            for _ in range(args.repeats):
+                for name in ("s3", "obstore"):
+                    results.setdefault(f"large {name}", []).append(timed(portal, large(name)))
+                for concurrency in (1, 32):
+                    for name in ("raw", "s3", "obstore"):
+                        key = f"small c={concurrency} {name}"
+                        run = small(name, concurrency, raw)
+                        results.setdefault(key, []).append(timed(portal, run))
+                clear()
         for _app, store in stores.values():
             store.close()
     finally:
