@@ -140,9 +140,12 @@ class Rules:
             if needed:
                 with contextlib.suppress(ImportError):
                     importlib.import_module(module)
+        # Whether any rule is set, once: every save asks (dataclasses.fields is slow).
+        rules = (getattr(self, f.name) for f in dataclasses.fields(self))
+        object.__setattr__(self, "_set", any(rule not in (None, False, ()) for rule in rules))
 
     def __bool__(self) -> bool:
-        return any(getattr(self, f.name) not in (None, False, ()) for f in dataclasses.fields(self))
+        return bool(self.__dict__["_set"])
 
     def merged(self, call: Rules | None) -> Rules:
         """These rules (a storage's) with ``call``'s over them: each rule ``call`` sets
