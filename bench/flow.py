@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import sys
 import tempfile
 import threading
@@ -84,6 +85,9 @@ def report(title: str, found: set[tuple[str, str]]) -> None:
     functions = {f for f in found if "<" not in f[1]}
     modules = {module for module, _ in functions}
     print(f"{title}: {len(functions)} functions in {len(modules)} modules")
+    if os.environ.get("FLOW_LIST"):
+        for module, name in sorted(functions):
+            print(f"  {module}: {name}")
 
 
 def flask_local_save() -> set[tuple[str, str]]:

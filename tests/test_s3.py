@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import logging
 import os
 import tracemalloc
@@ -633,3 +634,19 @@ def test_flask_async_view_with_s3(s3_server: SeaweedFS, bucket: str) -> None:
         assert response.status_code == 200, response.text
     keys = [o["Key"] for o in s3_client(s3_server).list_objects_v2(Bucket=bucket)["Contents"]]
     assert len(keys) == 2
+
+
+@pytest.mark.parametrize("checksum", ["auto", "sha256", "off"])
+async def test_an_empty_file_is_stored_empty(
+    s3_server: SeaweedFS, bucket: str, checksum: str
+) -> None:
+    app, store = quart_store(s3_server, bucket, STORE_S3_CHECKSUM=checksum)
+    async with app.app_context():
+        for i, upload in enumerate((b"", agen(b""), io.BytesIO())):
+            provider = store.Provider(upload, filename=f"empty{i}.txt")
+            await provider.save()
+            assert (await provider.info()).size == 0
+            async with provider.open() as f:
+                assert await f.read() == b""
+    head = s3_client(s3_server).head_object(Bucket=bucket, Key="media/empty0.txt")
+    assert head["ContentLength"] == 0
