@@ -6,9 +6,11 @@ Each measurement is repeated (median, with the range), because 2-core machines a
 
 Measured: large multipart uploads through hypercorn (``bench/http.py``) and 4 KiB ones
 (``bench/http_small.py``), direct saves against ``shutil.copyfileobj``, many small files
-against plain blocking writes, the sync shim against the async API, S3 on a SeaweedFS the run
-starts on 127.0.0.1 against raw aioboto3, background latency (``bench/s3.py``), and the peers
-on the same work (``bench/peers.py``).
+against plain blocking writes and against a loop with the same guarantees
+(``bench/local_small.py``), the sync shim against the async API, S3 on a SeaweedFS the run
+starts on 127.0.0.1 against raw aioboto3, background latency (``bench/s3.py``), the two S3
+backends' client CPU and small saves (``bench/s3_backends.py``), and the peers on the same work
+(``bench/peers.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import quart
 
 from async_store import Store
 
+from . import local_small, s3_backends
 from .http import bench_http
 from .http_small import bench_small_http
 from .load import bench_load
@@ -253,7 +256,18 @@ def bench_shim(work: Path, count: int, repeats: int) -> Row:
     )
 
 
-PARTS = ("http", "small_http", "large", "small", "shim", "s3", "peers", "load")
+PARTS = (
+    "http",
+    "small_http",
+    "large",
+    "small",
+    "guarantees",
+    "shim",
+    "s3",
+    "s3_backends",
+    "peers",
+    "load",
+)
 
 
 def main() -> None:
@@ -311,10 +325,17 @@ def main() -> None:
             add(bench_large_local(work, large, repeats))
         if "small" in args.only:
             add(*bench_small(count, repeats))
+        if "guarantees" in args.only:
+            shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+            add(local_small.row(count, 64, shm, repeats))
         if "shim" in args.only:
             add(bench_shim(work, max(count // 10, 1), repeats))
         if "s3" in args.only:
             add(*bench_s3(work, s3_large, s3_small, repeats, quick))
+        if "s3_backends" in args.only:
+            backends_large = 16 if quick else 256
+            results = s3_backends.measure(backends_large, s3_small, repeats)
+            add(*s3_backends.rows(results, backends_large, s3_small))
         if "peers" in args.only:
             peer_rows, peer_notes = bench_peers(work, repeats, quick)
             add(*peer_rows)

@@ -34,6 +34,8 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from async_store import Store
 
+from .report import Row
+
 HERE = Path(__file__).parent
 MIB = 1024 * 1024
 
@@ -45,12 +47,13 @@ def timed(portal: BlockingPortal, run: Callable[[], Awaitable[int]]) -> tuple[fl
     return time.perf_counter() - wall, time.process_time() - cpu, units
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--large-mib", type=int, default=256)
-    parser.add_argument("--small", type=int, default=1000)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+Results = dict[str, list[tuple[float, float, int]]]
+
+
+def measure(large_mib: int, small_count: int, repeats: int) -> Results:
+    """Every run's (wall seconds, client CPU seconds, units), by row: ``large s3``,
+    ``small c=32 raw``…"""
+    args = argparse.Namespace(large_mib=large_mib, small=small_count, repeats=repeats)
     sys.path.insert(0, str(HERE.parent))
     from tests.conftest import S3_CREDENTIALS, s3_client, s3_config
     from tests.obstores import obstore_s3_config
@@ -66,7 +69,7 @@ def main() -> None:
         for _ in range(args.large_mib):
             f.write(os.urandom(MIB))
     payload = os.urandom(4096)
-    results: dict[str, list[tuple[float, float, int]]] = {}
+    results: Results = {}
     try:
         s3_client(server).create_bucket(Bucket="bench")
         stores: dict[str, tuple[quart.Quart, Store[Any]]] = {}
@@ -163,7 +166,51 @@ def main() -> None:
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
+    return results
 
+
+def rows(results: Results, large_mib: int, small_count: int) -> list[Row]:
+    """``make bench``'s rows: the large save's client CPU against obstore's, and the 4 KiB
+    saves against raw ``put_object``."""
+
+    def cpu_per_gib(name: str) -> list[float]:
+        return [cpu * 1024 / units for _, cpu, units in results[f"large {name}"]]
+
+    def rates(key: str) -> list[float]:
+        return [units / wall for wall, _, units in results[key]]
+
+    found = [
+        Row(
+            f'S3 (SeaweedFS) {large_mib} MiB save, client CPU per GiB: "s3" vs "obstore"',
+            "s/GiB",
+            cpu_per_gib("s3"),
+            "obstore",
+            cpu_per_gib("obstore"),
+            1.2,
+            lower_is_better=True,
+        )
+    ]
+    for concurrency, target in ((1, None), (32, 1.2)):
+        found.append(
+            Row(
+                f'S3 {small_count:,} × 4 KiB saves at concurrency {concurrency}, "s3" vs raw',
+                "files/s",
+                rates(f"small c={concurrency} s3"),
+                "raw aioboto3 put_object(IfNoneMatch='*')",
+                rates(f"small c={concurrency} raw"),
+                target,
+            )
+        )
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--large-mib", type=int, default=256)
+    parser.add_argument("--small", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    results = measure(args.large_mib, args.small, args.repeats)
     print(
         f"SeaweedFS on loopback, {args.large_mib} MiB and {args.small:,} × 4 KiB, "
         f"{args.repeats} repeats, load {os.getloadavg()[0]:.2f}"

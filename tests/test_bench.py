@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from bench import local_small
 from bench.http import upload
+from bench.local_small import sync_loop
 from bench.run import bench_small_local
 from tests.conftest import unavailable
 
@@ -41,3 +43,17 @@ def test_small_files_bench_deletes_nothing_between_runs(tmp_path: Path) -> None:
     assert len(folders) == 6 and {f.split("-")[0] for f in folders} == {"ours", "plain"}
     for folder in folders:
         assert len(list((tmp_path / folder).iterdir())) == 20, folder
+
+
+def test_the_same_guarantees_loop_never_replaces_a_file(tmp_path: Path) -> None:
+    (tmp_path / "f1.bin").write_bytes(b"theirs")
+    sync_loop(tmp_path, 3, b"ours")
+    files = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    # The taken name gets the next one; no temp file is left.
+    assert files == {"f0.bin": b"ours", "f1.bin": b"theirs", "f1_1.bin": b"ours", "f2.bin": b"ours"}
+
+
+def test_the_same_guarantees_row_measures_both_sides(tmp_path: Path) -> None:
+    row = local_small.row(50, 8, str(tmp_path), 2)
+    assert len(row.ours) == len(row.baseline) == 2 and min(row.ours + row.baseline) > 0
+    assert row.target == 0.5 and not list(tmp_path.iterdir())  # its scratch folder is gone
