@@ -31,16 +31,9 @@ from .._content import disposition_header, is_passive
 from .._multipart import Budgets, Charge, Claims, read_head, send_parts
 from .._paths import content_type as guess_type
 from ..exceptions import NotFoundError, ProviderError
+from ._s3_bodies import UploadBody, checksum, part_algorithm, put_algorithm
 from ._s3_clients import ClientError, Clients, NameTaken, raise_if_taken
-from ._s3_parts import (
-    Body,
-    S3Parts,
-    UploadBody,
-    checksum,
-    last_byte,
-    part_algorithm,
-    put_algorithm,
-)
+from ._s3_parts import Body, S3Parts, last_byte
 from .base import Backend, StoredFile, check_range, no_free_name
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ import anyio.to_thread
 
 from .._paths import clean_filename
 from .._paths import content_type as guess_type
-from ..backends._s3_parts import UploadBody, checksum, part_algorithm
+from ..backends._s3_bodies import UploadBody, checksum, part_algorithm
 from ..backends._staged import publish_staged
 
 if TYPE_CHECKING:
