@@ -369,7 +369,7 @@ async def _save_parts(
                 continue
             rules = validate.get(part.name) if isinstance(validate, Mapping) else validate
             provider = provider_class(
-                reader.file_data(part),
+                await _ahead(reader.file_data(part), provider_class.backend.chunk_size),
                 location,
                 filename=part.filename,
                 checksum=checksum,
@@ -385,6 +385,30 @@ async def _save_parts(
         await finish_anyway(lambda: _delete_all(saved))
         raise
     return result
+
+
+async def _ahead(data: AsyncIterator[bytes], limit: int) -> bytes | AsyncIterator[bytes]:
+    """A file part's data, read ahead up to ``limit`` bytes: the bytes themselves when the part
+    ends within them (most uploads: avatars, documents), which the save then stores in one
+    worker-thread job (open, write, publish) instead of a hop for each; else the stream, what
+    was read ahead first."""
+    head: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = await anext(data, None)
+        if chunk is None:
+            return b"".join(head)
+        head.append(chunk)
+        size += len(chunk)
+    return _chain(head, data)
+
+
+async def _chain(head: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    for chunk in head:
+        yield chunk
+    head.clear()
+    async for chunk in rest:
+        yield chunk
 
 
 async def _delete_all(saved: list[ProviderT]) -> None:
