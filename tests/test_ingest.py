@@ -460,3 +460,47 @@ async def test_quart_buffers_at_most_about_a_mebibyte_of_a_streamed_body(
     # Unread: the queue, a few messages in flight, and the provider's two chunks (one being
     # written, the next being read); all 24 MiB without flow control.
     assert worst <= (QUEUE_MESSAGES + 16) * 65536 + 2 * 1024 * 1024, worst
+
+
+async def test_a_small_file_part_is_stored_in_one_worker_thread_job(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from async_store import _sources, _threads
+
+    jobs: list[str] = []
+    real_small, real_thread = _threads.run_small, anyio.to_thread.run_sync
+
+    async def small(fn: Any) -> Any:
+        jobs.append("lane")
+        return await real_small(fn)
+
+    async def thread(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        jobs.append("thread")
+        return await real_thread(fn, *args, **kwargs)
+
+    monkeypatch.setattr(_sources, "run_small", small)
+    monkeypatch.setattr(_sources.anyio.to_thread, "run_sync", thread)
+    app = quart.Quart(__name__)
+    app.config["STORE_PATH"] = str(store_path)
+    store = Store(app)
+
+    @app.post("/up")
+    async def up() -> str:
+        return (await store.save_request()).files["f"].filename
+
+    small_file, big_file = os.urandom(4096), os.urandom(2 * 1024 * 1024 + 5)
+    try:
+        for data, name in ((small_file, "small.bin"), (big_file, "big.bin")):
+            jobs.clear()
+            headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+            body = multipart(("f", name, data))
+            response = await app.test_client().post("/up", data=body, headers=headers)
+            assert response.status_code == 200, await response.get_data()
+            assert (store_path / name).read_bytes() == data
+            # Open, write and publish as one job for the small part; the big one streams.
+            if data is small_file:
+                assert jobs == ["lane"]
+            else:
+                assert "lane" not in jobs and len(jobs) > 2
+    finally:
+        store.close()
