@@ -479,14 +479,14 @@ async def test_a_small_file_part_is_stored_in_one_worker_thread_job(
         return await real_thread(fn, *args, **kwargs)
 
     monkeypatch.setattr(_sources, "run_small", small)
-    monkeypatch.setattr(_sources.anyio.to_thread, "run_sync", thread)
+    monkeypatch.setattr(anyio.to_thread, "run_sync", thread)
     app = quart.Quart(__name__)
     app.config["STORE_PATH"] = str(store_path)
     store = Store(app)
 
     @app.post("/up")
     async def up() -> str:
-        return (await store.save_request()).files["f"].filename
+        return str((await store.save_request()).files["f"].filename)
 
     small_file, big_file = os.urandom(4096), os.urandom(2 * 1024 * 1024 + 5)
     try:
