@@ -364,3 +364,25 @@ async def test_send_parts_aborts_when_cancelled() -> None:
         with anyio.move_on_after(0.015):
             await send_parts(upload, [], parts_of(50), concurrency=2, charge=charge)
     assert upload.aborted and not upload.completed
+
+
+def test_a_reset_met_while_writing_a_body_is_named_a_reset(
+    s3_server: SeaweedFS, bucket: str
+) -> None:
+    from aiohttp import ClientOSError
+    from aiohttp.client_exceptions import ClientConnectionResetError
+    from botocore.exceptions import EndpointConnectionError
+
+    backend = backend_for(s3_server, bucket)
+    # What aiohttp raises when a body sent in slices meets a reset mid-write: its own
+    # "Can not write request body" (no errno, the URL with the upload's id), caused by the reset.
+    wrapper = ClientOSError(
+        None, "Can not write request body for http://127.0.0.1:1/b/k?uploadId=x"
+    )
+    wrapper.__cause__ = ClientConnectionResetError("Cannot write to closing transport")
+    with pytest.raises(ProviderError) as info:
+        with backend._clients.errors("a.bin"):
+            raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1", error=wrapper)
+    message = str(info.value)
+    assert "connection reset" in message and "'a.bin'" in message
+    assert "uploadId" not in message  # the reset itself, not aiohttp's wrapper and its URL

@@ -342,7 +342,18 @@ class Clients:
             # aiobotocore raises this for a refused connection and for one reset mid-request
             # alike: the underlying error tells them apart.
             cause = exc.kwargs.get("error") or exc.__context__
-            why = f" ({type(cause).__name__}: {self.scrub(str(cause))})" if cause else ""
+            while (
+                isinstance(cause, OSError)
+                and cause.errno is None
+                and isinstance(cause.__cause__, OSError)
+            ):
+                # aiohttp's "Can not write request body for <url>" wraps what the socket said
+                # (a reset, a broken pipe) when a body sent in slices meets it mid-write.
+                cause = cause.__cause__
+            text = self.scrub(str(cause))
+            if isinstance(cause, ConnectionResetError) and "connection reset" not in text.lower():
+                text = f"connection reset: {text}"  # aiohttp's "Cannot write to closing transport"
+            why = f" ({type(cause).__name__}: {text})" if cause else ""
             return error(
                 f"cannot reach the S3 endpoint for {where}{why}: check STORE_S3_ENDPOINT_URL "
                 f"({self._endpoint or 'AWS'}) and the network"
