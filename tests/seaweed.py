@@ -8,6 +8,7 @@ a timeout, then kill it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Collection
 from pathlib import Path
 
 __all__ = ["SeaweedFS", "find_weed", "free_port", "with_identity"]
@@ -26,6 +28,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_ports(count: int, exclude: Collection[int] = ()) -> list[int]:
+    """``count`` distinct free ports, none of ``exclude``: each is held bound until all are
+    picked, so the kernel cannot hand out one twice (a master once got the S3 gateway's port,
+    which then failed to bind, and the master answered the suite's S3 requests with 404s)."""
+    with contextlib.ExitStack() as held:
+        ports: list[int] = []
+        while len(ports) < count:
+            s = held.enter_context(socket.socket())
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+            if port not in exclude:
+                ports.append(port)
+        return ports
 
 
 def find_weed() -> str | None:
@@ -48,22 +65,24 @@ class SeaweedFS:
     def start(self, timeout: float = 60.0) -> None:
         data = self.directory / "data"
         data.mkdir(parents=True, exist_ok=True)
-        ports = {name: free_port() for name in ("master", "volume", "filer")}
+        master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_grpc = free_ports(
+            7, exclude={self.s3_port}
+        )
         args = [
             self.weed,
             "server",
             f"-dir={data}",
             "-ip=127.0.0.1",
             "-ip.bind=127.0.0.1",
-            f"-master.port={ports['master']}",
-            f"-master.port.grpc={free_port()}",
-            f"-volume.port={ports['volume']}",
-            f"-volume.port.grpc={free_port()}",
-            f"-filer.port={ports['filer']}",
-            f"-filer.port.grpc={free_port()}",
+            f"-master.port={master}",
+            f"-master.port.grpc={master_grpc}",
+            f"-volume.port={volume}",
+            f"-volume.port.grpc={volume_grpc}",
+            f"-filer.port={filer}",
+            f"-filer.port.grpc={filer_grpc}",
             "-s3",
             f"-s3.port={self.s3_port}",
-            f"-s3.port.grpc={free_port()}",
+            f"-s3.port.grpc={s3_grpc}",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             # Small volumes: the tests write little, and the disk may be small.
@@ -94,13 +113,16 @@ class SeaweedFS:
         raise RuntimeError(f"SeaweedFS S3 did not answer within {timeout}s: {self.tail()}")
 
     def _answers(self) -> bool:
+        """Whether the S3 gateway answers on its port: an S3 reply (a bucket list, or an S3
+        error where identities are set), not just any HTTP server that holds the port."""
         try:
-            with urllib.request.urlopen(self.endpoint, timeout=1):
-                return True
-        except urllib.error.HTTPError:
-            return True  # any HTTP answer means the gateway is up
+            with urllib.request.urlopen(self.endpoint, timeout=1) as reply:
+                body = reply.read()
+        except urllib.error.HTTPError as error:
+            body = error.read()
         except OSError:
             return False
+        return b"ListAllMyBucketsResult" in body or b"<Error>" in body
 
     def tail(self, lines: int = 20) -> str:
         try:
