@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 
 from .http import _free_port, _peak_rss_mib, _wait_for
+from .report import make_source
 
 HERE = Path(__file__).parent
 MIB = 1024 * 1024
@@ -100,10 +101,7 @@ def main() -> None:
     (work / "weed").mkdir()
     server = with_identity(work / "weed", weed, "test-access-key", "test-secret")
     server.start()
-    source = work / "dataset.bin"
-    with open(source, "wb") as f:
-        for _ in range(args.size_mib):
-            f.write(os.urandom(MIB))
+    source = make_source(work / "dataset.bin", args.size_mib * MIB)
     port = _free_port()
     try:
         s3_client(server).create_bucket(Bucket="bench-direct")

@@ -8,7 +8,6 @@ repeat, so drift on a noisy machine hits them alike.
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import statistics
@@ -17,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from .report import Row
+from .report import Row, make_source
 
 HERE = Path(__file__).parent
 MIB = 1024 * 1024
@@ -118,10 +117,7 @@ def bench_http(work: Path, sizes: list[int], repeats: int) -> tuple[list[Row], l
         "|---|---|---|---|",
     ]
     for size in sizes:
-        source = work / f"upload-{size // MIB}.bin"
-        with open(source, "wb") as f:
-            for _ in range(size // MIB):
-                f.write(os.urandom(MIB))
+        source = make_source(work / f"upload-{size // MIB}.bin", size)
         variants = VARIANTS + (FLASK_VARIANTS if size == sizes[0] else ())
         rates: dict[str, list[float]] = {v: [] for v in (*variants, "cp")}
         peaks: dict[str, list[float]] = {v: [] for v in variants}

@@ -33,7 +33,7 @@ from typing import Any, BinaryIO
 
 from werkzeug.datastructures import FileStorage
 
-from .report import Row, alternate, fmt
+from .report import Row, alternate, fmt, make_source
 
 HERE = Path(__file__).parent
 MIB = 1024 * 1024
@@ -346,13 +346,6 @@ def pair_rows(
             1.0,
         ),
     ]
-
-
-def make_source(path: Path, size: int) -> Path:
-    with open(path, "wb") as f:
-        for _ in range(size // MIB):
-            f.write(os.urandom(MIB))
-    return path
 
 
 def build(make: Callable[[], Side], library: str, notes: list[str]) -> Side | None:

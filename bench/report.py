@@ -13,6 +13,15 @@ from importlib import metadata
 from pathlib import Path
 
 HERE = Path(__file__).parent
+_MIB = 1024 * 1024
+
+
+def make_source(path: Path, size: int) -> Path:
+    """A file of ``size`` random bytes (whole MiB) at ``path``: what a large-file bench uploads."""
+    with open(path, "wb") as f:
+        for _ in range(size // _MIB):
+            f.write(os.urandom(_MIB))
+    return path
 
 
 @dataclass

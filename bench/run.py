@@ -35,7 +35,7 @@ from .http import bench_http
 from .http_small import bench_small_http
 from .load import bench_load
 from .peers import bench_peers
-from .report import Row, fmt, write_report
+from .report import Row, fmt, make_source, write_report
 from .s3 import bench_s3
 
 HERE = Path(__file__).parent
@@ -62,10 +62,7 @@ def local_store(root: Path) -> tuple[quart.Quart, Store]:
 
 
 def bench_large_local(work: Path, size: int, repeats: int) -> Row:
-    source = work / "source.bin"
-    with open(source, "wb") as f:
-        for _ in range(size // MIB):
-            f.write(os.urandom(MIB))
+    source = make_source(work / "source.bin", size)
     app, store = local_store(work / "store")
 
     def ours() -> float:
@@ -131,19 +128,9 @@ def bench_small_local(
         os.makedirs(root / location)  # as the baseline's folder: made before the clock starts
 
         async def go() -> float:
-            # ``concurrency`` tasks, each saving the next file until all are stored: as many
-            # saves in flight as a server with that many requests uploading at once.
-            names = iter(range(count))
-
-            async def worker() -> None:
-                for i in names:
-                    await store.Provider(payload, location, filename=f"f{i}.bin").save()
-
             async with app.app_context():
                 start = time.perf_counter()
-                async with anyio.create_task_group() as tg:
-                    for _ in range(concurrency):
-                        tg.start_soon(worker)
+                await local_small.save_many(store, payload, location, count, concurrency)
                 return count / (time.perf_counter() - start)
 
         return anyio.run(go)
@@ -326,8 +313,7 @@ def main() -> None:
         if "small" in args.only:
             add(*bench_small(count, repeats))
         if "guarantees" in args.only:
-            shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
-            add(local_small.row(count, 64, shm, repeats))
+            add(local_small.row(count, 64, local_small.DEFAULT_DIR, repeats))
         if "shim" in args.only:
             add(bench_shim(work, max(count // 10, 1), repeats))
         if "s3" in args.only:

@@ -19,7 +19,7 @@ import quart
 
 from async_store import Store
 
-from .report import Row
+from .report import Row, make_source
 
 HERE = Path(__file__).parent
 MIB = 1024 * 1024
@@ -38,10 +38,7 @@ def bench_s3(work: Path, size: int, small: int, repeats: int, quick: bool = Fals
     try:
         client = s3_client(server)
         client.create_bucket(Bucket="bench")
-        source = work / "s3-source.bin"
-        with open(source, "wb") as f:
-            for _ in range(size // MIB):
-                f.write(os.urandom(MIB))
+        source = make_source(work / "s3-source.bin", size)
         app = quart.Quart(__name__)
         app.config.update(s3_config(server, "bench", STORE_PATH="ours"))
         store = Store(app)
@@ -184,10 +181,7 @@ def bench_background(work: Path, server: Any, size: int, calls: int, repeats: in
     """
     from tests.conftest import s3_config
 
-    source = work / "bg-source.bin"
-    with open(source, "wb") as f:
-        for _ in range(size // MIB):
-            f.write(os.urandom(MIB))
+    source = make_source(work / "bg-source.bin", size)
     apps: dict[str, quart.Quart] = {}
     stores: dict[str, Store] = {}
     for mode in ("local", "background", "direct"):

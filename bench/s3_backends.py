@@ -34,7 +34,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from async_store import Store
 
-from .report import Row
+from .report import Row, make_source
 
 HERE = Path(__file__).parent
 MIB = 1024 * 1024
@@ -64,10 +64,7 @@ def measure(large_mib: int, small_count: int, repeats: int) -> Results:
     work = Path(tempfile.mkdtemp(prefix="bench-s3-backends-"))
     server = SeaweedFS(work / "weed", weed)
     server.start()
-    source = work / "large.bin"
-    with open(source, "wb") as f:
-        for _ in range(args.large_mib):
-            f.write(os.urandom(MIB))
+    source = make_source(work / "large.bin", args.large_mib * MIB)
     payload = os.urandom(4096)
     results: Results = {}
     try:

@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 from .http import MIB, upload
+from .report import make_source
 
 SERVERS = ("hypercorn", "uvicorn", "granian")
 VARIANTS = ("bare", "ours")
@@ -34,10 +35,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-servers-"))
-    source = work / "upload.bin"
-    with open(source, "wb") as f:
-        for _ in range(args.size_mib):
-            f.write(os.urandom(MIB))
+    source = make_source(work / "upload.bin", args.size_mib * MIB)
     rates: dict[tuple[str, str], list[float]] = {}
     peaks: dict[tuple[str, str], list[float]] = {}
     try:

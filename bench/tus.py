@@ -32,6 +32,7 @@ from pathlib import Path
 import httpx
 
 from .http import _free_port, _wait_for
+from .report import make_source
 
 HERE = Path(__file__).parent
 MIB = 1024 * 1024
@@ -177,10 +178,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-tus-"))
-    source = work / "dataset.bin"
-    with open(source, "wb") as f:
-        for _ in range(args.size_mib):
-            f.write(os.urandom(MIB))
+    source = make_source(work / "dataset.bin", args.size_mib * MIB)
     size, chunk = source.stat().st_size, args.chunk_mib * MIB
     server = Server(work / "server")
     server.start()

@@ -6,7 +6,6 @@ import contextlib
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import anyio.to_thread
 
 from .._multipart import Claims, Parts
 from ._s3_bodies import UploadBody, checksum
